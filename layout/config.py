@@ -1,0 +1,281 @@
+"""Configuration: YAML files and --set overrides into frozen, validated dataclasses.
+
+This is the only module that reads or writes YAML. Defaults live in the dataclasses below; a config
+file only names what differs. Every field carries its rules (range, choices) in its metadata, so the
+validator, the error messages and the README all read the same source.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from layout.errors import ConfigError
+
+DATASETS = ("mnist", "fashion-mnist")
+ACTIVATIONS = ("sigmoid", "tanh", "relu")
+OPTIMIZERS = ("adam", "sgd")
+SNAPSHOT_UNITS = ("epoch", "step")
+
+
+def option(default: Any, doc: str, **rules: Any) -> Any:
+    """A dataclass field with its default, a one-line description and its validation rules.
+
+    Rules: gt, ge, lt, le (numbers, applied to every item of a tuple), choices, min_len, unique.
+    """
+    return field(default=default, metadata={"doc": doc, **rules})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = option("mnist", "which dataset to train on", choices=DATASETS)
+    dir: str | None = option(None, "folder holding the IDX files (searched before anything else)")
+    classes: tuple[int, ...] | None = option(
+        None, "keep only these labels, remapped to 0..k-1 (e.g. [0, 1])", ge=0, le=9, min_len=2, unique=True
+    )
+    limit: int | None = option(None, "keep the first n examples of each split (after `classes`)", ge=1)
+    mirrors: tuple[str, ...] | None = option(None, "base URLs to download from instead of the standard mirrors")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden: tuple[int, ...] = option((100,), "hidden layer sizes, input to output", ge=1, min_len=1)
+    activation: str = option("sigmoid", "hidden activation", choices=ACTIVATIONS)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = option("adam", "optax optimizer", choices=OPTIMIZERS)
+    learning_rate: float = option(1e-3, "optimizer step size", gt=0, le=10)
+    momentum: float = option(0.9, "momentum for sgd (0 turns it off)", ge=0, lt=1)
+    batch_size: int = option(128, "examples per step", ge=1)
+    epochs: int = option(10, "passes over the training set (0 keeps the random initialisation)", ge=0)
+    l1: float = option(0.0, "L1 penalty on all weights: l1 * sum |w|", ge=0)
+    l2: float = option(0.0, "L2 penalty on all weights: l2 * sum w^2", ge=0)
+    seed: int = option(0, "seed for initialisation and batch order", ge=0)
+    snapshot_every: int = option(1, "keep a weight snapshot every this many epochs or steps", ge=1)
+    snapshot_unit: str = option("epoch", "unit of snapshot_every", choices=SNAPSHOT_UNITS)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = option("run", "name of the run; outputs go to runs/<name>/ (default: the file name)")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Read a YAML config, apply `section.key=value` overrides, validate, and return a RunConfig."""
+    path = Path(path)
+    raw = read_yaml_mapping(path)
+    raw.setdefault("name", path.stem)
+    for text in overrides:
+        apply_override(raw, text)
+    return build(RunConfig, raw, "")
+
+
+def read_yaml_mapping(path: Path) -> dict:
+    """The top-level mapping of a YAML file; an empty file is an empty mapping."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' not found: check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file '{path}': {e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must be a mapping of sections (data:, model:, train:), "
+                          f"not a {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict, text: str) -> None:
+    """Apply one `section.key=value` override to a raw config mapping (value parsed as YAML)."""
+    dotted, sep, value_text = text.partition("=")
+    keys = dotted.strip().split(".")
+    if not sep or not all(keys):
+        raise ConfigError(f"--set '{text}' is not of the form section.key=value (e.g. train.epochs=5)")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        value = value_text
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set '{text}': '{'.'.join(keys[:depth + 1])}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def build(cls: type, raw: Any, path: str) -> Any:
+    """Validate a raw mapping against dataclass `cls` and construct it; `path` is its dotted location."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'the config'} must be a mapping of keys to values, "
+                          f"got {type(raw).__name__} {raw!r}")
+    names = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(unknown_key_message(join(path, str(key))))
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            continue
+        where = join(path, f.name)
+        if is_dataclass(hints[f.name]):
+            values[f.name] = build(hints[f.name], raw[f.name], where)
+        else:
+            values[f.name] = coerce(raw[f.name], hints[f.name], where, f.metadata)
+    return cls(**values)
+
+
+def join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def valid_paths(cls: type = RunConfig, path: str = "") -> list[str]:
+    """Every dotted key a config may set, e.g. 'train.learning_rate'."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        where = join(path, f.name)
+        out.append(where)
+        if is_dataclass(hints[f.name]):
+            out.extend(valid_paths(hints[f.name], where))
+    return out
+
+
+def unknown_key_message(dotted: str) -> str:
+    """'unknown key ...' with the closest valid key: same name in another section, else the nearest spelling."""
+    paths = valid_paths()
+    section, _, leaf = dotted.rpartition(".")
+    same_leaf = [p for p in paths if p.rpartition(".")[2] == leaf]
+    siblings = [p for p in paths if p.rpartition(".")[0] == section]
+    close = (same_leaf
+             or difflib.get_close_matches(dotted, siblings, n=1, cutoff=0.6)
+             or difflib.get_close_matches(dotted, paths, n=1, cutoff=0.6))
+    hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(siblings) or 'none'}"
+    return f"unknown key '{dotted}': {hint}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def coerce(value: Any, tp: Any, path: str, rules: typing.Mapping[str, Any]) -> Any:
+    """Check one value against its annotated type and rules; return it in the field's type."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        out = tuple(coerce_scalar(v, args[0], f"{path}[{i}]", value, path) for i, v in enumerate(items))
+        check_sequence(out, path, rules)
+        for item in out:
+            check_scalar(item, path, rules, shown=list(out))
+        return out
+    out = coerce_scalar(value, tp, path, value, path)
+    check_scalar(out, path, rules, shown=out)
+    return out
+
+
+def coerce_scalar(value: Any, tp: type, where: str, shown: Any, path: str) -> Any:
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[tp]
+    if not ok and tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 as a string
+            return float(value)
+        except ValueError:
+            pass
+    if not ok:
+        expected = TYPE_NAMES[tp] if where == path else f"a list of {TYPE_NAMES[tp].split(' ', 1)[1]}s"
+        raise ConfigError(f"{path} = {shown!r} has the wrong type: expected {expected}")
+    return float(value) if tp is float else value
+
+
+def check_sequence(items: tuple, path: str, rules: typing.Mapping[str, Any]) -> None:
+    if len(items) < rules.get("min_len", 0):
+        raise ConfigError(f"{path} = {list(items)!r} is too short: give at least {rules['min_len']} values")
+    if rules.get("unique") and len(set(items)) != len(items):
+        raise ConfigError(f"{path} = {list(items)!r} repeats a value: give each value once")
+
+
+def check_scalar(value: Any, path: str, rules: typing.Mapping[str, Any], shown: Any) -> None:
+    choices = rules.get("choices")
+    if choices is not None and value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{path} = {shown!r} is not valid: choose one of {', '.join(choices)}{hint}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        tests = {"gt": value > rules.get("gt", -float("inf")), "ge": value >= rules.get("ge", -float("inf")),
+                 "lt": value < rules.get("lt", float("inf")), "le": value <= rules.get("le", float("inf"))}
+        if not all(tests.values()) or value != value:
+            raise ConfigError(f"{path} = {shown!r} is out of range: must be {describe_range(rules)}")
+
+
+def describe_range(rules: typing.Mapping[str, Any]) -> str:
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    return " and ".join(f"{symbols[k]} {rules[k]:g}" for k in symbols if k in rules)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing and fingerprints
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses, dicts, tuples and lists as plain dicts and lists (YAML- and JSON-safe)."""
+    if is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    """The resolved config, every default spelled out, as YAML that load_config reads back unchanged."""
+    return yaml.safe_dump(to_plain(cfg), sort_keys=False, default_flow_style=False)
+
+
+def fingerprint(obj: Any) -> str:
+    """A stable hex digest of a dataclass (or plain data), independent of dict order."""
+    text = json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+

@@ -1,0 +1,1 @@
+"""Data, network and training: MNIST-format datasets, a JAX MLP, and an optax training loop."""

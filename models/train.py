@@ -1,0 +1,256 @@
+"""Training with optax: one jitted function runs a whole epoch as a lax.scan over batches.
+
+`python -m models.train CONFIG [--out DIR] [--data-dir DIR] [--set k=v ...] [--retrain]` trains (or
+reuses) the network a config describes and writes network.npz, metrics.json and config.yaml.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from layout.config import ModelConfig, TrainConfig
+from layout.errors import DataError
+from models.data import Dataset
+from models.mlp import Params, apply, count_params, init_params, layer_sizes, weight_penalty
+
+N_INPUTS = 28 * 28
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one epoch did; passed to the `on_epoch` callback as training goes."""
+
+    epoch: int  # 1-based
+    train_loss: float  # mean cross-entropy over the epoch's batches (penalties excluded)
+    test_loss: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class History:
+    """Per-epoch curves, each [n_epochs]."""
+
+    epoch: np.ndarray
+    train_loss: np.ndarray
+    test_loss: np.ndarray
+    test_accuracy: np.ndarray
+
+
+@dataclass(frozen=True)
+class Snapshots:
+    """Weights during training for the training animation; S snapshots, the first the initialisation.
+
+    step [S] (optimizer steps taken), epoch [S] (step / steps per epoch), test_accuracy [S],
+    weights[l] [S, n_in, n_out], biases[l] [S, n_out].
+    """
+
+    step: np.ndarray
+    epoch: np.ndarray
+    test_accuracy: np.ndarray
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class Network:
+    """A trained MLP. weights[l] [sizes[l], sizes[l+1]], biases[l] [sizes[l+1]] (numpy float32).
+
+    weights[-1][j] is hidden neuron j's output-weight vector. classes[k] is the original label of
+    output k and class_names[k] its name.
+    """
+
+    sizes: tuple[int, ...]
+    activation: str
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    dataset: str
+    classes: tuple[int, ...]
+    class_names: tuple[str, ...]
+    history: History
+    snapshots: Snapshots
+    test_accuracy: float
+    train_accuracy: float
+    train_seconds: float
+    epochs: int
+
+    @property
+    def n_params(self) -> int:
+        return count_params(self.sizes)
+
+    @property
+    def params(self) -> Params:
+        return [{"w": jnp.asarray(w), "b": jnp.asarray(b)} for w, b in zip(self.weights, self.biases)]
+
+
+class EpochOut(NamedTuple):
+    train_loss: jax.Array
+    test_loss: jax.Array
+    test_accuracy: jax.Array
+    snapshots: Params  # [n_slots, ...] per leaf; the first `n_snapshots` rows are filled
+    n_snapshots: jax.Array
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    if cfg.optimizer == "adam":
+        return optax.adam(cfg.learning_rate)
+    return optax.sgd(cfg.learning_rate, momentum=cfg.momentum or None)
+
+
+def flatten_images(images: np.ndarray) -> jax.Array:
+    """[n, 28, 28] uint8 -> [n, 784] uint8 on the device; scaled to 0..1 batch by batch."""
+    return jnp.asarray(images.reshape(len(images), -1))
+
+
+def evaluate(params: Params, images: jax.Array, labels: jax.Array, activation: str) -> tuple[jax.Array, jax.Array]:
+    """(mean cross-entropy, accuracy) of `params` on uint8 images [n, 784] and labels [n]."""
+    logits, _ = apply(params, images.astype(jnp.float32) / 255.0, activation)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, (logits.argmax(-1) == labels).mean()
+
+
+evaluate_jit = jax.jit(evaluate, static_argnums=3)
+
+
+def make_epoch(optimizer: optax.GradientTransformation, activation: str, cfg: TrainConfig,
+               n_batches: int, batch_size: int, interval: int) -> Callable:
+    """A jitted function running one epoch: shuffle, `n_batches` steps, evaluation on the test set.
+
+    Weights are copied into a snapshot buffer after every global step that is a multiple of `interval`.
+    """
+    n_slots = -(-n_batches // interval)
+
+    def loss_fn(params, x, y):
+        logits, _ = apply(params, x, activation)
+        data_loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return data_loss + weight_penalty(params, cfg.l1, cfg.l2), data_loss
+
+    def step(carry, batch):
+        params, opt_state, buffer, count, global_step = carry
+        x = batch[0].astype(jnp.float32) / 255.0
+        grads, data_loss = jax.grad(loss_fn, has_aux=True)(params, x, batch[1])
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        global_step = global_step + 1
+        take = global_step % interval == 0
+        buffer = jax.lax.cond(take, lambda b: jax.tree.map(lambda s, p: s.at[count].set(p), b, params),
+                              lambda b: b, buffer)
+        return (params, opt_state, buffer, count + take, global_step), data_loss
+
+    @jax.jit
+    def run_epoch(params, opt_state, key, step0, x, y, x_test, y_test):
+        order = jax.random.permutation(key, x.shape[0])[: n_batches * batch_size].reshape(n_batches, batch_size)
+        buffer = jax.tree.map(lambda p: jnp.zeros((n_slots, *p.shape), p.dtype), params)
+        carry = (params, opt_state, buffer, jnp.int32(0), step0)
+        (params, opt_state, buffer, count, _), losses = jax.lax.scan(
+            lambda c, idx: step(c, (x[idx], y[idx])), carry, order)
+        test_loss, test_accuracy = evaluate(params, x_test, y_test, activation)
+        return params, opt_state, EpochOut(losses.mean(), test_loss, test_accuracy, buffer, count)
+
+    return run_epoch
+
+
+def snapshot_interval(cfg: TrainConfig, n_batches: int) -> int:
+    """Steps between snapshots."""
+    return cfg.snapshot_every * (n_batches if cfg.snapshot_unit == "epoch" else 1)
+
+
+def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
+          on_epoch: Callable[[EpochStats], None] | None = None) -> Network:
+    """Train the MLP `model` on `dataset` as `cfg` says; same config and data, same weights."""
+    start = time.perf_counter()
+    n_train = len(dataset.train.labels)
+    if n_train == 0 or len(dataset.test.labels) == 0:
+        raise DataError("no examples left after data.classes and data.limit: keep more classes or a larger limit")
+    sizes = layer_sizes(N_INPUTS, model.hidden, dataset.n_classes)
+    batch_size = min(cfg.batch_size, n_train)
+    n_batches = n_train // batch_size
+    x, y = flatten_images(dataset.train.images), jnp.asarray(dataset.train.labels)
+    x_test, y_test = flatten_images(dataset.test.images), jnp.asarray(dataset.test.labels)
+
+    init_key, order_key = jax.random.split(jax.random.key(cfg.seed, impl="rbg"))
+    params = init_params(init_key, sizes, model.activation)
+    optimizer = make_optimizer(cfg)
+    opt_state = jax.jit(optimizer.init)(params)
+    interval = snapshot_interval(cfg, n_batches)
+    run_epoch = make_epoch(optimizer, model.activation, cfg, n_batches, batch_size, interval)
+
+    snapshots = [(0, jax.tree.map(np.asarray, params))]
+    history = []
+    for epoch in range(cfg.epochs):
+        step0 = jnp.int32(epoch * n_batches)
+        params, opt_state, out = run_epoch(params, opt_state, jax.random.fold_in(order_key, epoch), step0,
+                                           x, y, x_test, y_test)
+        stats = EpochStats(epoch + 1, float(out.train_loss), float(out.test_loss), float(out.test_accuracy))
+        history.append(stats)
+        first = (epoch * n_batches) // interval + 1
+        taken = jax.tree.map(np.asarray, out.snapshots)
+        snapshots += [((first + i) * interval, jax.tree.map(lambda s: s[i], taken))
+                      for i in range(int(out.n_snapshots))]
+        if on_epoch:
+            on_epoch(stats)
+
+    test_loss, test_accuracy = evaluate_jit(params, x_test, y_test, model.activation)
+    _, train_accuracy = evaluate_jit(params, x, y, model.activation)
+    return Network(
+        sizes=sizes,
+        activation=model.activation,
+        weights=tuple(np.asarray(layer["w"]) for layer in params),
+        biases=tuple(np.asarray(layer["b"]) for layer in params),
+        dataset=dataset.name,
+        classes=dataset.classes,
+        class_names=dataset.class_names,
+        history=make_history(history),
+        snapshots=make_snapshots(snapshots, n_batches, x_test, y_test, model.activation),
+        test_accuracy=float(test_accuracy),
+        train_accuracy=float(train_accuracy),
+        train_seconds=time.perf_counter() - start,
+        epochs=cfg.epochs,
+    )
+
+
+def make_history(stats: list[EpochStats]) -> History:
+    return History(
+        epoch=np.array([s.epoch for s in stats], dtype=np.int32),
+        train_loss=np.array([s.train_loss for s in stats], dtype=np.float32),
+        test_loss=np.array([s.test_loss for s in stats], dtype=np.float32),
+        test_accuracy=np.array([s.test_accuracy for s in stats], dtype=np.float32),
+    )
+
+
+def make_snapshots(taken: list[tuple[int, Params]], n_batches: int, x_test: jax.Array, y_test: jax.Array,
+                   activation: str) -> Snapshots:
+    steps = np.array([step for step, _ in taken], dtype=np.int64)
+    accuracy = [float(evaluate_jit(p, x_test, y_test, activation)[1]) for _, p in taken]
+    n_layers = len(taken[0][1])
+    return Snapshots(
+        step=steps,
+        epoch=(steps / n_batches).astype(np.float32),
+        test_accuracy=np.array(accuracy, dtype=np.float32),
+        weights=tuple(np.stack([p[l]["w"] for _, p in taken]) for l in range(n_layers)),
+        biases=tuple(np.stack([p[l]["b"] for _, p in taken]) for l in range(n_layers)),
+    )
+
+
+def enable_compilation_cache(folder) -> None:
+    """Keep compiled XLA programs in `folder` so that a second run skips compilation."""
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from layout.cli import run_command, train_command
+
+    return run_command(train_command, argv, prog="python -m models.train",
+                       description="Train (or reuse) the network a config describes.")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

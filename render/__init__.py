@@ -1,0 +1,1 @@
+"""Rendering of layouts with PyVista (numpy in, pictures out; never jax)."""
