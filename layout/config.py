@@ -204,10 +204,10 @@ def coerce(value: Any, tp: Any, path: str, rules: typing.Mapping[str, Any]) -> A
         out = tuple(coerce_scalar(v, args[0], f"{path}[{i}]", value, path) for i, v in enumerate(items))
         check_sequence(out, path, rules)
         for item in out:
-            check_scalar(item, path, rules, shown=list(out))
+            check_scalar(item, path, rules, shown=list(items))
         return out
     out = coerce_scalar(value, tp, path, value, path)
-    check_scalar(out, path, rules, shown=out)
+    check_scalar(out, path, rules, shown=value)
     return out
 
 

@@ -1,0 +1,240 @@
+"""IDX files, dataset lookup order, and downloads from a local HTTP server."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layout.config import DataConfig
+from layout.errors import DataError
+from models import data
+from models.data import STEMS, Source, encode_idx, load_dataset, read_idx, write_idx
+from tests.conftest import make_idx_dataset
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX reading and writing
+
+
+@pytest.mark.parametrize("suffix", [".gz", ""])
+@pytest.mark.parametrize("array", [
+    np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28),
+    np.array([0, 9, 3, 7], dtype=np.uint8),
+    np.array([[-5, 300], [7, -32000]], dtype=np.int16),
+    np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
+    np.array([1.5, -2.25], dtype=np.float64),
+])
+def test_idx_round_trip(tmp_path, array, suffix):
+    path = write_idx(tmp_path / f"a.idx{suffix}", array)
+    back = read_idx(path)
+    assert back.dtype == array.dtype and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+    assert (path.read_bytes()[:2] == b"\x1f\x8b") == (suffix == ".gz")
+
+
+def test_idx_header_is_the_standard_one(tmp_path):
+    raw = encode_idx(np.zeros((3, 28, 28), np.uint8))
+    assert raw[:4] == bytes([0, 0, 8, 3])  # magic 0x00000803 for images
+    assert struct.unpack(">3I", raw[4:16]) == (3, 28, 28)
+    assert encode_idx(np.zeros(5, np.uint8))[:8] == bytes([0, 0, 8, 1, 0, 0, 0, 5])
+
+
+GOOD = encode_idx(np.arange(12, dtype=np.uint8).reshape(3, 4))
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b"\x00\x00", "not an IDX file: only 2 bytes long"),
+    (b"\x12\x34" + GOOD[2:], "bad magic number 0x12340802"),
+    (b"\x00\x00\x07\x02" + GOOD[4:], "bad magic number 0x00000702"),
+    (b"\x00\x00\x08\x00", "declares 0 dimensions"),
+    (GOOD[:10], "truncated: its header needs 12 bytes"),
+    (GOOD[:-1], "truncated: its header promises 12 bytes of data (dimensions 3x4), the file has 11"),
+    (GOOD + b"\x00\x00", "has 2 bytes after the data"),
+    (gzip.compress(GOOD)[:-6], "damaged gzip file"),
+])
+def test_bad_headers_are_rejected_with_a_clear_error(tmp_path, raw, expected):
+    path = tmp_path / "bad-idx"
+    path.write_bytes(raw)
+    with pytest.raises(DataError) as info:
+        read_idx(path)
+    assert expected in str(info.value) and str(path) in str(info.value)
+
+
+def replace_file(folder: Path, stem: str, array: np.ndarray) -> None:
+    write_idx(folder / f"{stem}.gz", array)
+
+
+@pytest.mark.parametrize("stem, array, expected", [
+    ("train-images-idx3-ubyte", np.zeros((16, 27, 28), np.uint8), "should hold 28x28 uint8 images"),
+    ("train-images-idx3-ubyte", np.zeros((16, 28, 28), np.float32), "should hold 28x28 uint8 images"),
+    ("t10k-labels-idx1-ubyte", np.zeros((16, 2), np.uint8), "should hold a list of uint8 labels"),
+    ("t10k-labels-idx1-ubyte", np.zeros(15, np.uint8), "has 16 images but"),
+    ("train-labels-idx1-ubyte", np.full(16, 10, np.uint8), "has label 10; labels must be 0-9"),
+])
+def test_inconsistent_files_are_rejected(tmp_path, stem, array, expected):
+    folder = make_idx_dataset(tmp_path / "d")
+    replace_file(folder, stem, array)
+    with pytest.raises(DataError, match=expected):
+        load_dataset(DataConfig(dir=str(folder)), environ={}, system_root=tmp_path / "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# Lookup order
+
+
+def marker_of(dataset) -> int:
+    return int(dataset.train.images[0, 0, 0])
+
+
+@pytest.fixture
+def places(tmp_path, isolated_cache):
+    """The same dataset name in all four places, each with its own marker pixel."""
+    root = tmp_path
+    folders = {
+        "dir": make_idx_dataset(root / "given" / "mnist", marker=1),
+        "env": make_idx_dataset(root / "env", marker=2),
+        "cache": make_idx_dataset(isolated_cache / "datasets" / "mnist", marker=3),
+        "system": make_idx_dataset(root / "system" / "mnist", marker=4),
+    }
+    return root, folders
+
+
+def lookup(root: Path, *, with_dir: bool = True, with_env: bool = True) -> int:
+    cfg = DataConfig(dir=str(root / "given") if with_dir else None, mirrors=("http://127.0.0.1:9/",))
+    environ = {"NEURON_LAYOUT_DATA": str(root / "env")} if with_env else {}
+    return marker_of(load_dataset(cfg, environ=environ, system_root=root / "system"))
+
+
+def test_lookup_order_data_dir_then_env_then_cache_then_system(places):
+    root, folders = places
+    assert lookup(root) == 1
+    assert lookup(root, with_dir=False) == 2
+    assert lookup(root, with_dir=False, with_env=False) == 3
+    for path in folders["cache"].iterdir():
+        path.unlink()
+    assert lookup(root, with_dir=False, with_env=False) == 4
+
+
+def test_env_folder_prefers_its_dataset_subfolder(tmp_path):
+    make_idx_dataset(tmp_path / "env", marker=5)
+    make_idx_dataset(tmp_path / "env" / "mnist", marker=6)
+    environ = {"NEURON_LAYOUT_DATA": str(tmp_path / "env")}
+    assert marker_of(load_dataset(DataConfig(), environ=environ, system_root=tmp_path)) == 6
+
+
+def test_folder_with_only_some_files_is_skipped(tmp_path):
+    given = make_idx_dataset(tmp_path / "given", marker=1)
+    (given / "t10k-labels-idx1-ubyte.gz").unlink()
+    make_idx_dataset(tmp_path / "system" / "mnist", marker=4)
+    cfg = DataConfig(dir=str(given))
+    assert marker_of(load_dataset(cfg, environ={}, system_root=tmp_path / "system")) == 4
+
+
+def test_uncompressed_files_are_found(tmp_path):
+    make_idx_dataset(tmp_path / "raw", marker=7, gz=False)
+    cfg = DataConfig(dir=str(tmp_path / "raw"))
+    assert marker_of(load_dataset(cfg, environ={}, system_root=tmp_path)) == 7
+
+
+def test_missing_data_dir_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="data.dir '.*nowhere' is not a folder"):
+        load_dataset(DataConfig(dir=str(tmp_path / "nowhere")), environ={}, system_root=tmp_path)
+
+
+def test_nothing_found_lists_every_place_tried_and_the_fix(tmp_path, isolated_cache):
+    (tmp_path / "given").mkdir()
+    cfg = DataConfig(dir=str(tmp_path / "given"), mirrors=("http://127.0.0.1:9/",))
+    environ = {"NEURON_LAYOUT_DATA": str(tmp_path / "env")}
+    with pytest.raises(DataError) as info:
+        load_dataset(cfg, environ=environ, system_root=tmp_path / "system")
+    message = str(info.value)
+    for place in (tmp_path / "given" / "mnist", tmp_path / "given", tmp_path / "env" / "mnist",
+                  tmp_path / "env", isolated_cache / "datasets" / "mnist", tmp_path / "system" / "mnist"):
+        assert str(place) in message
+    assert "http://127.0.0.1:9/train-images-idx3-ubyte.gz" in message
+    assert "--data-dir" in message and "\n" not in message
+
+
+def test_classes_and_limit_select_and_remap(tmp_path):
+    folder = make_idx_dataset(tmp_path / "d", n=40)
+    cfg = DataConfig(dir=str(folder), classes=(7, 2), limit=5)
+    ds = load_dataset(cfg, environ={}, system_root=tmp_path)
+    assert ds.classes == (7, 2) and ds.class_names == ("7", "2") and ds.n_classes == 2
+    original = (np.arange(40) % 10)
+    keep = np.isin(original, [7, 2])
+    assert len(ds.train.labels) == 5
+    np.testing.assert_array_equal(ds.train.labels, np.where(original[keep] == 7, 0, 1)[:5])
+    full = read_idx(folder / "train-images-idx3-ubyte.gz")
+    np.testing.assert_array_equal(ds.train.images, full[keep][:5])
+
+
+def test_real_mnist_files(shared_data):
+    ds = load_dataset(DataConfig(), environ={"NEURON_LAYOUT_DATA": str(shared_data)}, system_root=Path("/nonexistent"))
+    assert ds.train.images.shape == (5000, 28, 28) and ds.test.images.shape == (10000, 28, 28)
+    assert np.bincount(ds.train.labels).tolist() == [500] * 10
+    assert np.bincount(ds.test.labels, minlength=10).sum() == 10000
+    official = data.SOURCES["mnist"].sha256
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        assert hashlib.sha256((shared_data / "mnist" / name).read_bytes()).hexdigest() == official[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloads from a local HTTP server
+
+
+@pytest.fixture
+def server(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path/www; yields its base URL."""
+    www = tmp_path / "www"
+    www.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(www)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def served_source(www: Path, monkeypatch, corrupt: str | None = None) -> None:
+    """Serve a tiny dataset and register its true checksums (one of them wrong if `corrupt` names a file)."""
+    make_idx_dataset(www, marker=9)
+    sums = {f"{s}.gz": hashlib.sha256((www / f"{s}.gz").read_bytes()).hexdigest() for s in STEMS}
+    if corrupt:
+        sums[corrupt] = "0" * 64
+    monkeypatch.setitem(data.SOURCES, "mnist", Source(mirrors=(), sha256=sums, class_names=data.SOURCES["mnist"].class_names))
+
+
+def test_download_into_the_cache_then_reuse(server, monkeypatch, tmp_path, isolated_cache):
+    www, url = server
+    served_source(www, monkeypatch)
+    cfg = DataConfig(mirrors=("http://127.0.0.1:9/", url))  # the first mirror is down
+    ds = load_dataset(cfg, environ={}, system_root=tmp_path / "none")
+    assert marker_of(ds) == 9
+    cached = isolated_cache / "datasets" / "mnist"
+    assert sorted(p.name for p in cached.iterdir()) == sorted(f"{s}.gz" for s in STEMS)
+    for path in www.iterdir():
+        path.unlink()  # the server has nothing now: a second load must come from the cache
+    assert marker_of(load_dataset(cfg, environ={}, system_root=tmp_path / "none")) == 9
+
+
+def test_checksum_mismatch_leaves_nothing_in_the_cache(server, monkeypatch, tmp_path, isolated_cache):
+    www, url = server
+    served_source(www, monkeypatch, corrupt="train-images-idx3-ubyte.gz")
+    with pytest.raises(DataError) as info:
+        load_dataset(DataConfig(mirrors=(url,)), environ={}, system_root=tmp_path / "none")
+    assert "checksum mismatch" in str(info.value)
+    cached = isolated_cache / "datasets" / "mnist"
+    assert not cached.exists() or list(cached.iterdir()) == []
