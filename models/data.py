@@ -26,6 +26,7 @@ from layout.files import cache_dir, write_atomic
 
 SYSTEM_ROOT = Path("/usr/share/datasets")
 IMAGE_SHAPE = (28, 28)
+GZIP_MAGIC = b"\x1f\x8b"
 N_LABELS = 10
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -133,12 +134,12 @@ def parse_idx(data: bytes, name: str) -> np.ndarray:
         raise DataError(f"{name} has {actual - expected} bytes after the data that its header "
                         f"(dimensions {'x'.join(map(str, dims))}) does not account for")
     array = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header)
-    return array.reshape(dims).astype(dtype.newbyteorder("="))
+    return array.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
 def decompress(raw: bytes, name: str) -> bytes:
     """Gunzip `raw` if it starts with the gzip magic bytes; plain IDX passes through."""
-    if raw[:2] != b"\x1f\x8b":
+    if raw[:2] != GZIP_MAGIC:
         return raw
     try:
         return gzip.decompress(raw)
@@ -150,6 +151,26 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file, gzip-compressed or raw."""
     path = Path(path)
     return parse_idx(decompress(read_bytes(path), str(path)), str(path))
+
+
+def read_idx_cached(path: Path) -> tuple[np.ndarray, str]:
+    """(array, SHA-256 of the file). A gzip file is decoded once and kept as .npy in the cache, keyed by
+    its checksum: reading 47 MB of .npy is about 20 times faster than gunzipping it again."""
+    raw = read_bytes(path)
+    digest = hashlib.sha256(raw).hexdigest()
+    if raw[:2] != GZIP_MAGIC:
+        return parse_idx(raw, str(path)), digest
+    decoded = cache_dir() / "decoded" / f"{digest}.npy"
+    try:
+        return np.load(decoded, allow_pickle=False), digest
+    except (OSError, ValueError):
+        pass
+    array = parse_idx(decompress(raw, str(path)), str(path))
+    try:
+        write_atomic(decoded, lambda f: np.save(f, array))
+    except OSError:
+        pass  # the cache only saves time; a read-only or full disk must not stop the run
+    return array, digest
 
 
 def read_bytes(path: Path) -> bytes:
@@ -285,9 +306,8 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
     digest = hashlib.sha256()
     arrays = {}
     for stem in STEMS:
-        raw = read_bytes(files[stem])
-        digest.update(raw)
-        arrays[stem] = parse_idx(decompress(raw, str(files[stem])), str(files[stem]))
+        arrays[stem], file_digest = read_idx_cached(files[stem])
+        digest.update(file_digest.encode())
     classes = cfg.classes or tuple(range(N_LABELS))
     splits = {
         split: select(check_split(arrays[img], arrays[lab], (str(files[img]), str(files[lab]))), classes, cfg.limit)
@@ -304,7 +324,7 @@ def select(split: Split, classes: tuple[int, ...], limit: int | None) -> Split:
     remap = np.full(N_LABELS, -1, dtype=np.int32)
     remap[list(classes)] = np.arange(len(classes), dtype=np.int32)
     keep = remap[split.labels] >= 0
-    images, labels = split.images[keep], remap[split.labels[keep]]
+    images, labels = (split.images, remap[split.labels]) if keep.all() else (split.images[keep], remap[split.labels[keep]])
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     return Split(images=images, labels=labels)

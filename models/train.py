@@ -119,35 +119,43 @@ evaluate_jit = jax.jit(evaluate, static_argnums=3)
 
 
 def make_epoch(optimizer: optax.GradientTransformation, activation: str, cfg: TrainConfig,
-               n_batches: int, batch_size: int, interval: int) -> Callable:
+               n_batches: int, batch_size: int, interval: int | None) -> Callable:
     """A jitted function running one epoch: shuffle, `n_batches` steps, evaluation on the test set.
 
-    Weights are copied into a snapshot buffer after every global step that is a multiple of `interval`.
+    With an `interval` (snapshots that fall inside epochs), the weights after every global step that
+    is a multiple of it are copied into a buffer returned with the epoch's results.
     """
-    n_slots = -(-n_batches // interval)
+    n_slots = -(-n_batches // interval) if interval else 0
 
     def loss_fn(params, x, y):
         logits, _ = apply(params, x, activation)
         data_loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return data_loss + weight_penalty(params, cfg.l1, cfg.l2), data_loss
 
-    def step(carry, batch):
-        params, opt_state, buffer, count, global_step = carry
-        x = batch[0].astype(jnp.float32) / 255.0
-        grads, data_loss = jax.grad(loss_fn, has_aux=True)(params, x, batch[1])
+    def learn(params, opt_state, x, y):
+        grads, data_loss = jax.grad(loss_fn, has_aux=True)(params, x.astype(jnp.float32) / 255.0, y)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        global_step = global_step + 1
+        return optax.apply_updates(params, updates), opt_state, data_loss
+
+    def keep(buffer, count, params, global_step):
         take = global_step % interval == 0
         buffer = jax.lax.cond(take, lambda b: jax.tree.map(lambda s, p: s.at[count].set(p), b, params),
                               lambda b: b, buffer)
-        return (params, opt_state, buffer, count + take, global_step), data_loss
+        return buffer, count + take
+
+    def step(carry, batch):
+        params, opt_state, buffer, count, global_step = carry
+        params, opt_state, data_loss = learn(params, opt_state, *batch)
+        if interval:
+            buffer, count = keep(buffer, count, params, global_step + 1)
+        return (params, opt_state, buffer, count, global_step + 1), data_loss
 
     @jax.jit
-    def run_epoch(params, opt_state, key, step0, x, y, x_test, y_test):
+    def run_epoch(params, opt_state, order_key, epoch, x, y, x_test, y_test):
+        key = jax.random.fold_in(order_key, epoch)
         order = jax.random.permutation(key, x.shape[0])[: n_batches * batch_size].reshape(n_batches, batch_size)
         buffer = jax.tree.map(lambda p: jnp.zeros((n_slots, *p.shape), p.dtype), params)
-        carry = (params, opt_state, buffer, jnp.int32(0), step0)
+        carry = (params, opt_state, buffer, jnp.int32(0), epoch * n_batches)
         (params, opt_state, buffer, count, _), losses = jax.lax.scan(
             lambda c, idx: step(c, (x[idx], y[idx])), carry, order)
         test_loss, test_accuracy = evaluate(params, x_test, y_test, activation)
@@ -156,9 +164,28 @@ def make_epoch(optimizer: optax.GradientTransformation, activation: str, cfg: Tr
     return run_epoch
 
 
-def snapshot_interval(cfg: TrainConfig, n_batches: int) -> int:
-    """Steps between snapshots."""
-    return cfg.snapshot_every * (n_batches if cfg.snapshot_unit == "epoch" else 1)
+def initial_state(optimizer: optax.GradientTransformation, sizes: tuple[int, ...], activation: str,
+                  seed: int) -> tuple[Params, optax.OptState, jax.Array]:
+    """(parameters, optimizer state, key for the batch order) from `seed`, in one compiled call."""
+
+    @jax.jit
+    def make(seed):
+        init_key, order_key = jax.random.split(jax.random.key(seed, impl="rbg"))
+        params = init_params(init_key, sizes, activation)
+        return params, optimizer.init(params), order_key
+
+    return make(seed)
+
+
+def snapshots_taken(out: EpochOut, params: Params, epoch: int, n_batches: int, interval: int,
+                    in_epoch: bool) -> list[tuple[int, Params]]:
+    """(step, weights as numpy) for each snapshot due in this epoch."""
+    if not in_epoch:
+        end = (epoch + 1) * n_batches
+        return [(end, jax.tree.map(np.asarray, params))] if end % interval == 0 else []
+    first = (epoch * n_batches) // interval + 1
+    buffer = jax.tree.map(np.asarray, out.snapshots)
+    return [((first + i) * interval, jax.tree.map(lambda s: s[i], buffer)) for i in range(int(out.n_snapshots))]
 
 
 def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
@@ -174,25 +201,19 @@ def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
     x, y = flatten_images(dataset.train.images), jnp.asarray(dataset.train.labels)
     x_test, y_test = flatten_images(dataset.test.images), jnp.asarray(dataset.test.labels)
 
-    init_key, order_key = jax.random.split(jax.random.key(cfg.seed, impl="rbg"))
-    params = init_params(init_key, sizes, model.activation)
     optimizer = make_optimizer(cfg)
-    opt_state = jax.jit(optimizer.init)(params)
-    interval = snapshot_interval(cfg, n_batches)
-    run_epoch = make_epoch(optimizer, model.activation, cfg, n_batches, batch_size, interval)
+    params, opt_state, order_key = initial_state(optimizer, sizes, model.activation, cfg.seed)
+    interval = cfg.snapshot_every * (n_batches if cfg.snapshot_unit == "epoch" else 1)
+    in_epoch = interval % n_batches != 0  # snapshots fall inside epochs: keep them in the scan
+    run_epoch = make_epoch(optimizer, model.activation, cfg, n_batches, batch_size, interval if in_epoch else None)
 
     snapshots = [(0, jax.tree.map(np.asarray, params))]
     history = []
     for epoch in range(cfg.epochs):
-        step0 = jnp.int32(epoch * n_batches)
-        params, opt_state, out = run_epoch(params, opt_state, jax.random.fold_in(order_key, epoch), step0,
-                                           x, y, x_test, y_test)
+        params, opt_state, out = run_epoch(params, opt_state, order_key, epoch, x, y, x_test, y_test)
         stats = EpochStats(epoch + 1, float(out.train_loss), float(out.test_loss), float(out.test_accuracy))
         history.append(stats)
-        first = (epoch * n_batches) // interval + 1
-        taken = jax.tree.map(np.asarray, out.snapshots)
-        snapshots += [((first + i) * interval, jax.tree.map(lambda s: s[i], taken))
-                      for i in range(int(out.n_snapshots))]
+        snapshots += snapshots_taken(out, params, epoch, n_batches, interval, in_epoch)
         if on_epoch:
             on_epoch(stats)
 
