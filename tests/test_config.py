@@ -124,3 +124,11 @@ def test_command_reports_a_bad_config_in_one_line_and_exits_nonzero(tmp_path, ca
     err = capsys.readouterr().err
     assert err.strip().splitlines() == ["error: train.learning_rate = -1 is out of range: must be > 0 and <= 10"]
     assert not (tmp_path / "out").exists()
+
+
+def test_readme_documents_every_config_key():
+    from layout.config import valid_paths
+
+    readme = (REPO / "README.md").read_text()
+    missing = [p for p in valid_paths() if "." in p and f"`{p}`" not in readme]
+    assert missing == []

@@ -238,3 +238,18 @@ def test_checksum_mismatch_leaves_nothing_in_the_cache(server, monkeypatch, tmp_
     assert "checksum mismatch" in str(info.value)
     cached = isolated_cache / "datasets" / "mnist"
     assert not cached.exists() or list(cached.iterdir()) == []
+
+
+def test_decoded_files_are_cached_and_a_damaged_cache_entry_is_ignored(tmp_path, isolated_cache):
+    folder = make_idx_dataset(tmp_path / "d", marker=3)
+    cfg = DataConfig(dir=str(folder))
+    first = load_dataset(cfg, environ={}, system_root=tmp_path)
+    decoded = sorted((isolated_cache / "decoded").iterdir())
+    sums = {hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}  # equal files share an entry
+    assert {p.name for p in decoded} == {f"{s}.npy" for s in sums}
+    for path in decoded:
+        path.write_bytes(b"garbage")
+    again = load_dataset(cfg, environ={}, system_root=tmp_path)
+    np.testing.assert_array_equal(first.train.images, again.train.images)
+    np.testing.assert_array_equal(first.test.labels, again.test.labels)
+    assert first.digest == again.digest
