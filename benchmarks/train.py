@@ -185,6 +185,7 @@ def measure(n_epochs: int, repeats: int) -> dict:
         "epoch_ratio": jax_epoch / torch_epoch,
         "jax_epoch_times_s": jax_times,
         "torch_epoch_times_s": torch_times,
+        "jax_first_epoch_s": {"cold": statistics.median(cold), "warm": statistics.median(warm)},
         "jax_first_epoch_cold_s": statistics.median(cold),
         "jax_first_epoch_warm_s": statistics.median(warm),
         "jax_first_epoch_cold_runs_s": cold,

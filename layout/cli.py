@@ -11,11 +11,15 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from layout.config import RunConfig, config_to_yaml, load_config
 from layout.errors import UserError
 from layout.files import cache_dir, write_json, write_text
+
+if TYPE_CHECKING:  # the models package imports jax: load it only when a command needs it
+    from models.data import Dataset
+    from models.train import Network
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -58,8 +62,8 @@ def output_dir(args: argparse.Namespace, cfg: RunConfig) -> Path:
 class TrainResult:
     """What the training stage produced and where it put it."""
 
-    dataset: object  # models.data.Dataset
-    network: object  # models.train.Network
+    dataset: Dataset
+    network: Network
     key: str
     reused: bool
     written: tuple[Path, ...]

@@ -269,6 +269,7 @@ def download(dataset: str, target: Path, mirrors: tuple[str, ...], progressbar: 
     """Fetch the four files into `target`, each verified by SHA-256 before it gets its final name."""
     import pooch  # imported here: it is only needed for downloads
 
+    pooch.get_logger().setLevel("WARNING")  # our own error says what failed; the progress bar shows progress
     source = SOURCES[dataset]
     files = {}
     for stem in STEMS:
@@ -289,10 +290,19 @@ def download(dataset: str, target: Path, mirrors: tuple[str, ...], progressbar: 
 
 
 def one_line(error: Exception) -> str:
+    """A short reason for a failed download."""
     text = " ".join(str(error).split())
-    if "does not match the known hash" in text or "SHA256 hash of downloaded file" in text:
-        return "checksum mismatch, file discarded"
-    return text[:200] or type(error).__name__
+    reasons = (("does not match the known hash", "checksum mismatch, file discarded"),
+               ("NameResolutionError", "host not found (no network?)"),
+               ("Connection refused", "connection refused"),
+               ("timed out", "timed out"))
+    for needle, reason in reasons:
+        if needle in text:
+            return reason
+    response = getattr(error, "response", None)
+    if response is not None:
+        return f"HTTP {response.status_code}"
+    return text[:120] or type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------------

@@ -56,11 +56,6 @@ def save_network(path: str | Path, network: Network, key: str = "") -> Path:
     return write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
-def read_meta(path: str | Path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        return json.loads(str(z["meta"]))
-
-
 def load_network(path: str | Path) -> Network:
     """Read a network.npz written by save_network."""
     try:

@@ -84,10 +84,6 @@ class Network:
     def n_params(self) -> int:
         return count_params(self.sizes)
 
-    @property
-    def params(self) -> Params:
-        return [{"w": jnp.asarray(w), "b": jnp.asarray(b)} for w, b in zip(self.weights, self.biases)]
-
 
 class EpochOut(NamedTuple):
     train_loss: jax.Array

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes, arrays
 
 from layout.config import DataConfig
 from layout.errors import DataError
@@ -253,3 +256,24 @@ def test_decoded_files_are_cached_and_a_damaged_cache_entry_is_ignored(tmp_path,
     np.testing.assert_array_equal(first.train.images, again.train.images)
     np.testing.assert_array_equal(first.test.labels, again.test.labels)
     assert first.digest == again.digest
+
+
+IDX_DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(st.sampled_from(IDX_DTYPES), array_shapes(min_dims=1, max_dims=4, max_side=6)), st.booleans())
+def test_any_array_survives_an_idx_round_trip(array, compressed):
+    raw = encode_idx(array)
+    if compressed:
+        raw = gzip.compress(raw)
+    back = data.parse_idx(data.decompress(raw, "x"), "x")
+    assert back.dtype == array.dtype and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+
+
+def test_missing_file_on_the_mirror_is_reported(server, tmp_path, isolated_cache):
+    _, url = server  # serves an empty folder
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: HTTP 404"):
+        load_dataset(DataConfig(mirrors=(url,)), environ={}, system_root=tmp_path / "none")
+    assert not (isolated_cache / "datasets" / "mnist").exists() or not any((isolated_cache / "datasets" / "mnist").iterdir())
