@@ -1,7 +1,7 @@
-"""What the commands share: arguments, config loading, one-line errors, progress bars, and the training
-stage (dataset -> network -> network.npz, metrics.json, config.yaml in the output folder).
+"""What the commands share: arguments, config loading, progress bars, and the training stage
+(dataset -> network -> network.npz, metrics.json, config.yaml in the output folder).
 
-Library modules never print; this module and the command entry points decide what the user sees.
+Nothing here prints; layout/run.py decides what the user sees.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from layout.config import RunConfig, config_to_yaml, load_config
-from layout.errors import UserError
 from layout.files import cache_dir, write_json, write_text
 
 if TYPE_CHECKING:  # the models package imports jax: load it only when a command needs it
@@ -31,20 +30,6 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
                         help="override one config value, e.g. --set train.epochs=5 (repeatable)")
     parser.add_argument("--retrain", action="store_true", help="train again even if a cached network matches")
     return parser
-
-
-def run_command(command: Callable[[argparse.Namespace], int], argv: list[str] | None, *, prog: str,
-                description: str) -> int:
-    """Parse arguments and run `command`; a UserError or Ctrl-C becomes one line on stderr and an exit code."""
-    args = make_parser(prog, description).parse_args(argv)
-    try:
-        return command(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished outputs are kept, nothing half-written was left", file=sys.stderr)
-        return 130
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -132,10 +117,3 @@ def training_summary(result: TrainResult) -> str:
         "wrote " + ", ".join(str(p) for p in result.written),
     ]
     return "\n".join(lines)
-
-
-def train_command(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    result = training_stage(cfg, output_dir(args, cfg), retrain=args.retrain)
-    print(training_summary(result))
-    return 0

@@ -265,9 +265,9 @@ def enable_compilation_cache(folder) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from layout.cli import run_command, train_command
+    from layout.run import run_command, train_only
 
-    return run_command(train_command, argv, prog="python -m models.train",
+    return run_command(train_only, argv, prog="python -m models.train",
                        description="Train (or reuse) the network a config describes.")
 
 
