@@ -24,6 +24,12 @@ DATASETS = ("mnist", "fashion-mnist")
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
 OPTIMIZERS = ("adam", "sgd")
 SNAPSHOT_UNITS = ("epoch", "step")
+ANCHOR_MODES = ("fixed", "free", "none")
+ANCHOR_SHAPES = ("sphere", "ring")
+WEIGHTINGS = ("uniform", "inverse", "inverse_square")
+LAYER_SHAPES = ("plane", "shell")
+INITS = ("pca", "random")
+INFLUENCES = ("weights", "jacobian")
 
 
 def option(default: Any, doc: str, **rules: Any) -> Any:
@@ -66,11 +72,87 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class AnchorsConfig:
+    mode: str = option("fixed", "output units as particles: fixed in place, free (moved like neurons), or none",
+                       choices=ANCHOR_MODES)
+    shape: str = option("sphere", "where fixed anchors sit: evenly on a sphere or a ring", choices=ANCHOR_SHAPES)
+    radius: float = option(1.5, "radius of the fixed anchors' sphere or ring, in layout units", gt=0)
+    scale: float = option(1.0, "free anchors' output vector: one-hot times this times the mean neuron "
+                               "output-vector norm", gt=0)
+
+
+@dataclass(frozen=True)
+class EuclidConfig:
+    strength: float = option(1.0, "springs with rest length proportional to the output-vector distance", ge=0)
+    weighting: str = option("uniform", "pair weight: uniform, 1/d or 1/d^2 of the output-vector distance d",
+                            choices=WEIGHTINGS)
+
+
+@dataclass(frozen=True)
+class DominanceConfig:
+    strength: float = option(0.0, "pull between neurons that drive the same output class hardest", ge=0)
+    anchor: float = option(1.0, "pull of each neuron toward its class anchor, as a multiple of strength", ge=0)
+
+
+@dataclass(frozen=True)
+class RepulsionConfig:
+    strength: float = option(0.02, "softened many-body repulsion between all particles", ge=0)
+    softening: float = option(0.05, "distance below which repulsion stops growing, in layout units", gt=0)
+
+
+@dataclass(frozen=True)
+class CenteringConfig:
+    strength: float = option(0.01, "pull of every particle toward the origin", ge=0)
+
+
+@dataclass(frozen=True)
+class LayerPlaneConfig:
+    strength: float = option(0.0, "pull of each hidden layer toward its own plane (z) or shell (radius)", ge=0)
+    shape: str = option("plane", "plane: layers stacked along z; shell: layers on nested spheres",
+                        choices=LAYER_SHAPES)
+    spacing: float = option(1.0, "distance between consecutive layers' planes or shells", gt=0)
+
+
+@dataclass(frozen=True)
+class ForcesConfig:
+    euclid: EuclidConfig = field(default_factory=EuclidConfig)
+    dominance: DominanceConfig = field(default_factory=DominanceConfig)
+    repulsion: RepulsionConfig = field(default_factory=RepulsionConfig)
+    centering: CenteringConfig = field(default_factory=CenteringConfig)
+    layer_plane: LayerPlaneConfig = field(default_factory=LayerPlaneConfig)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    steps: int = option(500, "most steps to run; alpha cools from 1 to alpha_min over them", ge=1)
+    record_every: int = option(5, "keep every k-th step as an animation frame", ge=1)
+    chunk: int = option(100, "steps per compiled call; the progress bar advances per chunk", ge=1)
+    init: str = option("pca", "starting positions: PCA of the output vectors, or random", choices=INITS)
+    alpha_min: float = option(0.001, "alpha (the step scale) at the last step", gt=0, lt=1)
+    velocity_decay: float = option(0.4, "friction: fraction of the velocity lost each step", ge=0, lt=1)
+    settle: float = option(1e-4, "stop early once no particle moves more than this per step, as a "
+                                 "fraction of the layout's size (0: never)", ge=0)
+    seed: int = option(0, "seed for the starting positions", ge=0)
+
+
+@dataclass(frozen=True)
+class LayoutConfig:
+    influence: str = option("weights", "output vectors of layers below the last: product of the downstream "
+                                       "weights, or mean Jacobian of the logits over the test set",
+                            choices=INFLUENCES)
+    anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
+    forces: ForcesConfig = field(default_factory=ForcesConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    metrics_sample: int = option(2000, "metrics are exact up to this many neurons, sampled above", ge=20)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = option("run", "name of the run; outputs go to runs/<name>/ (default: the file name)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """`python -m layout.run CONFIG` (also `neuron-layout CONFIG`): the whole pipeline, stage by stage.
 
-Stages so far: config -> dataset -> network (trained, or reused from the cache) -> outputs in
-runs/<config name>/. The layout and render stages join here as they are built; no math lives here.
-This module (with the entry points that call it) is the only place that prints.
+Stages so far: config -> dataset -> network (trained, or reused from the cache) -> neuron features ->
+force simulation -> metrics, with outputs in runs/<config name>/. The render stage joins here when it
+is built; no math lives here. This module (with the entry points that call it) is the only place that
+prints.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import argparse
 import sys
 from typing import Callable
 
-from layout.cli import config_from_args, make_parser, output_dir, training_stage, training_summary
+from layout.cli import config_from_args, make_parser, output_dir
 from layout.errors import UserError
+from layout.files import write_json
 
 
 def run_command(command: Callable[[argparse.Namespace], int], argv: list[str] | None, *, prog: str,
@@ -30,15 +32,31 @@ def run_command(command: Callable[[argparse.Namespace], int], argv: list[str] | 
 
 
 def train_only(args: argparse.Namespace) -> int:
-    """The training stage: `python -m models.train`."""
+    """The training stage alone: `python -m models.train`."""
+    from layout.stages import training_stage, training_summary
+
     cfg = config_from_args(args)
-    result = training_stage(cfg, output_dir(args, cfg), retrain=args.retrain)
-    print(training_summary(result))
+    out = output_dir(args, cfg)
+    trained = training_stage(cfg, out, retrain=args.retrain)
+    written = trained.written + (write_json(out / "metrics.json", trained.figures),)
+    print(training_summary(trained))
+    print("wrote " + ", ".join(map(str, written)))
     return 0
 
 
-# The layout and render stages extend the pipeline as they land; today it ends after training.
-pipeline = train_only
+def pipeline(args: argparse.Namespace) -> int:
+    """Train (or reuse) the network, then lay its neurons out and measure the layout."""
+    from layout.stages import layout_stage, layout_summary, training_stage, training_summary
+
+    cfg = config_from_args(args)
+    out = output_dir(args, cfg)
+    trained = training_stage(cfg, out, retrain=args.retrain)
+    print(training_summary(trained))
+    laid = layout_stage(cfg, trained, out)
+    metrics = write_json(out / "metrics.json", {**trained.figures, "layout": laid.figures})
+    print(layout_summary(laid))
+    print("wrote " + ", ".join(map(str, trained.written + laid.written + (metrics,))))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

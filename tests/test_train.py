@@ -170,7 +170,8 @@ def test_euclid_config_end_to_end(shared_data, tmp_path, capsys):
     out = tmp_path / "euclid"
     argv = [str(REPO / "configs" / "euclid.yaml"), "--out", str(out), "--data-dir", str(shared_data)]
     assert run_main(argv) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "network.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "network.npz", "neurons.csv",
+                                                     "trajectory.npz"]
     metrics = json.loads((out / "metrics.json").read_text())
     for name in ("test_accuracy", "train_accuracy", "train_seconds", "epochs", "n_params"):
         assert name in metrics
@@ -184,8 +185,35 @@ def test_euclid_config_end_to_end(shared_data, tmp_path, capsys):
     assert abs(accuracy - metrics["test_accuracy"]) < 1e-6
     summary = capsys.readouterr().out
     assert f"test accuracy {metrics['test_accuracy']:.4f}" in summary
+    check_layout_outputs(out, net, metrics["layout"])
+    assert f"stress {metrics['layout']['normalized_stress']:.3f}" in summary
 
     # a second run with only a new output folder reuses the trained network
     assert run_main(argv[:2] + [str(tmp_path / "again")] + argv[3:]) == 0
     assert json.loads((tmp_path / "again" / "metrics.json").read_text())["reused"] is True
     assert "reused from cache" in capsys.readouterr().out
+
+
+def check_layout_outputs(out: Path, net, figures: dict) -> None:
+    """trajectory.npz, neurons.csv and metrics.json's layout section agree with each other and the network."""
+    import csv
+
+    with np.load(out / "trajectory.npz", allow_pickle=False) as z:
+        positions, step, is_anchor = z["positions"], z["step"], z["is_anchor"]
+        meta = json.loads(str(z["meta"]))
+        assert z["energy"].shape == (len(step), len(meta["terms"]))
+    assert meta["terms"] == figures["terms"] == ["euclid", "repulsion", "centering"]
+    assert positions.shape == (len(step), 110, 3) and is_anchor.sum() == 10  # 100 neurons + 10 free anchors
+    assert np.isfinite(positions).all() and step[0] == 0 and step[-1] == figures["steps"]
+    rows = list(csv.DictReader((out / "neurons.csv").open()))
+    assert len(rows) == 100 and list(rows[0]) == ["id", "layer", "index", "dominant", "activation_dominant",
+                                                  "x", "y", "z", "distortion"]
+    dominant = net.weights[-1].argmax(1)
+    for i, row in enumerate(rows):
+        assert int(row["id"]) == i and int(row["index"]) == i and int(row["layer"]) == 0
+        assert int(row["dominant"]) == dominant[i]
+        np.testing.assert_allclose([float(row[c]) for c in "xyz"], positions[-1, i], rtol=1e-5, atol=1e-6)
+        assert float(row["distortion"]) >= 0
+    # the layout is far better than chance: neighbours in weight space are neighbours in 3D
+    assert figures["exact"] and figures["n_neurons"] == 100
+    assert figures["normalized_stress"] < 0.3 and figures["trustworthiness"] > 0.8 and figures["spearman"] > 0.6

@@ -1,0 +1,158 @@
+"""The force simulation: velocity integration with friction and a cooling alpha, as in d3-force.
+
+Each step: alpha = alpha_min ** (step / (steps - 1)) cools from 1 to alpha_min; forces are -grad of
+the summed energy; v <- (v + alpha F)(1 - velocity_decay); x <- x + v (fixed particles stay put).
+The step is compiled once; chunks of steps run as lax.scan, frames are kept every `record_every`
+steps, and the run stops early once no particle moves more than `settle` x the layout's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from layout.config import SimConfig
+from layout.errors import UserError
+from layout.forces import Energy, Particles
+
+
+class SimulationError(UserError):
+    """The simulation produced a non-finite value."""
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """positions [T, P, 3] float32 (frames), energy [T, n_terms] float32 (each term at that frame),
+    step [T] int (simulation step of each frame), terms: the term names in energy's column order,
+    settled_step: the step at which the layout settled (None if it ran all its steps)."""
+
+    positions: np.ndarray
+    energy: np.ndarray
+    step: np.ndarray
+    terms: tuple[str, ...]
+    settled_step: int | None
+
+    @property
+    def final(self) -> np.ndarray:
+        return self.positions[-1]
+
+
+class State(NamedTuple):
+    x: jax.Array  # [P, 3]
+    v: jax.Array  # [P, 3]
+    step: jax.Array  # steps taken
+    stop: jax.Array  # step at which the run settled or failed, -1 while running
+    failed: jax.Array  # whether it stopped on a non-finite value
+
+
+def initial_positions(particles: Particles, init: str, key: jax.Array) -> np.ndarray:
+    """[P, 3]: PCA of the output vectors (plus a tiny seeded jitter) or seeded random, RMS radius 1;
+    fixed particles at home."""
+    n = particles.n_particles
+    noise = np.asarray(jax.random.normal(key, (n, 3)), np.float32)
+    if init == "pca" and n > 1:
+        centred = particles.vectors - particles.vectors.mean(0)
+        u, s, _ = np.linalg.svd(centred, full_matrices=False)
+        pcs = np.zeros((n, 3), np.float32)
+        k = min(3, u.shape[1])
+        pcs[:, :k] = u[:, :k] * s[:k]
+        x = pcs + 1e-3 * (np.sqrt((pcs**2).sum(1).mean()) + 1e-6) * noise
+    else:
+        x = noise
+    x = x / (np.sqrt((x**2).sum(1).mean()) + 1e-12)
+    return np.where(particles.movable[:, None], x, particles.home).astype(np.float32)
+
+
+def total_energy(terms: dict[str, Energy]) -> Callable:
+    """positions -> (sum of the terms, [n_terms] each term)."""
+    def energy(x):
+        values = jnp.stack([fn(x) for fn in terms.values()]) if terms else jnp.zeros(1)
+        return values.sum(), values
+
+    return energy
+
+
+def make_chunk(terms: dict[str, Energy], movable: np.ndarray, cfg: SimConfig, n_frames: int) -> Callable:
+    """A compiled function running n_frames x record_every steps from a State; returns the new State
+    and, per frame, the positions and each term's energy at the frame's first step."""
+    grad = jax.value_and_grad(total_energy(terms), has_aux=True)
+    movable = jnp.asarray(movable)[:, None]
+    last = max(cfg.steps - 1, 1)
+
+    def step(state: State, _):
+        (_, values), g = grad(state.x)
+        alpha = cfg.alpha_min ** (state.step / last)
+        v = (state.v + alpha * jnp.where(movable, -g, 0.0)) * (1 - cfg.velocity_decay)
+        x = state.x + v
+        running = state.stop < 0
+        finite = jnp.isfinite(x).all() & jnp.isfinite(values).all()
+        size = jnp.sqrt((state.x**2).sum(1).mean()) + 1e-12
+        settled = jnp.abs(v).max() <= cfg.settle * size
+        out_of_steps = state.step + 1 >= cfg.steps
+        stop_now = running & (~finite | settled | out_of_steps)
+        keep = running & finite
+        new = State(
+            x=jnp.where(keep, x, state.x),
+            v=jnp.where(keep, v, state.v),
+            step=jnp.where(running, state.step + 1, state.step),
+            stop=jnp.where(stop_now, state.step + finite.astype(state.step.dtype), state.stop),
+            failed=state.failed | (running & ~finite),
+        )
+        return new, values
+
+    def frame(state: State, _):
+        x0 = state.x
+        state, values = jax.lax.scan(step, state, None, length=cfg.record_every)
+        return state, (x0, values[0])
+
+    @jax.jit
+    def run(state: State):
+        return jax.lax.scan(frame, state, None, length=n_frames)
+
+    return run
+
+
+def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key: jax.Array,
+             on_chunk: Callable[[int, int], None] | None = None) -> Trajectory:
+    """Run the simulation from initial positions drawn with `key`; same key, same trajectory."""
+    x0 = initial_positions(particles, cfg.init, key)
+    frames_per_chunk = max(1, cfg.chunk // cfg.record_every)
+    run = make_chunk(terms, particles.movable, cfg, frames_per_chunk)
+    state = State(jnp.asarray(x0), jnp.zeros_like(jnp.asarray(x0)), jnp.int32(0), jnp.int32(-1), jnp.bool_(False))
+    positions, energies = [], []
+    while True:
+        state, (xs, values) = run(state)
+        positions.append(np.asarray(xs))
+        energies.append(np.asarray(values))
+        stop = int(state.stop)
+        if on_chunk:
+            on_chunk(int(state.step), cfg.steps)
+        if stop >= 0:
+            break
+    if bool(state.failed):
+        raise SimulationError(diagnose(terms, np.asarray(state.x), stop))
+    steps = np.arange(sum(len(p) for p in positions)) * cfg.record_every
+    keep = steps < stop
+    final_values = np.asarray(total_energy(terms)(state.x)[1])
+    return Trajectory(
+        positions=np.concatenate([np.concatenate(positions)[keep], np.asarray(state.x)[None]]).astype(np.float32),
+        energy=np.concatenate([np.concatenate(energies)[keep], final_values[None]]).astype(np.float32),
+        step=np.concatenate([steps[keep], [stop]]).astype(np.int64),
+        terms=tuple(terms),
+        settled_step=stop if stop < cfg.steps else None,
+    )
+
+
+def diagnose(terms: dict[str, Energy], x: np.ndarray, step: int) -> str:
+    """Name the term whose energy or force is not finite at the last good positions."""
+    for name, fn in terms.items():
+        value, g = jax.value_and_grad(fn)(jnp.asarray(x))
+        if not (np.isfinite(float(value)) and np.isfinite(np.asarray(g)).all()):
+            return (f"the simulation became non-finite at step {step} in the '{name}' term: lower "
+                    f"layout.forces.{name}.strength or raise layout.sim.velocity_decay")
+    return (f"the simulation became non-finite at step {step} (positions ran away): lower the force "
+            "strengths or raise layout.sim.velocity_decay")

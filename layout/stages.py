@@ -1,0 +1,166 @@
+"""The pipeline's stages, each taking what the one before produced and writing its own output files.
+
+  training_stage: config -> dataset -> network (trained or cached) -> config.yaml, network.npz
+  layout_stage:   network -> features -> particles -> simulation -> metrics -> trajectory.npz, neurons.csv
+
+Each returns a frozen result with the figures that go into metrics.json; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from layout.cli import progress_bar
+from layout.config import RunConfig, config_to_yaml
+from layout.files import cache_dir, write_atomic, write_text
+
+if TYPE_CHECKING:  # these import jax: a command loads them only once its config is valid
+    from layout.features import NeuronFeatures
+    from layout.forces import Particles
+    from layout.simulate import Trajectory
+    from models.data import Dataset
+    from models.train import Network
+
+NEURON_COLUMNS = ("id", "layer", "index", "dominant", "activation_dominant", "x", "y", "z", "distortion")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    dataset: Dataset
+    network: Network
+    figures: dict  # the training figures of metrics.json
+    written: tuple[Path, ...]
+
+    @property
+    def reused(self) -> bool:
+        return self.figures["reused"]
+
+
+@dataclass(frozen=True)
+class LayoutResult:
+    features: NeuronFeatures
+    particles: Particles
+    trajectory: Trajectory
+    figures: dict  # metrics.json's "layout" section
+    written: tuple[Path, ...]
+
+
+def training_stage(cfg: RunConfig, out: Path, *, retrain: bool = False) -> TrainResult:
+    """Load the data, train or reuse the network, and write config.yaml and network.npz."""
+    import sys
+
+    from models.data import load_dataset
+    from models.store import obtain_network, save_network
+    from models.train import enable_compilation_cache
+
+    enable_compilation_cache(cache_dir() / "jax")
+    dataset = load_dataset(cfg.data, progressbar=sys.stderr.isatty())
+    with progress_bar(cfg.train.epochs, "training", "epoch") as bar:
+        network, key, reused = obtain_network(cfg, dataset, retrain=retrain, on_epoch=lambda s: bar.advance_to(
+            s.epoch, loss=f"{s.train_loss:.3f}", test_acc=f"{s.test_accuracy:.4f}"))
+    figures = {
+        "dataset": dataset.name,
+        "sizes": list(network.sizes),
+        "activation": network.activation,
+        "classes": list(network.classes),
+        "n_train": int(len(dataset.train.labels)),
+        "n_test": int(len(dataset.test.labels)),
+        "n_params": network.n_params,
+        "epochs": network.epochs,
+        "test_accuracy": network.test_accuracy,
+        "train_accuracy": network.train_accuracy,
+        "train_seconds": network.train_seconds,
+        "network_key": key,
+        "reused": reused,
+    }
+    written = (write_text(out / "config.yaml", config_to_yaml(cfg)), save_network(out / "network.npz", network, key))
+    return TrainResult(dataset, network, figures, written)
+
+
+def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path) -> LayoutResult:
+    """Lay the network's hidden neurons out in 3D; write trajectory.npz and neurons.csv."""
+    import jax
+
+    from layout.features import neuron_features
+    from layout.forces import build_energy, make_particles
+    from layout.metrics import layout_metrics
+    from layout.simulate import simulate
+
+    start = time.perf_counter()
+    features = neuron_features(trained.network, trained.dataset.test, cfg.layout.influence)
+    particles = make_particles(features, cfg.layout.anchors)
+    terms = build_energy(particles, cfg.layout.forces)
+    with progress_bar(cfg.layout.sim.steps, "layout", "step") as bar:
+        trajectory = simulate(terms, particles, cfg.layout.sim, jax.random.key(cfg.layout.sim.seed),
+                              on_chunk=lambda step, total: bar.advance_to(step))
+    seconds = time.perf_counter() - start
+    n = features.n_neurons
+    figures, distortion = layout_metrics(features.output_vectors, trajectory.final[:n], features.dominant,
+                                         cfg.layout.metrics_sample)
+    figures.update(
+        terms=list(trajectory.terms),
+        final_energy=dict(zip(trajectory.terms, map(float, trajectory.energy[-1]))),
+        steps=int(trajectory.step[-1]),
+        settled=trajectory.settled_step is not None,
+        frames=len(trajectory.step),
+        seconds=seconds,
+    )
+    written = (
+        save_trajectory(out / "trajectory.npz", trajectory, particles, features),
+        write_neurons_csv(out / "neurons.csv", features, trajectory.final[:n], distortion, trained.network.classes),
+    )
+    return LayoutResult(features, particles, trajectory, figures, written)
+
+
+def save_trajectory(path: Path, trajectory: Trajectory, particles: Particles, features: NeuronFeatures) -> Path:
+    """trajectory.npz: positions [T, P, 3], energy [T, n_terms], step [T], and per particle group,
+    layer, is_anchor, movable; `meta` is a JSON string with the term names and counts."""
+    meta = {"terms": list(trajectory.terms), "settled_step": trajectory.settled_step,
+            "n_neurons": features.n_neurons, "n_particles": particles.n_particles,
+            "anchor_mode": particles.anchor_mode, "class_names": list(features.class_names)}
+    arrays = {"positions": trajectory.positions, "energy": trajectory.energy, "step": trajectory.step,
+              "group": particles.group, "layer": particles.layer, "is_anchor": particles.is_anchor,
+              "movable": particles.movable, "meta": np.array(json.dumps(meta))}
+    return write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def write_neurons_csv(path: Path, features: NeuronFeatures, positions: np.ndarray, distortion: np.ndarray,
+                      classes: tuple[int, ...]) -> Path:
+    """One row per hidden neuron; classes are written as their original labels."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(NEURON_COLUMNS)
+    labels = np.asarray(classes)
+    for i in range(features.n_neurons):
+        writer.writerow([i, int(features.layer[i]), int(features.index[i]), int(labels[features.dominant[i]]),
+                         int(labels[features.activation_dominant[i]]), *(f"{v:.6g}" for v in positions[i]),
+                         "" if np.isnan(distortion[i]) else f"{distortion[i]:.6g}"])
+    return write_text(path, text.getvalue())
+
+
+def training_summary(result: TrainResult) -> str:
+    net, fig = result.network, result.figures
+    how = "reused from cache" if result.reused else f"trained in {net.train_seconds:.1f} s"
+    return (f"{net.dataset} {'-'.join(map(str, net.sizes))} {net.activation}, {net.epochs} epochs ({how})\n"
+            f"test accuracy {net.test_accuracy:.4f} on {fig['n_test']} images, "
+            f"train accuracy {net.train_accuracy:.4f}")
+
+
+def layout_summary(result: LayoutResult) -> str:
+    f = result.figures
+    settled = "settled" if f["settled"] else "did not settle"
+    sampled = "" if f["exact"] else f" (estimated from a sample of {f['n_queries']} neurons)"
+    return (f"layout of {f['n_neurons']} neurons with {', '.join(f['terms'])}: {f['steps']} steps, {settled}, "
+            f"{f['seconds']:.1f} s\n"
+            f"faithfulness{sampled}: stress {f['normalized_stress']:.3f}, spearman {f['spearman']:.3f}, "
+            f"knn recall@{f['k']} {f['knn_recall']:.3f}, trustworthiness {f['trustworthiness']:.3f}\n"
+            f"class structure by dominant class: neighbourhood hit {f['neighbourhood_hit']:.3f}, "
+            f"silhouette {f['silhouette']:.3f}")
