@@ -5,9 +5,8 @@ and moves particles along `-jax.grad(total)`. The particles are the N hidden neu
 C output anchors (when anchors are on). Every term is scaled so that one particle feels a force of
 order one at unit strength, whatever N is, so strengths mean the same for small and large networks.
 
-All-pairs terms never build an N x N x 3 array: squared distances come from the Gram identity
-|a - b|^2 = |a|^2 + |b|^2 - 2 a.b (a matrix product), over row tiles of at most TILE rows, each tile
-rematerialised in the backward pass so memory stays O(TILE x P).
+All-pairs terms (euclid, repulsion) are PairTerms: the simulation evaluates them together, one pass
+over row tiles of at most TILE rows, and never builds an N x N x 3 array (nor N x N above TILE).
 """
 
 from __future__ import annotations
@@ -23,8 +22,9 @@ import numpy as np
 from layout.config import AnchorsConfig, ForcesConfig
 from layout.features import NeuronFeatures
 
-TILE = 2048
+TILE = 1024
 DISTANCE_FLOOR = 1e-3  # added to output-vector distances in 1/d weights, so identical vectors stay finite
+EUCLID_SOFTENING = 1e-3  # 3D distances are sqrt(d^2 + this^2): smooth, finite gradients at d = 0
 
 Energy = Callable[[jax.Array], jax.Array]
 
@@ -87,56 +87,112 @@ def make_particles(features: NeuronFeatures, cfg: AnchorsConfig) -> Particles:
 
 
 # ---------------------------------------------------------------------------------------------
-# All-pairs sums
+# All-pairs terms
 
 
 def squared_distances(a: jax.Array, b: jax.Array) -> jax.Array:
-    """|a_i - b_j|^2 for a [T, k], b [P, k] -> [T, P], via one matrix product (clipped at 0)."""
-    return jnp.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0)
+    """|a_i - b_j|^2 for a [T, k], b [P, k] -> [T, P], one broadcast per coordinate (fused by XLA into
+    one loop, never an [T, P, k] array)."""
+    return sum((a[:, k:k + 1] - b[None, :, k]) ** 2 for k in range(a.shape[1]))
 
 
-def pair_sum(pair_fn: Callable, points: jax.Array, data: tuple, tile: int = TILE) -> jax.Array:
-    """sum over i != j of pair_fn(d2_ij, data_i, data_j) / 2, i.e. over unordered pairs.
+@dataclass(frozen=True)
+class PairTerm:
+    """An all-pairs energy: scale x sum over unordered pairs {i, j} of pair(d2_ij, data_i, data_j).
 
-    pair_fn gets squared distances [T, P] between a tile of rows and all points, the rows' data and
-    everyone's data (each a tuple entry indexed by particle), and returns [T, P] pair values.
+    `pair(d2 [T, P], rows, cols) -> [T, P]` gets the squared 3D distances between a tile of rows and all
+    particles, and the rows' and everyone's entries of `data` (a tuple of per-particle arrays). It must
+    be elementwise in d2 and symmetric in i and j. Calling a PairTerm gives its energy.
     """
-    n = points.shape[0]
 
-    def block(rows, row_ids):
-        d2 = squared_distances(points[rows], points)
-        values = pair_fn(d2, tuple(x[rows] for x in data), data)
-        keep = (row_ids[:, None] != jnp.arange(n)[None, :]) & (row_ids < n)[:, None]
-        return jnp.where(keep, values, 0.0).sum()
+    pair: Callable
+    data: tuple
+    scale: float
 
+    def __call__(self, positions: jax.Array) -> jax.Array:
+        return pair_energy((self,), positions)
+
+
+def pair_energy(terms: tuple[PairTerm, ...], positions: jax.Array, tile: int = TILE) -> jax.Array:
+    """The summed energy of several pair terms, evaluated together in one pass over the pairs.
+
+    Its gradient is jax's derivative of the pair functions with respect to d2, reduced without ever
+    materialising more than one [tile, P] block: dE/dx_i = 2 sum_j e'(d2_ij) (x_i - x_j)
+    = 2 (x_i rowsum(G) - G x), one matrix product per tile.
+    """
+    def pair(d2, rows, cols):
+        return sum(t.scale * t.pair(d2, r, c) for t, r, c in zip(terms, rows, cols))
+
+    data = tuple(t.data for t in terms)
+
+    @jax.custom_vjp
+    def energy(x):
+        return _tiled(lambda block: _block_energy(pair, data, x, *block), x.shape[0], tile).sum() / 2
+
+    def forward(x):
+        grads = _tiled(lambda block: _block_gradient(pair, data, x, *block), x.shape[0], tile)
+        return energy(x), grads.reshape(-1, 3)[: x.shape[0]]
+
+    energy.defvjp(forward, lambda grads, cotangent: (cotangent * grads,))
+    return energy(positions)
+
+
+def _tiled(fn: Callable, n: int, tile: int) -> jax.Array:
+    """fn(rows, row_ids) over row tiles of at most `tile` rows; the last tile is padded (ids >= n)."""
     if n <= tile:
-        ids = jnp.arange(n)
-        return block(ids, ids) / 2
+        return fn((jnp.arange(n), jnp.arange(n)))
     n_tiles = -(-n // tile)
     ids = jnp.arange(n_tiles * tile).reshape(n_tiles, tile)
-    rows = jnp.minimum(ids, n - 1)
-    totals = jax.lax.map(lambda t: jax.checkpoint(block)(t[0], t[1]), (rows, ids))
-    return totals.sum() / 2
+    return jax.lax.map(lambda i: fn((jnp.minimum(i, n - 1), i)), ids)
+
+
+def _select(data: tuple, rows: jax.Array) -> tuple:
+    return jax.tree.map(lambda a: a[rows], data)
+
+
+def _pair_mask(row_ids: jax.Array, n: int) -> jax.Array:
+    """[T, P]: False on the diagonal and on padding rows."""
+    return (row_ids[:, None] != jnp.arange(n)[None, :]) & (row_ids < n)[:, None]
+
+
+def _block_energy(pair, data, x, rows, row_ids):
+    d2 = squared_distances(x[rows], x)
+    return jnp.where(_pair_mask(row_ids, x.shape[0]), pair(d2, _select(data, rows), data), 0.0).sum()
+
+
+def _block_gradient(pair, data, x, rows, row_ids):
+    xr = x[rows]
+    d2 = squared_distances(xr, x)
+    ones = jnp.ones_like(d2)
+    slope = jax.jvp(lambda d: pair(d, _select(data, rows), data), (d2,), (ones,))[1]  # de / d(d2)
+    slope = jnp.where(_pair_mask(row_ids, x.shape[0]), slope, 0.0)
+    sums = slope @ jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], 1)  # [T, 4]: G x, rowsum G
+    return 2 * (xr * sums[:, 3:] - sums[:, :3])
 
 
 # ---------------------------------------------------------------------------------------------
 # Energy terms
 
 
-def euclid_energy(positions, vectors, include, rest_scale, weighting, weight_mean, strength):
-    """Metric stress: sum over pairs of w_ij (|x_i - x_j| - s r_ij)^2, r_ij the output-vector distance.
+def euclid_pair(d2, rows, cols, weighting):
+    """w_ij (|x_i - x_j| - r_ij)^2 where r_ij is the scaled output-vector distance; 0 unless both
+    particles take part. rows/cols: (scaled vectors, included)."""
+    r = jnp.sqrt(squared_distances(rows[0], cols[0]))
+    d = jnp.sqrt(d2 + EUCLID_SOFTENING**2)
+    both = rows[1][:, None] & cols[1][None, :]
+    return jnp.where(both, pair_weight(r, weighting) * (d - r) ** 2, 0.0)
 
-    Rest lengths are proportional to r (s = 1 / mean r, so the mean rest length is 1); w is 1, 1/r or
-    1/r^2. Divided by (number of particles x mean w): each particle feels its mean spring error.
+
+def euclid_term(vectors, include, weighting, strength) -> PairTerm:
+    """Metric stress: springs with rest length proportional to the output-vector distance.
+
+    Vectors are scaled so that the mean rest length is 1; w is 1, 1/r or 1/r^2. The sum over pairs is
+    divided by (particles taking part x mean w), so each particle feels its mean spring error.
     """
-    def pair(d2, rows, cols):
-        r = jnp.sqrt(squared_distances(rows[0], cols[0])) * rest_scale
-        d = jnp.sqrt(d2 + 1e-12)
-        w = pair_weight(r, weighting)
-        return jnp.where(rows[1][:, None] & cols[1][None, :], w * (d - r) ** 2, 0.0)
-
-    n = include.sum()
-    return strength * pair_sum(pair, positions, (vectors, include)) / (n * weight_mean)
+    scale, mean_w = rest_statistics(vectors, include, weighting)
+    n = max(int(include.sum()), 1)
+    data = (jnp.asarray(vectors * scale, jnp.float32), jnp.asarray(include))
+    return PairTerm(functools.partial(euclid_pair, weighting=weighting), data, strength / (n * mean_w))
 
 
 def pair_weight(r: jax.Array, weighting: str) -> jax.Array:
@@ -147,12 +203,14 @@ def pair_weight(r: jax.Array, weighting: str) -> jax.Array:
     return jnp.ones_like(r)
 
 
-def repulsion_energy(positions, softening, strength):
-    """Softened Coulomb: sum over pairs of 1 / sqrt(d^2 + softening^2), over the number of particles."""
-    def pair(d2, rows, cols):
-        return jax.lax.rsqrt(d2 + softening**2)
+def repulsion_pair(d2, rows, cols, softening):
+    """Softened Coulomb: 1 / sqrt(d^2 + softening^2), finite when particles coincide."""
+    return jax.lax.rsqrt(d2 + softening**2)
 
-    return strength * pair_sum(pair, positions, ()) / positions.shape[0]
+
+def repulsion_term(n_particles, softening, strength) -> PairTerm:
+    """All particles repel; the sum over pairs is divided by the number of particles."""
+    return PairTerm(functools.partial(repulsion_pair, softening=softening), (), strength / n_particles)
 
 
 def dominance_energy(positions, group, is_anchor, n_classes, anchor_weight, strength):
@@ -199,14 +257,16 @@ def layer_targets(layer: np.ndarray, shape: str, spacing: float) -> np.ndarray:
 
 def rest_statistics(vectors: np.ndarray, include: np.ndarray, weighting: str) -> tuple[float, float]:
     """(1 / mean output-vector distance, mean pair weight at that scale) over included pairs."""
-    v, inc = jnp.asarray(vectors), jnp.asarray(include)
-    mask = lambda rows, cols: rows[1][:, None] & cols[1][None, :]  # noqa: E731
-    n_pairs = float(inc.sum()) * (float(inc.sum()) - 1) / 2
-    mean_r = float(pair_sum(lambda d2, r, c: jnp.where(mask(r, c), jnp.sqrt(d2), 0.0), v, (v, inc))) / n_pairs
-    scale = 1.0 / max(mean_r, 1e-12)
-    mean_w = float(pair_sum(lambda d2, r, c: jnp.where(mask(r, c), pair_weight(jnp.sqrt(d2) * scale, weighting),
-                                                       0.0), v, (v, inc))) / n_pairs
-    return scale, mean_w
+    v = jnp.asarray(vectors, jnp.float32)
+    inc = jnp.asarray(include)
+    n_pairs = max(float(inc.sum()) * (float(inc.sum()) - 1) / 2, 1.0)
+
+    def mean_over_pairs(value):
+        term = PairTerm(lambda d2, r, c: jnp.where(r[0][:, None] & c[0][None, :], value(d2), 0.0), (inc,), 1.0)
+        return float(term(v)) / n_pairs
+
+    scale = 1.0 / max(mean_over_pairs(jnp.sqrt), 1e-12)
+    return scale, mean_over_pairs(lambda d2: pair_weight(jnp.sqrt(d2) * scale, weighting))
 
 
 def build_energy(particles: Particles, cfg: ForcesConfig) -> dict[str, Energy]:
@@ -215,10 +275,7 @@ def build_energy(particles: Particles, cfg: ForcesConfig) -> dict[str, Energy]:
     f = cfg
     if f.euclid.strength > 0:
         include = ~particles.is_anchor | (particles.anchor_mode == "free")
-        scale, mean_w = rest_statistics(particles.vectors, include, f.euclid.weighting)
-        terms["euclid"] = functools.partial(
-            euclid_energy, vectors=jnp.asarray(particles.vectors), include=jnp.asarray(include), rest_scale=scale,
-            weighting=f.euclid.weighting, weight_mean=mean_w, strength=f.euclid.strength)
+        terms["euclid"] = euclid_term(particles.vectors, include, f.euclid.weighting, f.euclid.strength)
     if f.dominance.strength > 0:
         terms["dominance"] = functools.partial(
             dominance_energy, group=jnp.asarray(particles.group), is_anchor=jnp.asarray(particles.is_anchor),
@@ -226,8 +283,7 @@ def build_energy(particles: Particles, cfg: ForcesConfig) -> dict[str, Energy]:
             anchor_weight=f.dominance.anchor if particles.anchor_mode != "none" else 0.0,
             strength=f.dominance.strength)
     if f.repulsion.strength > 0:
-        terms["repulsion"] = functools.partial(repulsion_energy, softening=f.repulsion.softening,
-                                               strength=f.repulsion.strength)
+        terms["repulsion"] = repulsion_term(particles.n_particles, f.repulsion.softening, f.repulsion.strength)
     if f.centering.strength > 0:
         terms["centering"] = functools.partial(centering_energy, strength=f.centering.strength)
     if f.layer_plane.strength > 0:

@@ -11,7 +11,7 @@ import pytest
 
 from layout.config import AnchorsConfig, ForcesConfig, LayoutConfig, SimConfig
 from layout.features import NeuronFeatures, neuron_features
-from layout.forces import (Particles, anchor_positions, build_energy, make_particles, pair_sum,
+from layout.forces import (PairTerm, Particles, anchor_positions, build_energy, make_particles, pair_energy,
                            squared_distances)
 from layout.metrics import layout_metrics, silhouette, trustworthiness, distances, off_diagonal
 from layout.simulate import SimulationError, simulate
@@ -211,23 +211,33 @@ def test_energy_falls_under_plain_gradient_descent(terms, particles):
     assert energies[-1] < 0.7 * energies[0]
 
 
-def test_tiled_pair_sum_equals_the_untiled_sum_and_gradient():
+def test_pair_energy_matches_a_plain_double_loop_tiled_or_not():
     rng = np.random.default_rng(6)
     x = jnp.asarray(rng.normal(size=(37, 3)), jnp.float32)
     v = jnp.asarray(rng.normal(size=(37, 5)), jnp.float32)
 
-    def fn(d2, rows, cols):
+    def soft(d2, rows, cols):
         return jnp.sqrt(d2 + 0.1) * jnp.sqrt(squared_distances(rows[0], cols[0]) + 0.1)
 
-    by_hand = sum(np.sqrt(((x[i] - x[j]) ** 2).sum() + 0.1) * np.sqrt(((v[i] - v[j]) ** 2).sum() + 0.1)
-                  for i in range(37) for j in range(i + 1, 37))
-    full = pair_sum(fn, x, (v,), tile=64)
-    tiled = pair_sum(fn, x, (v,), tile=8)  # 5 tiles, the last one padded
-    assert float(full) == pytest.approx(float(by_hand), rel=1e-4)
-    assert float(tiled) == pytest.approx(float(full), rel=1e-5)
-    g_full = jax.grad(lambda p: pair_sum(fn, p, (v,), tile=64))(x)
-    g_tiled = jax.grad(lambda p: pair_sum(fn, p, (v,), tile=8))(x)
-    np.testing.assert_allclose(np.asarray(g_tiled), np.asarray(g_full), rtol=1e-4, atol=1e-5)
+    def repel(d2, rows, cols):
+        return jax.lax.rsqrt(d2 + 0.01)
+
+    terms = (PairTerm(soft, (v,), 0.7), PairTerm(repel, (), 0.3))
+
+    def plain(p):  # the same energy the obvious way, differentiated by plain autodiff
+        total = 0.0
+        for i in range(37):
+            for j in range(i + 1, 37):
+                d2, r2 = ((p[i] - p[j]) ** 2).sum(), ((v[i] - v[j]) ** 2).sum()
+                total += 0.7 * jnp.sqrt(d2 + 0.1) * jnp.sqrt(r2 + 0.1) + 0.3 * jax.lax.rsqrt(d2 + 0.01)
+        return total
+
+    expected, expected_grad = jax.value_and_grad(plain)(x)
+    for tile in (64, 8):  # one block; five tiles, the last one padded
+        value, grad = jax.value_and_grad(lambda p: pair_energy(terms, p, tile=tile))(x)
+        assert float(value) == pytest.approx(float(expected), rel=1e-4)
+        np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-3, atol=1e-4)
+    assert float(terms[0](x) + terms[1](x)) == pytest.approx(float(expected), rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
