@@ -50,10 +50,6 @@ class Particles:
     def n_particles(self) -> int:
         return len(self.group)
 
-    @property
-    def n_layers(self) -> int:
-        return int(self.layer.max()) + 1
-
 
 def anchor_positions(n: int, shape: str, radius: float) -> np.ndarray:
     """n points spread evenly on a sphere (Fibonacci lattice) or a ring in the z = 0 plane: [n, 3]."""
