@@ -191,12 +191,13 @@ def euclid_term(vectors, include, weighting, strength) -> PairTerm:
     return PairTerm(functools.partial(euclid_pair, weighting=weighting), data, strength / (n * mean_w))
 
 
-def pair_weight(r: jax.Array, weighting: str) -> jax.Array:
+def pair_weight(r, weighting: str):
+    """1, 1/r or 1/r^2 (r floored), for numpy or jax arrays alike."""
     if weighting == "inverse":
         return 1.0 / (r + DISTANCE_FLOOR)
     if weighting == "inverse_square":
         return 1.0 / (r + DISTANCE_FLOOR) ** 2
-    return jnp.ones_like(r)
+    return r * 0 + 1.0
 
 
 def repulsion_pair(d2, rows, cols, softening):
@@ -252,17 +253,25 @@ def layer_targets(layer: np.ndarray, shape: str, spacing: float) -> np.ndarray:
 
 
 def rest_statistics(vectors: np.ndarray, include: np.ndarray, weighting: str) -> tuple[float, float]:
-    """(1 / mean output-vector distance, mean pair weight at that scale) over included pairs."""
-    v = jnp.asarray(vectors, jnp.float32)
-    inc = jnp.asarray(include)
-    n_pairs = max(float(inc.sum()) * (float(inc.sum()) - 1) / 2, 1.0)
+    """(1 / mean output-vector distance, mean pair weight at that scale) over included pairs; numpy,
+    once, in blocks of rows so that memory stays O(TILE x N)."""
+    from scipy.spatial.distance import cdist
 
-    def mean_over_pairs(value):
-        term = PairTerm(lambda d2, r, c: jnp.where(r[0][:, None] & c[0][None, :], value(d2), 0.0), (inc,), 1.0)
-        return float(term(v)) / n_pairs
+    v = np.asarray(vectors, np.float64)[include]
+    n = len(v)
+    if n < 2:
+        return 1.0, 1.0
 
-    scale = 1.0 / max(mean_over_pairs(jnp.sqrt), 1e-12)
-    return scale, mean_over_pairs(lambda d2: pair_weight(jnp.sqrt(d2) * scale, weighting))
+    def mean_over_pairs(value) -> float:
+        total = 0.0
+        for start in range(0, n, TILE):
+            d = cdist(v[start:start + TILE], v)
+            off = np.arange(n)[None, :] != np.arange(start, start + len(d))[:, None]
+            total += float(value(d)[off].sum())
+        return total / (n * (n - 1))
+
+    scale = 1.0 / max(mean_over_pairs(lambda d: d), 1e-12)
+    return scale, mean_over_pairs(lambda d: pair_weight(d * scale, weighting))
 
 
 def build_energy(particles: Particles, cfg: ForcesConfig) -> dict[str, Energy]:
