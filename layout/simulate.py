@@ -149,7 +149,7 @@ def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key
         raise SimulationError(diagnose(terms, np.asarray(state.x), stop))
     steps = np.arange(sum(len(p) for p in positions)) * cfg.record_every
     keep = steps < stop
-    final_values = np.asarray(term_energies(terms)(state.x))
+    final_values = np.asarray(jax.jit(term_energies(terms))(state.x))
     return Trajectory(
         positions=np.concatenate([np.concatenate(positions)[keep], np.asarray(state.x)[None]]).astype(np.float32),
         energy=np.concatenate([np.concatenate(energies)[keep], final_values[None]]).astype(np.float32),
