@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from layout.config import RunConfig, load_config
+from layout.config import EXPORTS, RunConfig, load_config
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -22,6 +22,15 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value, e.g. --set train.epochs=5 (repeatable)")
     parser.add_argument("--retrain", action="store_true", help="train again even if a cached network matches")
+    return parser
+
+
+def add_view_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of the full pipeline: window and exports."""
+    parser.add_argument("--no-window", action="store_true", help="do not open the interactive 3D window")
+    parser.add_argument("--export", nargs="+", choices=EXPORTS, metavar="FORMAT",
+                        help="files to write: mp4, gif (the movie), png (snapshot), none; default: png with a "
+                             "window, mp4 and png without one")
     return parser
 
 

@@ -30,6 +30,8 @@ WEIGHTINGS = ("uniform", "inverse", "inverse_square")
 LAYER_SHAPES = ("plane", "shell")
 INITS = ("pca", "random")
 INFLUENCES = ("weights", "jacobian")
+SIZE_BY = ("norm", "none")
+EXPORTS = ("mp4", "gif", "png", "none")
 
 
 def option(default: Any, doc: str, **rules: Any) -> Any:
@@ -147,12 +149,24 @@ class LayoutConfig:
 
 
 @dataclass(frozen=True)
+class RenderConfig:
+    width: int = option(1280, "image width in pixels", ge=64, le=7680)
+    height: int = option(720, "image height in pixels", ge=64, le=4320)
+    fps: int = option(30, "frames per second of the movie and the window's playback", ge=1, le=120)
+    settle_seconds: float = option(4.0, "how long the movie shows the layout settling", ge=0)
+    orbit_seconds: float = option(6.0, "how long the movie orbits the final layout once (0: no orbit)", ge=0)
+    edges: int = option(0, "lines from each neuron to the k outputs it drives most (0: none)", ge=0, le=10)
+    size_by: str = option("norm", "neuron size: by output-vector norm, or all the same", choices=SIZE_BY)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = option("run", "name of the run; outputs go to runs/<name>/ (default: the file name)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
 
 
 # ---------------------------------------------------------------------------------------------

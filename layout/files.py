@@ -21,6 +21,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes the file private; outputs are ordinary files
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -53,3 +54,9 @@ def cache_dir() -> Path:
     import platformdirs  # installed with pooch
 
     return Path(platformdirs.user_cache_dir("neuron-layout"))
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

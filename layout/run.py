@@ -1,9 +1,9 @@
 """`python -m layout.run CONFIG` (also `neuron-layout CONFIG`): the whole pipeline, stage by stage.
 
-Stages so far: config -> dataset -> network (trained, or reused from the cache) -> neuron features ->
-force simulation -> metrics, with outputs in runs/<config name>/. The render stage joins here when it
-is built; no math lives here. This module (with the entry points that call it) is the only place that
-prints.
+Stages: config -> dataset -> network (trained, or reused from the cache) -> neuron features -> force
+simulation -> metrics -> movie and snapshot (offscreen) and/or the interactive window, with outputs in
+runs/<config name>/. No math lives here. This module (with the entry points that call it) is the only
+place that prints.
 """
 
 from __future__ import annotations
@@ -12,15 +12,16 @@ import argparse
 import sys
 from typing import Callable
 
-from layout.cli import config_from_args, make_parser, output_dir
+from layout.cli import add_view_options, config_from_args, make_parser, output_dir
 from layout.errors import UserError
 from layout.files import write_json
 
 
 def run_command(command: Callable[[argparse.Namespace], int], argv: list[str] | None, *, prog: str,
-                description: str) -> int:
+                description: str, view_options: bool = False) -> int:
     """Parse arguments and run `command`; a UserError or Ctrl-C becomes one line on stderr and an exit code."""
-    args = make_parser(prog, description).parse_args(argv)
+    parser = make_parser(prog, description)
+    args = (add_view_options(parser) if view_options else parser).parse_args(argv)
     try:
         return command(args)
     except UserError as e:
@@ -45,22 +46,39 @@ def train_only(args: argparse.Namespace) -> int:
 
 
 def pipeline(args: argparse.Namespace) -> int:
-    """Train (or reuse) the network, then lay its neurons out and measure the layout."""
-    from layout.stages import layout_stage, layout_summary, training_stage, training_summary
+    """Train (or reuse) the network, lay its neurons out, measure the layout, then show or export it."""
+    from layout.stages import layout_stage, layout_summary, render_stage, training_stage, training_summary
 
     cfg = config_from_args(args)
     out = output_dir(args, cfg)
+    window = not args.no_window and display_available()
+    if not args.no_window and not window:
+        print("no display found: exporting instead of opening a window (use --no-window to silence this)")
+    formats = tuple(f for f in (args.export or (("png",) if window else ("mp4", "png"))) if f != "none")
     trained = training_stage(cfg, out, retrain=args.retrain)
     print(training_summary(trained))
     laid = layout_stage(cfg, trained, out)
     metrics = write_json(out / "metrics.json", {**trained.figures, "layout": laid.figures})
     print(layout_summary(laid))
-    print("wrote " + ", ".join(map(str, trained.written + laid.written + (metrics,))))
+    exported = render_stage(cfg, laid, out, formats) if formats else ()
+    print("wrote " + ", ".join(map(str, trained.written + laid.written + (metrics,) + exported)))
+    if window:
+        from layout.stages import details_for, scene_for
+        from render.window import show_window
+
+        show_window(scene_for(cfg, laid), cfg.render, details_for(laid))
     return 0
 
 
+def display_available() -> bool:
+    """Whether an interactive window can open here (an X or Wayland display)."""
+    import os
+
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_command(pipeline, argv, prog="neuron-layout",
+    return run_command(pipeline, argv, prog="neuron-layout", view_options=True,
                        description="Train a network, lay out its hidden neurons in 3D, and show them.")
 
 

@@ -2,6 +2,7 @@
 
   training_stage: config -> dataset -> network (trained or cached) -> config.yaml, network.npz
   layout_stage:   network -> features -> particles -> simulation -> metrics -> trajectory.npz, neurons.csv
+  render_stage:   layout -> scene -> layout.mp4 / layout.gif / snapshot.png (offscreen)
 
 Each returns a frozen result with the figures that go into metrics.json; nothing here prints.
 """
@@ -164,3 +165,40 @@ def layout_summary(result: LayoutResult) -> str:
             f"knn recall@{f['k']} {f['knn_recall']:.3f}, trustworthiness {f['trustworthiness']:.3f}\n"
             f"class structure by dominant class: neighbourhood hit {f['neighbourhood_hit']:.3f}, "
             f"silhouette {f['silhouette']:.3f}")
+
+
+def scene_for(cfg: RunConfig, laid: LayoutResult):
+    """The render module's SceneData for a laid-out network (numpy only from here on)."""
+    from render.scene import make_scene_data
+
+    t = laid.trajectory
+    labels = tuple(f"step {s}   energy {e:.4g}" for s, e in zip(t.step, t.energy.sum(1)))
+    return make_scene_data(t.positions, labels, laid.particles.group, laid.particles.is_anchor,
+                           laid.features.output_vectors, laid.features.class_names, cfg.name,
+                           cfg.render.edges, cfg.render.size_by)
+
+
+def render_stage(cfg: RunConfig, laid: LayoutResult, out: Path, formats: tuple[str, ...]) -> tuple[Path, ...]:
+    """Export the movie and/or snapshot offscreen."""
+    from render.movie import export, shot_list
+
+    data = scene_for(cfg, laid)
+    total = len(shot_list(data.n_frames, cfg.render)) * sum(f in ("mp4", "gif") for f in formats)
+    with progress_bar(total, "export", "frame") as bar:
+        done = [0]
+
+        def advance(i, n):
+            done[0] += 1
+            bar.advance_to(done[0])
+
+        return export(data, out, formats, cfg.render, on_frame=advance)
+
+
+def details_for(laid: LayoutResult):
+    """What the window shows about a clicked neuron."""
+    from render.window import NeuronDetails
+
+    f = laid.features
+    return NeuronDetails(receptive_fields=f.receptive_fields, output_vectors=f.output_vectors,
+                         class_activation=f.class_activation, layer=f.layer, index=f.index, dominant=f.dominant,
+                         activation_dominant=f.activation_dominant)

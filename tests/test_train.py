@@ -168,10 +168,11 @@ def test_binary01_one_hidden_neuron_separates_zeros_and_ones(shared_data, tmp_pa
 def test_euclid_config_end_to_end(shared_data, tmp_path, capsys):
     """The shipped config on the 5k training subset reaches >= 0.92 on the official 10k test set."""
     out = tmp_path / "euclid"
-    argv = [str(REPO / "configs" / "euclid.yaml"), "--out", str(out), "--data-dir", str(shared_data)]
+    argv = [str(REPO / "configs" / "euclid.yaml"), "--out", str(out), "--data-dir", str(shared_data),
+            "--no-window", "--export", "png"]
     assert run_main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "network.npz", "neurons.csv",
-                                                     "trajectory.npz"]
+                                                     "snapshot.png", "trajectory.npz"]
     metrics = json.loads((out / "metrics.json").read_text())
     for name in ("test_accuracy", "train_accuracy", "train_seconds", "epochs", "n_params"):
         assert name in metrics

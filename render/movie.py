@@ -1,0 +1,120 @@
+"""Offscreen export: mp4 (H.264 through imageio-ffmpeg), gif or png.
+
+A movie shows the layout settling (the simulation's frames resampled to `settle_seconds`) and then
+one full orbit of the final layout (`orbit_seconds`), so that its 3D shape reads on a flat screen.
+Every file is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyvista as pv
+
+from layout.config import RenderConfig
+from layout.files import atomic_path
+from render.scene import Scene, SceneData, build_scene, show_frame
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One movie frame: which simulation frame, and how far the camera has orbited (degrees)."""
+
+    frame: int
+    azimuth: float
+
+
+def shot_list(n_frames: int, cfg: RenderConfig) -> list[Shot]:
+    """The settling frames spread over settle_seconds, then the orbit of the last frame."""
+    n_settle = int(round(cfg.settle_seconds * cfg.fps))
+    n_orbit = int(round(cfg.orbit_seconds * cfg.fps))
+    settle = np.linspace(0, n_frames - 1, n_settle).round().astype(int) if n_settle else []  # holds or skips
+    shots = [Shot(int(f), 0.0) for f in settle]
+    shots += [Shot(n_frames - 1, 360.0 * (k + 1) / n_orbit) for k in range(n_orbit)]
+    return shots or [Shot(n_frames - 1, 0.0)]
+
+
+def offscreen_scene(data: SceneData, cfg: RenderConfig) -> Scene:
+    plotter = pv.Plotter(off_screen=True, window_size=(cfg.width, cfg.height))
+    return build_scene(plotter, data)
+
+
+def render_shots(scene: Scene, data: SceneData, shots: list[Shot]) -> Iterator[np.ndarray]:
+    """Yield each shot as an RGB image [height, width, 3] uint8."""
+    camera = scene.plotter.camera
+    start = camera.azimuth
+    for shot in shots:
+        show_frame(scene, data, shot.frame)
+        camera.azimuth = start + shot.azimuth
+        scene.plotter.render()
+        yield np.asarray(scene.plotter.screenshot(return_img=True))
+
+
+def write_mp4(path: Path, images: Iterator[np.ndarray], cfg: RenderConfig,
+              on_frame: Callable[[int], None] | None = None) -> Path:
+    import imageio_ffmpeg
+
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # ffmpeg starts with fork + exec; Python warns about forking a threaded (JAX) process, but the
+        # child runs no Python code before exec.
+        warnings.filterwarnings("ignore", message=".*os.fork", category=RuntimeWarning)
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp), (cfg.width, cfg.height), fps=cfg.fps, codec="libx264", pix_fmt_out="yuv420p",
+            macro_block_size=2, output_params=["-f", "mp4", "-movflags", "+faststart"], ffmpeg_log_level="error")
+        writer.send(None)
+        try:
+            for i, image in enumerate(images):
+                writer.send(np.ascontiguousarray(image))
+                if on_frame:
+                    on_frame(i + 1)
+        finally:
+            writer.close()
+    return path
+
+
+def write_gif(path: Path, images: Iterator[np.ndarray], cfg: RenderConfig,
+              on_frame: Callable[[int], None] | None = None) -> Path:
+    import imageio.v3 as iio
+
+    frames = []
+    for i, image in enumerate(images):
+        frames.append(image)
+        if on_frame:
+            on_frame(i + 1)
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=1000 / cfg.fps, loop=0)
+    return path
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    import imageio.v3 as iio
+
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, image, extension=".png")
+    return path
+
+
+WRITERS = {"mp4": write_mp4, "gif": write_gif}
+
+
+def export(data: SceneData, out: Path, formats: tuple[str, ...], cfg: RenderConfig,
+           on_frame: Callable[[int, int], None] | None = None) -> tuple[Path, ...]:
+    """Write layout.mp4 / layout.gif (the movie) and snapshot.png (the final layout) as asked."""
+    scene = offscreen_scene(data, cfg)
+    written = []
+    try:
+        shots = shot_list(data.n_frames, cfg)
+        for fmt in formats:
+            if fmt in WRITERS:
+                report = (lambda i: on_frame(i, len(shots))) if on_frame else None
+                written.append(WRITERS[fmt](out / f"layout.{fmt}", render_shots(scene, data, shots), cfg, report))
+        if "png" in formats:
+            image = next(render_shots(scene, data, [Shot(data.n_frames - 1, 0.0)]))
+            written.append(write_png(out / "snapshot.png", image))
+    finally:
+        scene.plotter.close()
+    return tuple(written)

@@ -1,0 +1,187 @@
+"""The 3D scene: built once from numpy arrays, then each frame only moves points.
+
+Hidden neurons are one point cloud drawn as shaded spheres (one actor for all of them), coloured by
+the class they drive hardest and sized by their output-vector norm; the output units are larger
+spheres labelled with their class; optional edges join each neuron to the outputs it drives most.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyvista as pv
+
+from render import style
+
+
+@dataclass(frozen=True)
+class SceneData:
+    """What the scene shows. T frames, P particles (the N neurons first, then the anchors).
+
+    positions [T, P, 3]; labels [T]: the title's text per frame (step, energy); group [P]: class
+    index coloured; is_anchor [P]; radius [P]; class_names [C]; name: the run's name;
+    edges [E, 2]: (neuron, particle) index pairs to draw as lines; edge_sign [E]: +1 or -1.
+    """
+
+    positions: np.ndarray
+    labels: tuple[str, ...]
+    group: np.ndarray
+    is_anchor: np.ndarray
+    radius: np.ndarray
+    class_names: tuple[str, ...]
+    name: str
+    edges: np.ndarray
+    edge_sign: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.positions)
+
+    @property
+    def n_neurons(self) -> int:
+        return int((~self.is_anchor).sum())
+
+
+def make_scene_data(positions: np.ndarray, labels: tuple[str, ...], group: np.ndarray, is_anchor: np.ndarray,
+                    vectors: np.ndarray, class_names: tuple[str, ...], name: str, edges_per_neuron: int,
+                    size_by: str) -> SceneData:
+    """SceneData from a trajectory's frames and the neurons' output vectors [N, C].
+
+    Sizes follow the output-vector norm, scaled to the final layout's spacing; with anchors present,
+    each neuron gets lines to the `edges_per_neuron` outputs with the largest |weight|."""
+    from scipy.spatial import cKDTree
+
+    n = int((~is_anchor).sum())
+    final = positions[-1][:n]
+    spacing = float(np.median(cKDTree(final).query(final, k=2)[0][:, 1])) if n > 1 else 1.0
+    radius = style.particle_radii(np.linalg.norm(vectors, axis=1), size_by, max(spacing, 1e-6),
+                                  int(is_anchor.sum()))
+    edges, sign = np.zeros((0, 2), int), np.zeros(0)
+    k = min(edges_per_neuron, vectors.shape[1])
+    if k and is_anchor.any():
+        top = np.argsort(-np.abs(vectors), axis=1)[:, :k]
+        edges = np.column_stack([np.repeat(np.arange(n), k), n + top.ravel()])
+        sign = np.sign(np.take_along_axis(vectors, top, 1)).ravel()
+    return SceneData(positions=np.asarray(positions, np.float32), labels=tuple(labels), group=np.asarray(group),
+                     is_anchor=np.asarray(is_anchor, bool), radius=radius, class_names=tuple(class_names),
+                     name=name, edges=edges, edge_sign=sign)
+
+
+@dataclass
+class Scene:
+    """Handles to what build_scene added; show_frame moves their points."""
+
+    plotter: pv.Plotter
+    neurons: pv.PolyData
+    anchors: pv.PolyData | None
+    labels: pv.PolyData | None
+    edges: pv.PolyData | None
+    title: object  # the title text actor
+
+
+def point_cloud(points: np.ndarray, groups: np.ndarray, radius: np.ndarray) -> pv.PolyData:
+    cloud = pv.PolyData(np.asarray(points, np.float32))
+    cloud["rgb"] = style.class_rgb(groups)
+    cloud["radius"] = np.asarray(radius, np.float32)
+    return cloud
+
+
+def add_spheres(plotter: pv.Plotter, cloud: pv.PolyData):
+    """All points of `cloud` as shaded spheres of their own radius and colour, in one actor."""
+    actor = plotter.add_points(cloud, style="points_gaussian", scalars="rgb", rgb=True, emissive=False,
+                               render_points_as_spheres=True, show_scalar_bar=False)
+    actor.mapper.scale_array = "radius"
+    actor.mapper.scale_factor = 1.0
+    return actor
+
+
+def edge_lines(data: SceneData, points: np.ndarray) -> pv.PolyData:
+    lines = np.column_stack([np.full(len(data.edges), 2), data.edges]).ravel()
+    mesh = pv.PolyData(np.asarray(points, np.float32), lines=lines)
+    colors = [style.hex_to_rgb(style.EDGE_COLORS["positive" if s > 0 else "negative"]) for s in data.edge_sign]
+    mesh.cell_data["rgb"] = np.array(colors, np.uint8).reshape(-1, 3)
+    return mesh
+
+
+def build_scene(plotter: pv.Plotter, data: SceneData) -> Scene:
+    """Add every actor once, at frame 0, with the legend and a camera framing all frames."""
+    plotter.set_background(style.BACKGROUND)
+    first = data.positions[0]
+    neuron = ~data.is_anchor
+    neurons = point_cloud(first[neuron], data.group[neuron], data.radius[neuron])
+    add_spheres(plotter, neurons)
+    anchors = labels = None
+    if data.is_anchor.any():
+        anchors = point_cloud(first[data.is_anchor], data.group[data.is_anchor], data.radius[data.is_anchor])
+        add_spheres(plotter, anchors)
+        labels = pv.PolyData(first[data.is_anchor].astype(np.float32))  # its own points: labels move too
+        plotter.add_point_labels(labels, [data.class_names[g] for g in data.group[data.is_anchor]],
+                                 font_size=18, bold=True, text_color=style.TEXT_COLOR, shape=None,
+                                 show_points=False, always_visible=True)
+    edges = None
+    if len(data.edges):
+        edges = edge_lines(data, first)
+        plotter.add_mesh(edges, scalars="rgb", rgb=True, opacity=0.35, line_width=1, show_scalar_bar=False)
+    legend = plotter.add_legend([(name, style.CLASS_COLORS[i % len(style.CLASS_COLORS)])
+                                 for i, name in enumerate(data.class_names)], bcolor="white", border=False,
+                                face="circle")
+    height = min(0.045 * len(data.class_names), 0.8)
+    legend.SetPosition(0.89, 0.93 - height)  # the right edge, below the title's height
+    legend.SetPosition2(0.1, height)
+    title = plotter.add_text(style.frame_title(data.name, data.labels[0]), position="upper_left", font_size=12,
+                             color=style.TEXT_COLOR)
+    frame_camera(plotter, data.positions)
+    return Scene(plotter, neurons, anchors, labels, edges, title)
+
+
+def frame_camera(plotter: pv.Plotter, positions: np.ndarray) -> None:
+    """An oblique view centred on the final layout, far enough to fit it from every side (the orbit)."""
+    final = positions[-1]
+    centre = final.mean(0)
+    radius = float(np.linalg.norm(final - centre, axis=1).max()) or 1.0
+    camera = plotter.camera
+    camera.focal_point = centre
+    camera.up = (0.0, 0.0, 1.0)
+    direction = np.array([1.0, 1.0, 0.8]) / np.linalg.norm([1.0, 1.0, 0.8])
+    camera.position = centre + direction * 1.1 * radius / np.sin(np.radians(camera.view_angle / 2))
+    plotter.renderer.ResetCameraClippingRange()
+
+
+def show_frame(scene: Scene, data: SceneData, t: int) -> None:
+    """Move every point to frame t and update the title; no actor is added or removed."""
+    points = data.positions[t]
+    scene.neurons.points = points[~data.is_anchor]
+    if scene.anchors is not None:
+        scene.anchors.points = points[data.is_anchor]
+        scene.labels.points[:] = points[data.is_anchor]  # in place: the label pipeline keeps its points
+        scene.labels.GetPoints().Modified()
+    if scene.edges is not None:
+        scene.edges.points = points
+    scene.title.SetText(2, style.frame_title(data.name, data.labels[t]))
+    scene.plotter.renderer.ResetCameraClippingRange()  # particles may leave the first frame's depth range
+
+
+def project(plotter: pv.Plotter, points: np.ndarray) -> np.ndarray:
+    """Screen pixel coordinates [n, 2] (origin bottom left, as VTK's) of world points [n, 3]."""
+    renderer = plotter.renderer
+    width, height = renderer.GetSize()
+    matrix = renderer.GetActiveCamera().GetCompositeProjectionTransformMatrix(width / height, -1, 1)
+    m = np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
+    h = np.column_stack([points, np.ones(len(points))]) @ m.T
+    ndc = h[:, :2] / h[:, 3:4]
+    x0, y0 = renderer.GetOrigin()
+    return np.column_stack([x0 + (ndc[:, 0] + 1) * width / 2, y0 + (ndc[:, 1] + 1) * height / 2])
+
+
+def pick_neuron(scene: Scene, data: SceneData, t: int, x: float, y: float, tolerance: float = 12.0) -> int | None:
+    """The neuron drawn nearest to screen pixel (x, y) (VTK's origin, bottom left) at frame t, if one
+    is within `tolerance` pixels; among several, the one closest to the camera."""
+    neurons = data.positions[t][~data.is_anchor]
+    screen = project(scene.plotter, neurons)
+    gap = np.hypot(screen[:, 0] - x, screen[:, 1] - y)
+    near = np.flatnonzero(gap <= tolerance)
+    if len(near) == 0:
+        return None
+    camera = np.array(scene.plotter.camera.position)
+    return int(near[np.argmin(np.linalg.norm(neurons[near] - camera, axis=1))])

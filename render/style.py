@@ -1,0 +1,44 @@
+"""Colours, sizes and text of the scene: one place for every visual encoding.
+
+Classes use Paul Tol's "muted" qualitative scheme (designed to stay distinguishable with the common
+colour-vision deficiencies) plus a mid grey for the tenth class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLASS_COLORS = ("#CC6677", "#332288", "#DDCC77", "#117733", "#88CCEE",
+                "#882255", "#44AA99", "#999933", "#AA4499", "#777777")
+BACKGROUND = "white"
+TEXT_COLOR = "black"
+EDGE_COLORS = {"positive": "#117733", "negative": "#CC6677"}
+NEURON_RADIUS = 0.22  # of the median distance between a neuron and its nearest neighbour
+ANCHOR_RADIUS = 2.2  # times the neuron radius
+
+
+def hex_to_rgb(color: str) -> np.ndarray:
+    return np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.uint8)
+
+
+def class_rgb(groups: np.ndarray) -> np.ndarray:
+    """[n, 3] uint8 colours, one per class index (cycling past ten)."""
+    table = np.stack([hex_to_rgb(c) for c in CLASS_COLORS])
+    return table[np.asarray(groups) % len(CLASS_COLORS)]
+
+
+def particle_radii(norms: np.ndarray, size_by: str, spacing: float, n_anchors: int) -> np.ndarray:
+    """Radius per particle, neurons first: proportional to the square root of the output-vector norm
+    (so that the area on screen follows the norm), between 0.4 and 1.6 times the base radius (or all
+    the base radius); anchors ANCHOR_RADIUS times the base. The base is NEURON_RADIUS x `spacing`."""
+    base = NEURON_RADIUS * spacing
+    norms = np.asarray(norms, np.float64)
+    if size_by == "none" or len(norms) == 0 or norms.max() <= 0:
+        neurons = np.full(len(norms), base)
+    else:
+        neurons = base * (0.4 + 1.2 * np.sqrt(norms / norms.max()))
+    return np.concatenate([neurons, np.full(n_anchors, ANCHOR_RADIUS * base)]).astype(np.float32)
+
+
+def frame_title(name: str, label: str) -> str:
+    return f"{name}   {label}"

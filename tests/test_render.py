@@ -1,0 +1,186 @@
+"""Rendering for real (offscreen VTK): the scene, picking, movie files, and the window under Xvfb."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from layout.config import RenderConfig
+from render import style
+from render.movie import export, offscreen_scene, render_shots, Shot, shot_list
+from render.scene import make_scene_data, pick_neuron, project, show_frame
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = RenderConfig(width=320, height=240, fps=10, settle_seconds=1.0, orbit_seconds=1.0)
+
+
+def tiny_data(n_frames: int = 6, seed: int = 0):
+    """12 neurons of 3 classes drifting apart, and 3 free anchors."""
+    rng = np.random.default_rng(seed)
+    start = rng.normal(scale=0.3, size=(15, 3))
+    end = np.concatenate([np.repeat(np.eye(3) * 2, 4, axis=0), np.eye(3) * 3]) + rng.normal(scale=0.2, size=(15, 3))
+    weights = np.linspace(0, 1, n_frames)[:, None, None]
+    positions = (1 - weights) * start + weights * end
+    vectors = np.repeat(np.eye(3), 4, axis=0) + 0.1
+    group = np.concatenate([np.repeat(np.arange(3), 4), np.arange(3)])
+    return make_scene_data(positions.astype(np.float32), tuple(f"step {i}" for i in range(n_frames)), group,
+                           np.arange(15) >= 12, vectors, ("zero", "one", "two"), "tiny", edges_per_neuron=1,
+                           size_by="norm")
+
+
+def decode_mp4(path: Path) -> list[np.ndarray]:
+    """Every frame of an mp4, decoded by ffmpeg, as [height, width, 3] uint8."""
+    import imageio_ffmpeg
+
+    frames = imageio_ffmpeg.read_frames(str(path))
+    width, height = next(frames)["size"]
+    return [np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in frames]
+
+
+def has_color(image: np.ndarray, hex_color: str, tolerance: int = 12, at_least: int = 8) -> bool:
+    target = style.hex_to_rgb(hex_color).astype(int)
+    return int((np.abs(image[..., :3].astype(int) - target).max(-1) <= tolerance).sum()) >= at_least
+
+
+@pytest.fixture
+def scene():
+    data = tiny_data()
+    s = offscreen_scene(data, SMALL)
+    yield s, data
+    s.plotter.close()
+
+
+def test_offscreen_render_is_not_blank_and_shows_the_legend_colours(scene):
+    s, data = scene
+    image = next(render_shots(s, data, [Shot(data.n_frames - 1, 0.0)]))
+    assert image.shape == (240, 320, 3)
+    background = style.hex_to_rgb("#FFFFFF")
+    assert (np.abs(image.astype(int) - background).max(-1) > 30).mean() > 0.02  # something is drawn
+    for color in style.CLASS_COLORS[:3]:
+        assert has_color(image, color), color
+    assert not has_color(image, style.CLASS_COLORS[4])  # only the classes present are in the legend
+
+
+def test_moving_points_changes_the_image(scene):
+    s, data = scene
+    first, last = render_shots(s, data, [Shot(0, 0.0), Shot(data.n_frames - 1, 0.0)])
+    assert np.abs(first.astype(int) - last.astype(int)).max(-1).astype(bool).mean() > 0.01
+    again = next(render_shots(s, data, [Shot(0, 0.0)]))
+    np.testing.assert_array_equal(again, first)  # frames are a pure function of the frame index
+
+
+def test_picking_at_a_neurons_projected_position_returns_that_neuron(scene):
+    s, data = scene
+    t = data.n_frames - 1
+    image = next(render_shots(s, data, [Shot(t, 0.0)]))
+    screen = project(s.plotter, data.positions[t][:12])
+    for k in (0, 5, 11):
+        x, y = screen[k]
+        assert pick_neuron(s, data, t, x, y) == k
+        # the projection agrees with the picture: that pixel has the neuron's class colour (shaded)
+        pixel = image[int(round(240 - 1 - y)), int(round(x))].astype(int)
+        target = style.class_rgb(data.group[k:k + 1])[0].astype(int)
+        assert np.abs(pixel - target).max() < 90
+    assert pick_neuron(s, data, t, 2.0, 2.0) is None  # a corner far from every neuron
+
+
+def test_mp4_decodes_with_the_expected_frames(tmp_path):
+    data = tiny_data()
+    written = export(data, tmp_path, ("mp4", "gif", "png"), SMALL)
+    assert [p.name for p in written] == ["layout.mp4", "layout.gif", "snapshot.png"]
+    expected = len(shot_list(data.n_frames, SMALL))
+    assert expected == 20  # 1 s of settling (6 frames, resampled) + 1 s orbit at 10 fps
+    frames = decode_mp4(tmp_path / "layout.mp4")
+    assert len(frames) == expected and frames[0].shape == (240, 320, 3)
+    assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 1  # it moves
+    from PIL import Image  # Pillow, which imageio uses, merges identical consecutive gif frames
+
+    with Image.open(tmp_path / "layout.gif") as gif:
+        durations = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+        assert gif.size == (320, 240) and 1 < gif.n_frames <= expected
+    assert sum(durations) == pytest.approx(expected * 1000 / SMALL.fps, abs=10 * len(durations))
+    snapshot = imageio.imread(tmp_path / "snapshot.png")
+    assert snapshot.shape[:2] == (240, 320)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layout.gif", "layout.mp4", "snapshot.png"]
+
+
+def test_shot_list_settles_then_orbits_once():
+    shots = shot_list(50, SMALL)
+    settle, orbit = shots[:10], shots[10:]
+    assert [s.frame for s in settle][0] == 0 and settle[-1].frame == 49
+    assert all(s.azimuth == 0 for s in settle)
+    assert [s.frame for s in orbit] == [49] * 10 and orbit[-1].azimuth == pytest.approx(360)
+
+
+def test_command_exports_every_output_file(shared_data, tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window", "--export", "mp4", "png",
+         "--out", str(out), "--data-dir", str(shared_data), "--set", "render.width=320",
+         "--set", "render.height=240", "--set", "render.settle_seconds=1", "--set", "render.orbit_seconds=0.5",
+         "--set", "render.fps=10", "--set", "layout.sim.steps=150"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["config.yaml", "layout.mp4", "metrics.json", "network.npz", "neurons.csv", "snapshot.png",
+                     "trajectory.npz"]
+    frames = decode_mp4(out / "layout.mp4")
+    assert len(frames) == 15 and frames[0].shape == (240, 320, 3)
+    assert imageio.imread(out / "snapshot.png").shape[:2] == (240, 320)
+    metrics = json.loads((out / "metrics.json").read_text())
+    with np.load(out / "trajectory.npz", allow_pickle=False) as z:
+        assert z["step"][-1] == metrics["layout"]["steps"] <= 150
+    assert "Traceback" not in result.stderr
+    for path in out.iterdir():
+        assert path.stat().st_mode & 0o044  # ordinary readable files, not private temporaries
+
+
+@pytest.fixture
+def xvfb():
+    """A virtual display for the window test (apt-get install xvfb)."""
+    if shutil.which("Xvfb") is None:
+        pytest.fail("Xvfb is not installed: apt-get install xvfb (.ci/run does)")
+    display = ":97"
+    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    yield display
+    server.terminate()
+    server.wait(timeout=10)
+
+
+WINDOW_SCRIPT = """
+import json, numpy as np
+from layout.config import RenderConfig
+from render.window import NeuronDetails, show_window
+import sys
+sys.path.insert(0, ".")
+from tests.test_render import tiny_data
+data = tiny_data()
+n = 12
+details = NeuronDetails(np.zeros((n, 28, 28)), np.eye(3)[np.arange(n) % 3], np.ones((n, 3)), np.zeros(n, int),
+                        np.arange(n), np.arange(n) % 3, np.arange(n) % 3)
+player = show_window(data, RenderConfig(width=400, height=300, fps=20), details, close_after_frames=15)
+print(json.dumps({"frame": player.frame, "window": type(player.scene.plotter.ren_win).__name__}))
+"""
+
+
+def test_window_opens_plays_frames_and_closes_on_its_own(xvfb):
+    env = dict(os.environ, DISPLAY=xvfb)
+    result = subprocess.run([sys.executable, "-c", WINDOW_SCRIPT], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["frame"] > 0  # the timer advanced the playback
