@@ -31,6 +31,7 @@ LAYER_SHAPES = ("plane", "shell")
 INITS = ("pca", "random")
 INFLUENCES = ("weights", "jacobian")
 SIZE_BY = ("norm", "none")
+COLOR_BY = ("dominant", "class_mean", "image")
 EXPORTS = ("mp4", "gif", "png", "none")
 
 
@@ -157,6 +158,10 @@ class RenderConfig:
     orbit_seconds: float = option(6.0, "how long the movie orbits the final layout once (0: no orbit)", ge=0)
     edges: int = option(0, "lines from each neuron to the k outputs it drives most (0: none)", ge=0, le=10)
     size_by: str = option("norm", "neuron size: by output-vector norm, or all the same", choices=SIZE_BY)
+    color_by: str = option("dominant", "neuron colour: the class it drives hardest, its mean activation per "
+                                       "class (cycling through the classes), or its activation for one test image",
+                           choices=COLOR_BY)
+    image_index: int = option(0, "the test image whose activations color_by: image shows", ge=0)
 
 
 @dataclass(frozen=True)

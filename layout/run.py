@@ -60,13 +60,13 @@ def pipeline(args: argparse.Namespace) -> int:
     laid = layout_stage(cfg, trained, out)
     metrics = write_json(out / "metrics.json", {**trained.figures, "layout": laid.figures})
     print(layout_summary(laid))
-    exported = render_stage(cfg, laid, out, formats) if formats else ()
+    exported = render_stage(cfg, trained, laid, out, formats) if formats else ()
     print("wrote " + ", ".join(map(str, trained.written + laid.written + (metrics,) + exported)))
     if window:
         from layout.stages import details_for, scene_for
         from render.window import show_window
 
-        show_window(scene_for(cfg, laid), cfg.render, details_for(laid))
+        show_window(scene_for(cfg, trained, laid), cfg.render, details_for(laid))
     return 0
 
 

@@ -167,7 +167,27 @@ def layout_summary(result: LayoutResult) -> str:
             f"silhouette {f['silhouette']:.3f}")
 
 
-def scene_for(cfg: RunConfig, laid: LayoutResult):
+def colorings_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult) -> tuple:
+    """The neuron colourings `render.color_by` asks for (none: by dominant class)."""
+    from layout.errors import ConfigError
+    from layout.features import hidden_activations
+    from render.scene import activation_colorings
+
+    names = laid.features.class_names
+    if cfg.render.color_by == "class_mean":
+        return activation_colorings(laid.features.class_activation, tuple(f"mean activation, {c}" for c in names))
+    if cfg.render.color_by == "image":
+        test = trained.dataset.test
+        i = cfg.render.image_index
+        if i >= len(test.labels):
+            raise ConfigError(f"render.image_index = {i} is out of range: the test set has {len(test.labels)} "
+                              f"images (0-{len(test.labels) - 1})")
+        values = np.concatenate(hidden_activations(trained.network, test.images[i:i + 1]), axis=1).T
+        return activation_colorings(values, (f"activation for test image {i} ({names[test.labels[i]]})",))
+    return ()
+
+
+def scene_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult):
     """The render module's SceneData for a laid-out network (numpy only from here on)."""
     from render.scene import make_scene_data
 
@@ -175,15 +195,17 @@ def scene_for(cfg: RunConfig, laid: LayoutResult):
     labels = tuple(f"step {s}   energy {e:.4g}" for s, e in zip(t.step, t.energy.sum(1)))
     return make_scene_data(t.positions, labels, laid.particles.group, laid.particles.is_anchor,
                            laid.features.output_vectors, laid.features.class_names, cfg.name,
-                           cfg.render.edges, cfg.render.size_by)
+                           cfg.render.edges, cfg.render.size_by, colorings_for(cfg, trained, laid))
 
 
-def render_stage(cfg: RunConfig, laid: LayoutResult, out: Path, formats: tuple[str, ...]) -> tuple[Path, ...]:
+def render_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: Path,
+                 formats: tuple[str, ...]) -> tuple[Path, ...]:
     """Export the movie and/or snapshot offscreen."""
     from render.movie import export, shot_list
 
-    data = scene_for(cfg, laid)
-    total = len(shot_list(data.n_frames, cfg.render)) * sum(f in ("mp4", "gif") for f in formats)
+    data = scene_for(cfg, trained, laid)
+    total = len(shot_list(data.n_frames, cfg.render, max(len(data.colorings), 1))) * sum(
+        f in ("mp4", "gif") for f in formats)
     with progress_bar(total, "export", "frame") as bar:
         done = [0]
 

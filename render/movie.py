@@ -26,15 +26,17 @@ class Shot:
 
     frame: int
     azimuth: float
+    coloring: int = 0
 
 
-def shot_list(n_frames: int, cfg: RenderConfig) -> list[Shot]:
-    """The settling frames spread over settle_seconds, then the orbit of the last frame."""
+def shot_list(n_frames: int, cfg: RenderConfig, n_colorings: int = 1) -> list[Shot]:
+    """The settling frames spread over settle_seconds, then the orbit of the last frame, stepping
+    through the colorings (e.g. the digits) in equal parts of the orbit."""
     n_settle = int(round(cfg.settle_seconds * cfg.fps))
     n_orbit = int(round(cfg.orbit_seconds * cfg.fps))
     settle = np.linspace(0, n_frames - 1, n_settle).round().astype(int) if n_settle else []  # holds or skips
     shots = [Shot(int(f), 0.0) for f in settle]
-    shots += [Shot(n_frames - 1, 360.0 * (k + 1) / n_orbit) for k in range(n_orbit)]
+    shots += [Shot(n_frames - 1, 360.0 * (k + 1) / n_orbit, k * n_colorings // n_orbit) for k in range(n_orbit)]
     return shots or [Shot(n_frames - 1, 0.0)]
 
 
@@ -48,7 +50,7 @@ def render_shots(scene: Scene, data: SceneData, shots: list[Shot]) -> Iterator[n
     camera = scene.plotter.camera
     start = camera.azimuth
     for shot in shots:
-        show_frame(scene, data, shot.frame)
+        show_frame(scene, data, shot.frame, shot.coloring)
         camera.azimuth = start + shot.azimuth
         scene.plotter.render()
         yield np.asarray(scene.plotter.screenshot(return_img=True))
@@ -107,7 +109,7 @@ def export(data: SceneData, out: Path, formats: tuple[str, ...], cfg: RenderConf
     scene = offscreen_scene(data, cfg)
     written = []
     try:
-        shots = shot_list(data.n_frames, cfg)
+        shots = shot_list(data.n_frames, cfg, max(len(data.colorings), 1))
         for fmt in formats:
             if fmt in WRITERS:
                 report = (lambda i: on_frame(i, len(shots))) if on_frame else None

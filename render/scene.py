@@ -22,6 +22,8 @@ class SceneData:
     positions [T, P, 3]; labels [T]: the title's text per frame (step, energy); group [P]: class
     index coloured; is_anchor [P]; radius [P]; class_names [C]; name: the run's name;
     edges [E, 2]: (neuron, particle) index pairs to draw as lines; edge_sign [E]: +1 or -1.
+    colorings: other ways to colour the neurons, each a caption and an rgb colour per neuron (for
+    example the mean activation for each digit); empty when neurons are coloured by class.
     """
 
     positions: np.ndarray
@@ -33,6 +35,7 @@ class SceneData:
     name: str
     edges: np.ndarray
     edge_sign: np.ndarray
+    colorings: tuple[tuple[str, np.ndarray], ...] = ()  # (caption, neuron rgb [N, 3]); () = by class
 
     @property
     def n_frames(self) -> int:
@@ -43,9 +46,16 @@ class SceneData:
         return int((~self.is_anchor).sum())
 
 
+def activation_colorings(activations: np.ndarray, captions: tuple[str, ...]) -> tuple[tuple[str, np.ndarray], ...]:
+    """One coloring per column of activations [N, K] (e.g. K classes), on a common scale."""
+    top = float(np.max(activations)) or 1.0
+    return tuple((caption, style.activation_rgb(np.append(activations[:, k], top))[:-1])
+                 for k, caption in enumerate(captions))
+
+
 def make_scene_data(positions: np.ndarray, labels: tuple[str, ...], group: np.ndarray, is_anchor: np.ndarray,
                     vectors: np.ndarray, class_names: tuple[str, ...], name: str, edges_per_neuron: int,
-                    size_by: str) -> SceneData:
+                    size_by: str, colorings: tuple[tuple[str, np.ndarray], ...] = ()) -> SceneData:
     """SceneData from a trajectory's frames and the neurons' output vectors [N, C].
 
     Sizes follow the output-vector norm, scaled to the final layout's spacing; with anchors present,
@@ -65,7 +75,7 @@ def make_scene_data(positions: np.ndarray, labels: tuple[str, ...], group: np.nd
         sign = np.sign(np.take_along_axis(vectors, top, 1)).ravel()
     return SceneData(positions=np.asarray(positions, np.float32), labels=tuple(labels), group=np.asarray(group),
                      is_anchor=np.asarray(is_anchor, bool), radius=radius, class_names=tuple(class_names),
-                     name=name, edges=edges, edge_sign=sign)
+                     name=name, edges=edges, edge_sign=sign, colorings=tuple(colorings))
 
 
 @dataclass
@@ -148,17 +158,22 @@ def frame_camera(plotter: pv.Plotter, positions: np.ndarray) -> None:
     plotter.renderer.ResetCameraClippingRange()
 
 
-def show_frame(scene: Scene, data: SceneData, t: int) -> None:
-    """Move every point to frame t and update the title; no actor is added or removed."""
+def show_frame(scene: Scene, data: SceneData, t: int, coloring: int = 0) -> None:
+    """Move every point to frame t, colour the neurons by `coloring` and update the title; no actor
+    is added or removed."""
     points = data.positions[t]
     scene.neurons.points = points[~data.is_anchor]
+    caption = ""
+    if data.colorings:
+        caption, rgb = data.colorings[coloring % len(data.colorings)]
+        scene.neurons["rgb"] = rgb
     if scene.anchors is not None:
         scene.anchors.points = points[data.is_anchor]
         scene.labels.points[:] = points[data.is_anchor]  # in place: the label pipeline keeps its points
         scene.labels.GetPoints().Modified()
     if scene.edges is not None:
         scene.edges.points = points
-    scene.title.SetText(2, style.frame_title(data.name, data.labels[t]))
+    scene.title.SetText(2, style.frame_title(data.name, f"{data.labels[t]}   {caption}".rstrip()))
     scene.plotter.renderer.ResetCameraClippingRange()  # particles may leave the first frame's depth range
 
 

@@ -40,5 +40,16 @@ def particle_radii(norms: np.ndarray, size_by: str, spacing: float, n_anchors: i
     return np.concatenate([neurons, np.full(n_anchors, ANCHOR_RADIUS * base)]).astype(np.float32)
 
 
+ACTIVATION_LOW, ACTIVATION_HIGH = "#EEEEEE", "#B2182B"  # silent neurons pale, strongly firing dark red
+
+
+def activation_rgb(values: np.ndarray) -> np.ndarray:
+    """[n, 3] uint8 from activations scaled to their maximum: pale grey at 0 to dark red at the maximum."""
+    values = np.asarray(values, np.float64)
+    share = np.clip(values / (values.max() if values.max() > 0 else 1.0), 0, 1)[:, None]
+    low, high = hex_to_rgb(ACTIVATION_LOW).astype(float), hex_to_rgb(ACTIVATION_HIGH).astype(float)
+    return np.round(low + share * (high - low)).astype(np.uint8)
+
+
 def frame_title(name: str, label: str) -> str:
     return f"{name}   {label}"

@@ -1,6 +1,7 @@
 """The interactive window: the layout plays from start to settled and loops.
 
-Mouse: rotate, zoom, pan. Space: pause or play. o: slow orbit on or off. The slider scrubs frames.
+Mouse: rotate, zoom, pan. Space: pause or play. o: slow orbit on or off. c: next colouring (with
+render.color_by: class_mean, the next digit). The slider scrubs frames.
 Clicking a neuron shows its details on the right: its receptive field (28x28 input weights, red
 positive, blue negative), its output weights and its mean activation per class as bars, its layer
 and index.
@@ -66,12 +67,13 @@ class Player:
     frame: int = 0
     playing: bool = True
     orbit: bool = False
+    coloring: int = 0
     slider: object = None
     ticks_left: int | None = None  # close the window after this many timer ticks (tests, demos)
 
     def goto(self, frame: int) -> None:
         self.frame = int(np.clip(frame, 0, self.data.n_frames - 1))
-        show_frame(self.scene, self.data, self.frame)
+        show_frame(self.scene, self.data, self.frame, self.coloring)
 
     def tick(self, *_) -> None:
         if self.playing:
@@ -92,6 +94,10 @@ class Player:
     def toggle_orbit(self) -> None:
         self.orbit = not self.orbit
 
+    def next_coloring(self) -> None:
+        self.coloring = (self.coloring + 1) % max(len(self.data.colorings), 1)
+        self.goto(self.frame)
+
 
 def show_window(data: SceneData, cfg: RenderConfig, details: NeuronDetails | None = None,
                 close_after_frames: int | None = None) -> Player:
@@ -107,7 +113,8 @@ def show_window(data: SceneData, cfg: RenderConfig, details: NeuronDetails | Non
                                               fmt="%.0f", style="modern")
     plotter.add_key_event("space", player.toggle_play)
     plotter.add_key_event("o", player.toggle_orbit)
-    plotter.add_text("space: play/pause   o: orbit   click a neuron: details", position="lower_right",
+    plotter.add_key_event("c", player.next_coloring)
+    plotter.add_text("space: play/pause   o: orbit   c: next colouring   click a neuron: details", position="lower_right",
                      font_size=9, color=style.TEXT_COLOR)
     if details is not None:
         add_details_panel(plotter, player, details)

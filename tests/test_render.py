@@ -184,3 +184,24 @@ def test_window_opens_plays_frames_and_closes_on_its_own(xvfb):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["frame"] > 0  # the timer advanced the playback
+
+
+def test_activation_colorings_recolour_the_neurons_and_the_movie_cycles_them(tmp_path):
+    from render.scene import activation_colorings
+
+    activations = np.zeros((12, 3))
+    activations[np.arange(12), np.arange(12) % 3] = 1.0  # neuron i fires only for class i % 3
+    base = tiny_data()
+    data = type(base)(**{**base.__dict__, "colorings": activation_colorings(activations, ("a", "b", "c"))})
+    assert [c for c, _ in data.colorings] == ["a", "b", "c"]
+    np.testing.assert_array_equal(data.colorings[0][1][0], style.hex_to_rgb(style.ACTIVATION_HIGH))
+    np.testing.assert_array_equal(data.colorings[0][1][1], style.hex_to_rgb(style.ACTIVATION_LOW))
+    s = offscreen_scene(data, SMALL)
+    try:
+        a, b = render_shots(s, data, [Shot(data.n_frames - 1, 0.0, 0), Shot(data.n_frames - 1, 0.0, 1)])
+    finally:
+        s.plotter.close()
+    assert np.abs(a.astype(int) - b.astype(int)).max(-1).astype(bool).mean() > 0.002
+    shots = shot_list(data.n_frames, SMALL, n_colorings=3)
+    orbit = [shot.coloring for shot in shots if shot.azimuth > 0]
+    assert orbit == sorted(orbit) and set(orbit) == {0, 1, 2}  # each class in turn during the orbit
