@@ -32,6 +32,7 @@ INITS = ("pca", "random")
 INFLUENCES = ("weights", "jacobian")
 SIZE_BY = ("norm", "none")
 COLOR_BY = ("dominant", "class_mean", "image")
+TIMELINES = ("simulation", "training")
 EXPORTS = ("mp4", "gif", "png", "none")
 
 
@@ -136,6 +137,10 @@ class SimConfig:
     settle: float = option(1e-4, "stop early once no particle moves more than this per step, as a "
                                  "fraction of the layout's size (0: never)", ge=0)
     seed: int = option(0, "seed for the starting positions", ge=0)
+    snapshot_steps: int = option(60, "training timeline: steps per weight snapshot, each warm-started from "
+                                     "the previous layout", ge=1)
+    snapshot_alpha: float = option(0.3, "training timeline: alpha at the start of each snapshot's steps",
+                                   gt=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,8 @@ class RenderConfig:
     orbit_seconds: float = option(6.0, "how long the movie orbits the final layout once (0: no orbit)", ge=0)
     edges: int = option(0, "lines from each neuron to the k outputs it drives most (0: none)", ge=0, le=10)
     size_by: str = option("norm", "neuron size: by output-vector norm, or all the same", choices=SIZE_BY)
+    timeline: str = option("simulation", "what the animation shows: the simulation settling, or the layout "
+                                         "across the training snapshots", choices=TIMELINES)
     color_by: str = option("dominant", "neuron colour: the class it drives hardest, its mean activation per "
                                        "class (cycling through the classes), or its activation for one test image",
                            choices=COLOR_BY)

@@ -1,6 +1,7 @@
 """The force simulation: velocity integration with friction and a cooling alpha, as in d3-force.
 
-Each step: alpha = alpha_min ** (step / (steps - 1)) cools from 1 to alpha_min; forces are -grad of
+Each step: alpha = alpha_min ** (step / (steps - 1)) cools from 1 (or a warm start's alpha) to
+alpha_min; forces are -grad of
 the summed energy; v <- (v + alpha F)(1 - velocity_decay); x <- x + v (fixed particles stay put).
 The step is compiled once; chunks of steps run as lax.scan, frames are kept every `record_every`
 steps, and the run stops early once no particle moves more than `settle` x the layout's size.
@@ -84,7 +85,8 @@ def term_energies(terms: dict[str, Energy]) -> Callable:
     return lambda x: jnp.stack([fn(x) for fn in terms.values()]) if terms else jnp.zeros(0)
 
 
-def make_chunk(terms: dict[str, Energy], movable: np.ndarray, cfg: SimConfig, n_frames: int) -> Callable:
+def make_chunk(terms: dict[str, Energy], movable: np.ndarray, cfg: SimConfig, n_frames: int,
+               alpha_start: float = 1.0) -> Callable:
     """A compiled function running n_frames x record_every steps from a State; returns the new State
     and, per frame, the positions and each term's energy at the frame's first step. Steps take only
     the gradient; energies are evaluated once per frame."""
@@ -95,7 +97,7 @@ def make_chunk(terms: dict[str, Energy], movable: np.ndarray, cfg: SimConfig, n_
 
     def step(state: State, _):
         g = grad(state.x)
-        alpha = cfg.alpha_min ** (state.step / last)
+        alpha = alpha_start * (cfg.alpha_min / alpha_start) ** (state.step / last)
         v = (state.v + alpha * jnp.where(movable, -g, 0.0)) * (1 - cfg.velocity_decay)
         x = state.x + v
         running = state.stop < 0
@@ -129,11 +131,13 @@ def make_chunk(terms: dict[str, Energy], movable: np.ndarray, cfg: SimConfig, n_
 
 
 def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key: jax.Array,
-             on_chunk: Callable[[int, int], None] | None = None) -> Trajectory:
-    """Run the simulation from initial positions drawn with `key`; same key, same trajectory."""
-    x0 = initial_positions(particles, cfg.init, key)
+             on_chunk: Callable[[int, int], None] | None = None, start: np.ndarray | None = None,
+             alpha_start: float = 1.0) -> Trajectory:
+    """Run the simulation from initial positions drawn with `key` (or from `start`, warm, with alpha
+    cooling from `alpha_start`); same key, same trajectory."""
+    x0 = initial_positions(particles, cfg.init, key) if start is None else np.asarray(start, np.float32)
     frames_per_chunk = max(1, cfg.chunk // cfg.record_every)
-    run = make_chunk(terms, particles.movable, cfg, frames_per_chunk)
+    run = make_chunk(terms, particles.movable, cfg, frames_per_chunk, alpha_start)
     state = State(jnp.asarray(x0), jnp.zeros_like(jnp.asarray(x0)), jnp.int32(0), jnp.int32(-1), jnp.bool_(False))
     positions, energies = [], []
     while True:

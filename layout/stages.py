@@ -1,7 +1,8 @@
 """The pipeline's stages, each taking what the one before produced and writing its own output files.
 
   training_stage: config -> dataset -> network (trained or cached) -> config.yaml, network.npz
-  layout_stage:   network -> features -> particles -> simulation -> metrics -> trajectory.npz, neurons.csv
+  layout_stage:   network -> features -> particles -> simulation (or one per training snapshot,
+                  warm-started: render.timeline = training) -> metrics -> trajectory.npz, neurons.csv
   render_stage:   layout -> scene -> layout.mp4 / layout.gif / snapshot.png (offscreen)
 
 Each returns a frozen result with the figures that go into metrics.json; nothing here prints.
@@ -52,6 +53,7 @@ class LayoutResult:
     trajectory: Trajectory
     figures: dict  # metrics.json's "layout" section
     written: tuple[Path, ...]
+    labels: tuple[str, ...] | None = None  # a title per frame, when not the simulation's step and energy
 
 
 def training_stage(cfg: RunConfig, out: Path, *, retrain: bool = False) -> TrainResult:
@@ -96,12 +98,20 @@ def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path) -> LayoutResul
     from layout.simulate import simulate
 
     start = time.perf_counter()
-    features = neuron_features(trained.network, trained.dataset.test, cfg.layout.influence)
-    particles = make_particles(features, cfg.layout.anchors)
-    terms = build_energy(particles, cfg.layout.forces)
-    with progress_bar(cfg.layout.sim.steps, "layout", "step") as bar:
-        trajectory = simulate(terms, particles, cfg.layout.sim, jax.random.key(cfg.layout.sim.seed),
-                              on_chunk=lambda step, total: bar.advance_to(step))
+    labels = None
+    if cfg.render.timeline == "training":
+        from layout.timeline import training_trajectory
+
+        with progress_bar(len(trained.network.snapshots.step), "layout", "snapshot") as bar:
+            trajectory, labels, features, particles = training_trajectory(
+                trained.network, trained.dataset.test, cfg, on_snapshot=lambda s, total: bar.advance_to(s))
+    else:
+        features = neuron_features(trained.network, trained.dataset.test, cfg.layout.influence)
+        particles = make_particles(features, cfg.layout.anchors)
+        terms = build_energy(particles, cfg.layout.forces)
+        with progress_bar(cfg.layout.sim.steps, "layout", "step") as bar:
+            trajectory = simulate(terms, particles, cfg.layout.sim, jax.random.key(cfg.layout.sim.seed),
+                                  on_chunk=lambda step, total: bar.advance_to(step))
     seconds = time.perf_counter() - start
     n = features.n_neurons
     figures, distortion = layout_metrics(features.output_vectors, trajectory.final[:n], features.dominant,
@@ -118,7 +128,7 @@ def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path) -> LayoutResul
         save_trajectory(out / "trajectory.npz", trajectory, particles, features),
         write_neurons_csv(out / "neurons.csv", features, trajectory.final[:n], distortion, trained.network.classes),
     )
-    return LayoutResult(features, particles, trajectory, figures, written)
+    return LayoutResult(features, particles, trajectory, figures, written, labels)
 
 
 def save_trajectory(path: Path, trajectory: Trajectory, particles: Particles, features: NeuronFeatures) -> Path:
@@ -192,7 +202,7 @@ def scene_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult):
     from render.scene import make_scene_data
 
     t = laid.trajectory
-    labels = tuple(f"step {s}   energy {e:.4g}" for s, e in zip(t.step, t.energy.sum(1)))
+    labels = laid.labels or tuple(f"step {s}   energy {e:.4g}" for s, e in zip(t.step, t.energy.sum(1)))
     return make_scene_data(t.positions, labels, laid.particles.group, laid.particles.is_anchor,
                            laid.features.output_vectors, laid.features.class_names, cfg.name,
                            cfg.render.edges, cfg.render.size_by, colorings_for(cfg, trained, laid))

@@ -41,8 +41,14 @@ def shot_list(n_frames: int, cfg: RenderConfig, n_colorings: int = 1) -> list[Sh
 
 
 def offscreen_scene(data: SceneData, cfg: RenderConfig) -> Scene:
-    plotter = pv.Plotter(off_screen=True, window_size=(cfg.width, cfg.height))
-    return build_scene(plotter, data)
+    return build_scene(fast_plotter(pv.Plotter(off_screen=True, window_size=(cfg.width, cfg.height))), data)
+
+
+def fast_plotter(plotter: pv.Plotter) -> pv.Plotter:
+    """No multisampling: PyVista's default 8x makes every software-rendered frame about 5x slower (and
+    FXAA falls back to even slower supersampling without a display)."""
+    plotter.ren_win.SetMultiSamples(0)
+    return plotter
 
 
 def render_shots(scene: Scene, data: SceneData, shots: list[Shot]) -> Iterator[np.ndarray]:
@@ -52,7 +58,7 @@ def render_shots(scene: Scene, data: SceneData, shots: list[Shot]) -> Iterator[n
     for shot in shots:
         show_frame(scene, data, shot.frame, shot.coloring)
         camera.azimuth = start + shot.azimuth
-        scene.plotter.render()
+        scene.plotter.render()  # (PyVista renders by itself only for the first screenshot)
         yield np.asarray(scene.plotter.screenshot(return_img=True))
 
 
@@ -66,7 +72,10 @@ def write_mp4(path: Path, images: Iterator[np.ndarray], cfg: RenderConfig,
         warnings.filterwarnings("ignore", message=".*os.fork", category=RuntimeWarning)
         writer = imageio_ffmpeg.write_frames(
             str(tmp), (cfg.width, cfg.height), fps=cfg.fps, codec="libx264", pix_fmt_out="yuv420p",
-            macro_block_size=2, output_params=["-f", "mp4", "-movflags", "+faststart"], ffmpeg_log_level="error")
+            macro_block_size=2, quality=None, ffmpeg_log_level="error",
+            # veryfast: 2-3x quicker than x264's default preset, at the same quality (crf 20) for a
+            # few percent more bytes; encoding runs beside rendering in ffmpeg's own process
+            output_params=["-f", "mp4", "-movflags", "+faststart", "-preset", "veryfast", "-crf", "20"])
         writer.send(None)
         try:
             for i, image in enumerate(images):

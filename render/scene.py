@@ -85,7 +85,7 @@ class Scene:
     plotter: pv.Plotter
     neurons: pv.PolyData
     anchors: pv.PolyData | None
-    labels: pv.PolyData | None
+    labels: list | None  # the anchors' text actors
     edges: pv.PolyData | None
     title: object  # the title text actor
 
@@ -125,10 +125,12 @@ def build_scene(plotter: pv.Plotter, data: SceneData) -> Scene:
     if data.is_anchor.any():
         anchors = point_cloud(first[data.is_anchor], data.group[data.is_anchor], data.radius[data.is_anchor])
         add_spheres(plotter, anchors)
-        labels = pv.PolyData(first[data.is_anchor].astype(np.float32))  # its own points: labels move too
-        plotter.add_point_labels(labels, [data.class_names[g] for g in data.group[data.is_anchor]],
-                                 font_size=18, bold=True, text_color=style.TEXT_COLOR, shape=None,
-                                 show_points=False, always_visible=True)
+        # one 2D text per anchor, moved to the anchor's projection each frame (a label placement
+        # mapper would re-place all labels on every render: 3 ms a frame)
+        labels = [plotter.add_text(data.class_names[g], position=(0, 0), font_size=14, color=style.TEXT_COLOR)
+                  for g in data.group[data.is_anchor]]
+        for label in labels:
+            label.GetTextProperty().SetBold(True)
     edges = None
     if len(data.edges):
         edges = edge_lines(data, first)
@@ -139,10 +141,15 @@ def build_scene(plotter: pv.Plotter, data: SceneData) -> Scene:
     height = min(0.045 * len(data.class_names), 0.8)
     legend.SetPosition(0.89, 0.93 - height)  # the right edge, below the title's height
     legend.SetPosition2(0.1, height)
-    title = plotter.add_text(style.frame_title(data.name, data.labels[0]), position="upper_left", font_size=12,
-                             color=style.TEXT_COLOR)
+    height = plotter.window_size[1]
+    # a plain text actor: a corner annotation re-lays itself out on every change (20 ms a frame)
+    title = plotter.add_text(style.frame_title(data.name, data.labels[0]), position=(8, height - 26),
+                             font_size=12, color=style.TEXT_COLOR)
     frame_camera(plotter, data.positions)
-    return Scene(plotter, neurons, anchors, labels, edges, title)
+    scene = Scene(plotter, neurons, anchors, labels, edges, title)
+    if anchors is not None:  # labels follow their anchors through frames, orbits and mouse moves
+        plotter.renderer.AddObserver("StartEvent", lambda *_: place_labels(scene, np.asarray(anchors.points)))
+    return scene
 
 
 def frame_camera(plotter: pv.Plotter, positions: np.ndarray) -> None:
@@ -169,12 +176,16 @@ def show_frame(scene: Scene, data: SceneData, t: int, coloring: int = 0) -> None
         scene.neurons["rgb"] = rgb
     if scene.anchors is not None:
         scene.anchors.points = points[data.is_anchor]
-        scene.labels.points[:] = points[data.is_anchor]  # in place: the label pipeline keeps its points
-        scene.labels.GetPoints().Modified()
     if scene.edges is not None:
         scene.edges.points = points
-    scene.title.SetText(2, style.frame_title(data.name, f"{data.labels[t]}   {caption}".rstrip()))
+    scene.title.SetInput(style.frame_title(data.name, f"{data.labels[t]}   {caption}".rstrip()))
     scene.plotter.renderer.ResetCameraClippingRange()  # particles may leave the first frame's depth range
+
+
+def place_labels(scene: Scene, anchors: np.ndarray) -> None:
+    """Put each anchor's label just right of where the anchor appears on screen."""
+    for label, (x, y) in zip(scene.labels, project(scene.plotter, anchors)):
+        label.SetPosition(x + 6, y - 8)
 
 
 def project(plotter: pv.Plotter, points: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import pyvista as pv
 
 from layout.config import RenderConfig
 from render import style
+from render.movie import fast_plotter
 from render.scene import Scene, SceneData, build_scene, pick_neuron, show_frame
 
 
@@ -104,8 +105,9 @@ def show_window(data: SceneData, cfg: RenderConfig, details: NeuronDetails | Non
     """Open the window and play; returns when the user closes it (or after `close_after_frames`
     timer ticks, for tests and demos)."""
     shape = (1, 2) if details is not None else (1, 1)
-    plotter = pv.Plotter(window_size=(cfg.width, cfg.height), shape=shape,
-                         col_weights=[3, 1] if details is not None else None, title=f"neuron-layout: {data.name}")
+    plotter = fast_plotter(pv.Plotter(window_size=(cfg.width, cfg.height), shape=shape,
+                                      col_weights=[3, 1] if details is not None else None,
+                                      title=f"neuron-layout: {data.name}"))
     plotter.subplot(0, 0)
     player = Player(build_scene(plotter, data), data)
     player.slider = plotter.add_slider_widget(lambda v: player.goto(int(round(v))), [0, data.n_frames - 1],

@@ -381,3 +381,47 @@ def test_sampled_metrics_estimate_the_exact_ones():
     for name in ("normalized_stress", "spearman", "knn_recall", "trustworthiness", "neighbourhood_hit"):
         assert sampled[name] == pytest.approx(exact[name], abs=0.03), name
     assert np.isfinite(per_neuron).sum() == 200
+
+
+def test_training_timeline_warm_starts_each_snapshot_from_the_last():
+    from layout.config import RunConfig
+    from layout.timeline import training_trajectory
+
+    rng = np.random.default_rng(13)
+    n_snap = 4
+    w0 = rng.normal(size=(n_snap, 784, 8)) * 0.05
+    w1 = np.cumsum(rng.normal(size=(n_snap, 8, 3)), axis=0)  # output weights drift over "training"
+    net = hand_network([w0[-1], w1[-1]], [np.zeros(8), np.zeros(3)], activation="sigmoid")
+    snaps = Snapshots(step=np.arange(n_snap) * 10, epoch=np.arange(n_snap) / 2.0,
+                      test_accuracy=np.linspace(0.1, 0.9, n_snap), weights=(w0, w1),
+                      biases=(np.zeros((n_snap, 8)), np.zeros((n_snap, 3))))
+    net = dataclasses.replace(net, snapshots=snaps)
+    test = Split(rng.integers(0, 256, size=(6, 28, 28), dtype=np.uint8), np.arange(6) % 3)
+    cfg = RunConfig()
+    cfg = dataclasses.replace(cfg, layout=dataclasses.replace(
+        cfg.layout, anchors=AnchorsConfig(mode="free"),
+        sim=dataclasses.replace(cfg.layout.sim, steps=100, snapshot_steps=20, record_every=5, chunk=20)))
+    trajectory, labels, features, particles = training_trajectory(net, test, cfg)
+    assert len(labels) == len(trajectory.step) == trajectory.positions.shape[0]
+    assert labels[0].startswith("epoch 0.00   test accuracy 0.100") and labels[-1].startswith("epoch 1.50")
+    assert (np.diff(trajectory.step) >= 0).all()
+    # each snapshot starts where the previous one ended: no jump in any particle's position
+    starts = [i for i in range(1, len(labels)) if labels[i] != labels[i - 1]]
+    assert len(starts) == n_snap - 1
+    for i in starts:
+        np.testing.assert_allclose(trajectory.positions[i], trajectory.positions[i - 1], atol=1e-6)
+    np.testing.assert_allclose(features.output_vectors, w1[-1], rtol=1e-5)  # the last snapshot's features
+    assert particles.n_particles == 8 + 3
+
+
+def test_spearman_matches_scipy_with_and_without_ties():
+    from scipy.stats import spearmanr
+
+    from layout.metrics import spearman
+
+    rng = np.random.default_rng(14)
+    a, b = rng.normal(size=300), rng.normal(size=300)
+    b = a + b
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    ties_a, ties_b = np.round(a, 0), np.round(b, 0)  # many ties
+    assert spearman(ties_a, ties_b) == pytest.approx(spearmanr(ties_a, ties_b).statistic, abs=1e-12)

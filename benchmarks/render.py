@@ -1,0 +1,160 @@
+"""Rendering speed, side by side with a plain PyVista loop, in one run.
+
+    python benchmarks/render.py [--json] [--frames 90]
+
+  export_fps         our mp4 export at 1280x720 with 1,000 neurons (+10 anchors): frames per second
+                     including encoding (target >= 30)
+  plain_fps          a plain PyVista loop on the same frames: open_movie + write_frame, the neurons
+                     as sphere glyphs rebuilt per frame (PyVista's movie example)
+  export_ratio       export_fps / plain_fps (target >= 1.5)
+  frame_ms_10k       one frame (move points, render, read back) with 10,000 neurons (target <= 33 ms)
+  e2e_cold_s         `python -m layout.run configs/euclid.yaml --no-window --export mp4` with an empty
+                     cache: training, compilation and all (target <= 30 s)
+  e2e_warm_s         the same again: cached network and compiled programs (target <= 10 s)
+
+Rendering is software (no GPU) on this machine; timings are medians over the frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from layout.config import RenderConfig  # noqa: E402
+from render.movie import offscreen_scene, render_shots, shot_list, write_mp4  # noqa: E402
+from render.scene import make_scene_data  # noqa: E402
+
+TARGETS = {"export_fps": (30, ">="), "export_ratio": (1.5, ">="), "frame_ms_10k": (33, "<="),
+           "e2e_cold_s": (30, "<="), "e2e_warm_s": (10, "<=")}
+
+
+def moving_layout(n: int, n_frames: int, seed: int = 0):
+    """n neurons of 10 classes drifting into 10 clusters, with 10 anchors: a SceneData."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 10, n)
+    centres = rng.normal(scale=2.0, size=(10, 3))
+    start = rng.normal(size=(n + 10, 3))
+    end = np.concatenate([centres[group] + 0.3 * rng.normal(size=(n, 3)), centres * 1.4])
+    w = np.linspace(0, 1, n_frames)[:, None, None]
+    positions = ((1 - w) * start + w * end).astype(np.float32)
+    vectors = np.eye(10)[group] + 0.2 * rng.random((n, 10))
+    return make_scene_data(positions, tuple(f"step {i}" for i in range(n_frames)),
+                           np.concatenate([group, np.arange(10)]), np.arange(n + 10) >= n, vectors,
+                           tuple(map(str, range(10))), "benchmark", edges_per_neuron=0, size_by="norm")
+
+
+def our_export_fps(data, cfg: RenderConfig) -> float:
+    scene = offscreen_scene(data, cfg)
+    shots = shot_list(data.n_frames, cfg)
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            write_mp4(Path(out) / "layout.mp4", render_shots(scene, data, shots), cfg)
+            return len(shots) / (time.perf_counter() - start)
+    finally:
+        scene.plotter.close()
+
+
+def plain_fps(data, cfg: RenderConfig) -> float:
+    """PyVista's movie example applied to the same frames: glyph spheres rebuilt per frame."""
+    import pyvista as pv
+
+    plotter = pv.Plotter(off_screen=True, window_size=(cfg.width, cfg.height))
+    shots = shot_list(data.n_frames, cfg)
+    sphere = pv.Sphere(radius=1.0, theta_resolution=12, phi_resolution=12)
+    with tempfile.TemporaryDirectory() as out:
+        plotter.open_movie(str(Path(out) / "plain.mp4"), framerate=cfg.fps)
+        cloud = pv.PolyData(data.positions[0])
+        cloud["radius"] = data.radius
+        cloud["group"] = data.group
+        plotter.add_mesh(cloud.glyph(scale="radius", geom=sphere, orient=False), scalars="group", name="glyphs")
+        plotter.camera_position = "iso"
+        start = time.perf_counter()
+        for shot in shots:
+            cloud = pv.PolyData(data.positions[shot.frame])
+            cloud["radius"] = data.radius
+            cloud["group"] = data.group
+            plotter.add_mesh(cloud.glyph(scale="radius", geom=sphere, orient=False), scalars="group",
+                             name="glyphs", show_scalar_bar=False)
+            plotter.camera.azimuth = shot.azimuth
+            plotter.write_frame()
+        seconds = time.perf_counter() - start
+        plotter.close()
+    return len(shots) / seconds
+
+
+def frame_ms(data, cfg: RenderConfig, repeats: int = 30) -> float:
+    scene = offscreen_scene(data, cfg)
+    from render.movie import Shot
+
+    try:
+        times = []
+        shots = [Shot(i % data.n_frames, 0.0) for i in range(repeats)]
+        images = render_shots(scene, data, shots)
+        for _ in shots:
+            start = time.perf_counter()
+            next(images)
+            times.append(time.perf_counter() - start)
+        return 1000 * statistics.median(times)
+    finally:
+        scene.plotter.close()
+
+
+def end_to_end(cache: str) -> float:
+    data_dir = REPO.parent / "shared" / "data"
+    env = dict(os.environ, NEURON_LAYOUT_CACHE=cache, NEURON_LAYOUT_DATA=str(data_dir))
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window", "--export", "mp4",
+                        "--out", out], cwd=REPO, env=env, check=True, capture_output=True)
+        return time.perf_counter() - start
+
+
+def measure(n_frames: int) -> dict:
+    cfg = RenderConfig(width=1280, height=720, fps=30, settle_seconds=n_frames / 60, orbit_seconds=n_frames / 60)
+    data_1k = moving_layout(1000, 60)
+    ours, plain = our_export_fps(data_1k, cfg), plain_fps(data_1k, cfg)
+    with tempfile.TemporaryDirectory() as cache:
+        cold = end_to_end(cache)
+        warm = end_to_end(cache)
+    return {"export_fps": ours, "plain_fps": plain, "export_ratio": ours / plain,
+            "frame_ms_1k": frame_ms(data_1k, cfg), "frame_ms_10k": frame_ms(moving_layout(10000, 10), cfg),
+            "e2e_cold_s": cold, "e2e_warm_s": warm, "frames": len(shot_list(data_1k.n_frames, cfg)),
+            "size": [cfg.width, cfg.height]}
+
+
+def report(r: dict) -> str:
+    lines = []
+    for key, value in r.items():
+        if key in TARGETS:
+            target, sense = TARGETS[key]
+            met = value >= target if sense == ">=" else value <= target
+            lines.append(f"{key:16s}{value:10.2f}   target {sense} {target}: {'met' if met else 'MISSED'}")
+        elif isinstance(value, float):
+            lines.append(f"{key:16s}{value:10.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--frames", type=int, default=90, help="movie frames to export per measurement")
+    args = parser.parse_args()
+    result = measure(args.frames)
+    print(json.dumps(result) if args.json else report(result))
+
+
+if __name__ == "__main__":
+    main()
