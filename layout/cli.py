@@ -21,7 +21,8 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's IDX files")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value, e.g. --set train.epochs=5 (repeatable)")
-    parser.add_argument("--retrain", action="store_true", help="train again even if a cached network matches")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train (and lay out) again even if a cached network (and layout) matches")
     return parser
 
 

@@ -57,7 +57,7 @@ def pipeline(args: argparse.Namespace) -> int:
     formats = tuple(f for f in (args.export or (("png",) if window else ("mp4", "png"))) if f != "none")
     trained = training_stage(cfg, out, retrain=args.retrain)
     print(training_summary(trained))
-    laid = layout_stage(cfg, trained, out)
+    laid = layout_stage(cfg, trained, out, relayout=args.retrain)
     metrics = write_json(out / "metrics.json", {**trained.figures, "layout": laid.figures})
     print(layout_summary(laid))
     exported = render_stage(cfg, trained, laid, out, formats) if formats else ()

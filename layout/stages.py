@@ -88,30 +88,42 @@ def training_stage(cfg: RunConfig, out: Path, *, retrain: bool = False) -> Train
     return TrainResult(dataset, network, figures, written)
 
 
-def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path) -> LayoutResult:
-    """Lay the network's hidden neurons out in 3D; write trajectory.npz and neurons.csv."""
+def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: bool = False) -> LayoutResult:
+    """Lay the network's hidden neurons out in 3D; write trajectory.npz and neurons.csv.
+
+    A layout is reused from <cache>/layouts/ when the network and the layout settings are unchanged,
+    so that changing only render settings never runs the simulation again."""
     import jax
 
+    from layout.config import fingerprint
     from layout.features import neuron_features
     from layout.forces import build_energy, make_particles
     from layout.metrics import layout_metrics
     from layout.simulate import simulate
 
     start = time.perf_counter()
-    labels = None
-    if cfg.render.timeline == "training":
+    features = neuron_features(trained.network, trained.dataset.test, cfg.layout.influence)
+    particles = make_particles(features, cfg.layout.anchors)
+    key = fingerprint({"version": 1, "network": trained.figures["network_key"], "layout": cfg.layout,
+                       "timeline": cfg.render.timeline})[:20]
+    cached = cache_dir() / "layouts" / f"{key}.npz"
+    loaded = None if relayout else load_trajectory(cached)
+    if loaded is not None:
+        trajectory, labels = loaded
+    elif cfg.render.timeline == "training":
         from layout.timeline import training_trajectory
 
         with progress_bar(len(trained.network.snapshots.step), "layout", "snapshot") as bar:
-            trajectory, labels, features, particles = training_trajectory(
+            trajectory, labels, _, _ = training_trajectory(
                 trained.network, trained.dataset.test, cfg, on_snapshot=lambda s, total: bar.advance_to(s))
     else:
-        features = neuron_features(trained.network, trained.dataset.test, cfg.layout.influence)
-        particles = make_particles(features, cfg.layout.anchors)
         terms = build_energy(particles, cfg.layout.forces)
         with progress_bar(cfg.layout.sim.steps, "layout", "step") as bar:
             trajectory = simulate(terms, particles, cfg.layout.sim, jax.random.key(cfg.layout.sim.seed),
                                   on_chunk=lambda step, total: bar.advance_to(step))
+        labels = None
+    if loaded is None:
+        save_trajectory(cached, trajectory, particles, features, labels)
     seconds = time.perf_counter() - start
     n = features.n_neurons
     figures, distortion = layout_metrics(features.output_vectors, trajectory.final[:n], features.dominant,
@@ -123,24 +135,44 @@ def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path) -> LayoutResul
         settled=trajectory.settled_step is not None,
         frames=len(trajectory.step),
         seconds=seconds,
+        layout_key=key,
+        reused=loaded is not None,
     )
     written = (
-        save_trajectory(out / "trajectory.npz", trajectory, particles, features),
+        save_trajectory(out / "trajectory.npz", trajectory, particles, features, labels),
         write_neurons_csv(out / "neurons.csv", features, trajectory.final[:n], distortion, trained.network.classes),
     )
     return LayoutResult(features, particles, trajectory, figures, written, labels)
 
 
-def save_trajectory(path: Path, trajectory: Trajectory, particles: Particles, features: NeuronFeatures) -> Path:
+def save_trajectory(path: Path, trajectory: Trajectory, particles: Particles, features: NeuronFeatures,
+                    labels: tuple[str, ...] | None = None) -> Path:
     """trajectory.npz: positions [T, P, 3], energy [T, n_terms], step [T], and per particle group,
-    layer, is_anchor, movable; `meta` is a JSON string with the term names and counts."""
+    layer, is_anchor, movable; `meta` is a JSON string with the term names, counts and frame titles."""
     meta = {"terms": list(trajectory.terms), "settled_step": trajectory.settled_step,
             "n_neurons": features.n_neurons, "n_particles": particles.n_particles,
-            "anchor_mode": particles.anchor_mode, "class_names": list(features.class_names)}
+            "anchor_mode": particles.anchor_mode, "class_names": list(features.class_names),
+            "labels": list(labels) if labels else None}
     arrays = {"positions": trajectory.positions, "energy": trajectory.energy, "step": trajectory.step,
               "group": particles.group, "layer": particles.layer, "is_anchor": particles.is_anchor,
               "movable": particles.movable, "meta": np.array(json.dumps(meta))}
     return write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def load_trajectory(path: Path) -> tuple[Trajectory, tuple[str, ...] | None] | None:
+    """(trajectory, frame titles) from a file written by save_trajectory; None if it is missing or unreadable."""
+    import zipfile
+
+    from layout.simulate import Trajectory
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            trajectory = Trajectory(positions=z["positions"], energy=z["energy"], step=z["step"],
+                                    terms=tuple(meta["terms"]), settled_step=meta["settled_step"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+        return None
+    return trajectory, tuple(meta["labels"]) if meta.get("labels") else None
 
 
 def write_neurons_csv(path: Path, features: NeuronFeatures, positions: np.ndarray, distortion: np.ndarray,
@@ -168,6 +200,7 @@ def training_summary(result: TrainResult) -> str:
 def layout_summary(result: LayoutResult) -> str:
     f = result.figures
     settled = "settled" if f["settled"] else "did not settle"
+    settled += ", reused from cache" if f["reused"] else ""
     sampled = "" if f["exact"] else f" (estimated from a sample of {f['n_queries']} neurons)"
     return (f"layout of {f['n_neurons']} neurons with {', '.join(f['terms'])}: {f['steps']} steps, {settled}, "
             f"{f['seconds']:.1f} s\n"

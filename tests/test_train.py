@@ -189,10 +189,19 @@ def test_euclid_config_end_to_end(shared_data, tmp_path, capsys):
     check_layout_outputs(out, net, metrics["layout"])
     assert f"stress {metrics['layout']['normalized_stress']:.3f}" in summary
 
-    # a second run with only a new output folder reuses the trained network
-    assert run_main(argv[:2] + [str(tmp_path / "again")] + argv[3:]) == 0
-    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["reused"] is True
+    assert metrics["layout"]["reused"] is False
+
+    # a second run with only a new output folder and new render settings reuses the network and the layout
+    again = tmp_path / "again"
+    assert run_main(argv[:2] + [str(again)] + argv[3:] + ["--set", "render.width=320", "--set", "render.edges=2"]) == 0
+    second = json.loads((again / "metrics.json").read_text())
+    assert second["reused"] is True and second["layout"]["reused"] is True
+    assert (again / "neurons.csv").read_text() == (out / "neurons.csv").read_text()
     assert "reused from cache" in capsys.readouterr().out
+    # a changed layout setting lays out again
+    third = tmp_path / "third"
+    assert run_main(argv[:2] + [str(third)] + argv[3:] + ["--set", "layout.sim.seed=1"]) == 0
+    assert json.loads((third / "metrics.json").read_text())["layout"]["reused"] is False
 
 
 def check_layout_outputs(out: Path, net, figures: dict) -> None:
