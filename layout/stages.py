@@ -244,19 +244,11 @@ def scene_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult):
 def render_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: Path,
                  formats: tuple[str, ...]) -> tuple[Path, ...]:
     """Export the movie and/or snapshot offscreen."""
-    from render.movie import export, shot_list
+    from render.movie import export, movie_frames
 
     data = scene_for(cfg, trained, laid)
-    total = len(shot_list(data.n_frames, cfg.render, max(len(data.colorings), 1))) * sum(
-        f in ("mp4", "gif") for f in formats)
-    with progress_bar(total, "export", "frame") as bar:
-        done = [0]
-
-        def advance(i, n):
-            done[0] += 1
-            bar.advance_to(done[0])
-
-        return export(data, out, formats, cfg.render, on_frame=advance)
+    with progress_bar(movie_frames(data, formats, cfg.render), "export", "frame") as bar:
+        return export(data, out, formats, cfg.render, on_frame=bar.advance_to)
 
 
 def details_for(laid: LayoutResult):

@@ -112,17 +112,24 @@ def write_png(path: Path, image: np.ndarray) -> Path:
 WRITERS = {"mp4": write_mp4, "gif": write_gif}
 
 
+def movie_frames(data: SceneData, formats: tuple[str, ...], cfg: RenderConfig) -> int:
+    """How many frames export() will render for the movies among `formats`."""
+    movies = sum(fmt in WRITERS for fmt in formats)
+    return movies * len(shot_list(data.n_frames, cfg, max(len(data.colorings), 1)))
+
+
 def export(data: SceneData, out: Path, formats: tuple[str, ...], cfg: RenderConfig,
-           on_frame: Callable[[int, int], None] | None = None) -> tuple[Path, ...]:
-    """Write layout.mp4 / layout.gif (the movie) and snapshot.png (the final layout) as asked."""
+           on_frame: Callable[[int], None] | None = None) -> tuple[Path, ...]:
+    """Write layout.mp4 / layout.gif (the movie) and snapshot.png (the final layout) as asked;
+    on_frame(n) reports the number of movie frames done so far, over all formats."""
     scene = offscreen_scene(data, cfg)
     written = []
     try:
         shots = shot_list(data.n_frames, cfg, max(len(data.colorings), 1))
-        for fmt in formats:
-            if fmt in WRITERS:
-                report = (lambda i: on_frame(i, len(shots))) if on_frame else None
-                written.append(WRITERS[fmt](out / f"layout.{fmt}", render_shots(scene, data, shots), cfg, report))
+        movies = [fmt for fmt in formats if fmt in WRITERS]
+        for k, fmt in enumerate(movies):
+            report = (lambda i, k=k: on_frame(k * len(shots) + i)) if on_frame else None
+            written.append(WRITERS[fmt](out / f"layout.{fmt}", render_shots(scene, data, shots), cfg, report))
         if "png" in formats:
             image = next(render_shots(scene, data, [Shot(data.n_frames - 1, 0.0)]))
             written.append(write_png(out / "snapshot.png", image))
