@@ -1,6 +1,6 @@
 """Forces as energies: each term a pure function `energy(positions [P, 3]) -> scalar`.
 
-`build_energy` binds every enabled term to its data with functools.partial; the simulation sums them
+`build_energy` binds every enabled term to its data (a Term or PairTerm); the simulation sums them
 and moves particles along `-jax.grad(total)`. The particles are the N hidden neurons followed by the
 C output anchors (when anchors are on). Every term is scaled so that one particle feels a force of
 order one at unit strength, whatever N is, so strengths mean the same for small and large networks.
@@ -11,7 +11,6 @@ over row tiles of at most TILE rows, and never builds an N x N x 3 array (nor N 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -86,27 +85,51 @@ def make_particles(features: NeuronFeatures, cfg: AnchorsConfig) -> Particles:
 # All-pairs terms
 
 
-def squared_distances(a: jax.Array, b: jax.Array) -> jax.Array:
-    """|a_i - b_j|^2 for a [T, k], b [P, k] -> [T, P], one broadcast per coordinate (fused by XLA into
-    one loop, never an [T, P, k] array)."""
-    return sum((a[:, k:k + 1] - b[None, :, k]) ** 2 for k in range(a.shape[1]))
+def squared_distances(a: jax.Array, columns: jax.Array) -> jax.Array:
+    """|a_i - b_j|^2 for rows a [T, k] and points b given by their coordinates, columns = b.T [k, P]:
+    [T, P], one broadcast per coordinate (fused by XLA into one loop, never an [T, P, k] array; the
+    columns are contiguous, so every coordinate is read with unit stride)."""
+    return sum((a[:, k:k + 1] - columns[k][None, :]) ** 2 for k in range(a.shape[1]))
+
+
+@dataclass(frozen=True)
+class Term:
+    """An energy term: energy(positions) = fn(positions, *data, **options).
+
+    A pytree: `data` (arrays and numbers) are its leaves, traced by jax.jit; `fn` and `options`
+    (hashable settings) are static. So a compiled simulation is reused for new data of the same shapes
+    (the training timeline's snapshots) instead of compiling again."""
+
+    fn: Callable
+    data: tuple = ()
+    options: tuple = ()  # (name, value) pairs
+
+    def __call__(self, positions: jax.Array) -> jax.Array:
+        return self.fn(positions, *self.data, **dict(self.options))
 
 
 @dataclass(frozen=True)
 class PairTerm:
     """An all-pairs energy: scale x sum over unordered pairs {i, j} of pair(d2_ij, data_i, data_j).
 
-    `pair(d2 [T, P], rows, cols) -> [T, P]` gets the squared 3D distances between a tile of rows and all
-    particles, and the rows' and everyone's entries of `data` (a tuple of per-particle arrays). It must
-    be elementwise in d2 and symmetric in i and j. Calling a PairTerm gives its energy.
+    `pair(d2 [T, P], rows, cols, **options) -> [T, P]` gets the squared 3D distances between a tile of
+    rows and all particles, the rows' entries of `data` (a tuple of per-particle arrays, particles on
+    the first axis) and everyone's, with particles on the last axis (2-d data transposed, [k, P]). It
+    must be elementwise in d2 and symmetric in i and j. Calling a PairTerm gives its energy. A pytree
+    like Term: data and scale are leaves, pair and options static.
     """
 
     pair: Callable
     data: tuple
     scale: float
+    options: tuple = ()
 
     def __call__(self, positions: jax.Array) -> jax.Array:
         return pair_energy((self,), positions)
+
+
+jax.tree_util.register_dataclass(Term, data_fields=["data"], meta_fields=["fn", "options"])
+jax.tree_util.register_dataclass(PairTerm, data_fields=["data", "scale"], meta_fields=["pair", "options"])
 
 
 def pair_energy(terms: tuple[PairTerm, ...], positions: jax.Array, tile: int = TILE) -> jax.Array:
@@ -117,33 +140,41 @@ def pair_energy(terms: tuple[PairTerm, ...], positions: jax.Array, tile: int = T
     = 2 (x_i rowsum(G) - G x), one matrix product per tile.
     """
     def pair(d2, rows, cols):
-        return sum(t.scale * t.pair(d2, r, c) for t, r, c in zip(terms, rows, cols))
+        return sum(t.scale * t.pair(d2, r, c, **dict(t.options)) for t, r, c in zip(terms, rows, cols))
 
     data = tuple(t.data for t in terms)
+    # everyone's data with particles on the last axis, made once, outside the tile loop
+    cols = jax.tree.map(lambda a: a.T if a.ndim == 2 else a, data)
 
     @jax.custom_vjp
     def energy(x):
-        return _tiled(lambda block: _block_energy(pair, data, x, *block), x.shape[0], tile).sum() / 2
+        xt = x.T
+        return _tiled(lambda rows, ids: _block_energy(pair, cols, xt, rows, ids), x.shape[0], tile,
+                      (x, data)).sum() / 2
 
-    def forward(x):
-        grads = _tiled(lambda block: _block_gradient(pair, data, x, *block), x.shape[0], tile)
-        return energy(x), grads.reshape(-1, 3)[: x.shape[0]]
+    def forward(x):  # energy and gradient from the same pass over the pairs
+        xt = x.T
+        partial, grads = _tiled(lambda rows, ids: _block_gradient(pair, cols, xt, rows, ids), x.shape[0], tile,
+                                (x, data))
+        return partial.sum() / 2, grads.reshape(-1, 3)[: x.shape[0]]
 
     energy.defvjp(forward, lambda grads, cotangent: (cotangent * grads,))
     return energy(positions)
 
 
-def _tiled(fn: Callable, n: int, tile: int) -> jax.Array:
-    """fn(rows, row_ids) over row tiles of at most `tile` rows; the last tile is padded (ids >= n)."""
+def _tiled(fn: Callable, n: int, tile: int, arrays: tuple) -> jax.Array:
+    """fn(rows, row_ids) over row tiles of at most `tile` rows, where rows holds each of `arrays`
+    sliced to the tile (the last tile padded with copies of the last row; its ids run past n)."""
     if n <= tile:
-        return fn((jnp.arange(n), jnp.arange(n)))
+        return fn(arrays, jnp.arange(n))
     n_tiles = -(-n // tile)
-    ids = jnp.arange(n_tiles * tile).reshape(n_tiles, tile)
-    return jax.lax.map(lambda i: fn((jnp.minimum(i, n - 1), i)), ids)
+    padded = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], n_tiles * tile - n, axis=0)]), arrays)
 
+    def one(i):
+        return fn(jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, i * tile, tile), padded),
+                  i * tile + jnp.arange(tile))
 
-def _select(data: tuple, rows: jax.Array) -> tuple:
-    return jax.tree.map(lambda a: a[rows], data)
+    return jax.lax.map(one, jnp.arange(n_tiles))
 
 
 def _pair_mask(row_ids: jax.Array, n: int) -> jax.Array:
@@ -151,19 +182,24 @@ def _pair_mask(row_ids: jax.Array, n: int) -> jax.Array:
     return (row_ids[:, None] != jnp.arange(n)[None, :]) & (row_ids < n)[:, None]
 
 
-def _block_energy(pair, data, x, rows, row_ids):
-    d2 = squared_distances(x[rows], x)
-    return jnp.where(_pair_mask(row_ids, x.shape[0]), pair(d2, _select(data, rows), data), 0.0).sum()
+def _block_energy(pair, cols, xt, rows, row_ids):
+    """The pair energies of one tile of rows (rows = (their positions, their data)), summed; xt is
+    every position, transposed [3, P]."""
+    xr, dr = rows
+    d2 = squared_distances(xr, xt)
+    return jnp.where(_pair_mask(row_ids, xt.shape[1]), pair(d2, dr, cols), 0.0).sum()
 
 
-def _block_gradient(pair, data, x, rows, row_ids):
-    xr = x[rows]
-    d2 = squared_distances(xr, x)
+def _block_gradient(pair, cols, xt, rows, row_ids):
+    """(summed pair energies, their gradient with respect to the rows' positions) for one tile."""
+    xr, dr = rows
+    d2 = squared_distances(xr, xt)
     ones = jnp.ones_like(d2)
-    slope = jax.jvp(lambda d: pair(d, _select(data, rows), data), (d2,), (ones,))[1]  # de / d(d2)
-    slope = jnp.where(_pair_mask(row_ids, x.shape[0]), slope, 0.0)
-    sums = slope @ jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], 1)  # [T, 4]: G x, rowsum G
-    return 2 * (xr * sums[:, 3:] - sums[:, :3])
+    values, slope = jax.jvp(lambda d: pair(d, dr, cols), (d2,), (ones,))  # e and de / d(d2)
+    keep = _pair_mask(row_ids, xt.shape[1])
+    slope = jnp.where(keep, slope, 0.0)
+    sums = slope @ jnp.concatenate([xt.T, jnp.ones((xt.shape[1], 1), xt.dtype)], 1)  # [T, 4]: G x, rowsum G
+    return jnp.where(keep, values, 0.0).sum(), 2 * (xr * sums[:, 3:] - sums[:, :3])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +224,7 @@ def euclid_term(vectors, include, weighting, strength) -> PairTerm:
     scale, mean_w = rest_statistics(vectors, include, weighting)
     n = max(int(include.sum()), 1)
     data = (jnp.asarray(vectors * scale, jnp.float32), jnp.asarray(include))
-    return PairTerm(functools.partial(euclid_pair, weighting=weighting), data, strength / (n * mean_w))
+    return PairTerm(euclid_pair, data, jnp.float32(strength / (n * mean_w)), (("weighting", weighting),))
 
 
 def pair_weight(r, weighting: str):
@@ -207,10 +243,10 @@ def repulsion_pair(d2, rows, cols, softening):
 
 def repulsion_term(n_particles, softening, strength) -> PairTerm:
     """All particles repel; the sum over pairs is divided by the number of particles."""
-    return PairTerm(functools.partial(repulsion_pair, softening=softening), (), strength / n_particles)
+    return PairTerm(repulsion_pair, (), jnp.float32(strength / n_particles), (("softening", softening),))
 
 
-def dominance_energy(positions, group, is_anchor, n_classes, anchor_weight, strength):
+def dominance_energy(positions, group, is_anchor, anchor_weight, strength, *, n_classes, use_anchors):
     """Same-dominant-class neurons attract: sum_i |x_i - c_g|^2 / 2 over neurons, c_g the mean position
     of class g's neurons (equal to the sum over same-class pairs of |x_i - x_j|^2 / 2 n_g), plus
     anchor_weight x |x_i - a_g|^2 / 2, a_g the position of class g's anchor particle (if any)."""
@@ -220,7 +256,7 @@ def dominance_energy(positions, group, is_anchor, n_classes, anchor_weight, stre
     centroids = (member.T @ positions) / jnp.maximum(counts, 1.0)[:, None]
     within = (neuron * ((positions - centroids[group]) ** 2).sum(1)).sum()
     energy = within
-    if anchor_weight:  # anchors are the last n_classes particles, in class order
+    if use_anchors:  # anchors are the last n_classes particles, in class order
         anchors = positions[-n_classes:]
         energy = energy + anchor_weight * (neuron * ((positions - anchors[group]) ** 2).sum(1)).sum()
     return strength * energy / 2
@@ -231,7 +267,7 @@ def centering_energy(positions, strength):
     return strength * (positions**2).sum() / 2
 
 
-def layer_plane_energy(positions, targets, shape, strength):
+def layer_plane_energy(positions, targets, strength, *, shape):
     """Each particle toward its layer's plane z = t_l (plane) or sphere |x| = t_l (shell)."""
     if shape == "shell":
         gap = jnp.sqrt((positions**2).sum(1) + 1e-12) - targets
@@ -282,17 +318,18 @@ def build_energy(particles: Particles, cfg: ForcesConfig) -> dict[str, Energy]:
         include = ~particles.is_anchor | (particles.anchor_mode == "free")
         terms["euclid"] = euclid_term(particles.vectors, include, f.euclid.weighting, f.euclid.strength)
     if f.dominance.strength > 0:
-        terms["dominance"] = functools.partial(
-            dominance_energy, group=jnp.asarray(particles.group), is_anchor=jnp.asarray(particles.is_anchor),
-            n_classes=int(particles.group.max()) + 1,
-            anchor_weight=f.dominance.anchor if particles.anchor_mode != "none" else 0.0,
-            strength=f.dominance.strength)
+        use_anchors = particles.anchor_mode != "none" and f.dominance.anchor > 0
+        terms["dominance"] = Term(
+            dominance_energy,
+            (jnp.asarray(particles.group), jnp.asarray(particles.is_anchor), jnp.float32(f.dominance.anchor),
+             jnp.float32(f.dominance.strength)),
+            (("n_classes", int(particles.group.max()) + 1), ("use_anchors", use_anchors)))
     if f.repulsion.strength > 0:
         terms["repulsion"] = repulsion_term(particles.n_particles, f.repulsion.softening, f.repulsion.strength)
     if f.centering.strength > 0:
-        terms["centering"] = functools.partial(centering_energy, strength=f.centering.strength)
+        terms["centering"] = Term(centering_energy, (jnp.float32(f.centering.strength),))
     if f.layer_plane.strength > 0:
         targets = layer_targets(particles.layer, f.layer_plane.shape, f.layer_plane.spacing)
-        terms["layer_plane"] = functools.partial(layer_plane_energy, targets=jnp.asarray(targets),
-                                                 shape=f.layer_plane.shape, strength=f.layer_plane.strength)
+        terms["layer_plane"] = Term(layer_plane_energy, (jnp.asarray(targets), jnp.float32(f.layer_plane.strength)),
+                                    (("shape", f.layer_plane.shape),))
     return terms

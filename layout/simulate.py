@@ -9,6 +9,7 @@ steps, and the run stops early once no particle moves more than `settle` x the l
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from layout.config import SimConfig
 from layout.errors import UserError
-from layout.forces import Energy, PairTerm, Particles, pair_energy
+from layout.forces import Energy, PairTerm, Particles, Term, pair_energy
 
 
 class SimulationError(UserError):
@@ -68,10 +69,15 @@ def initial_positions(particles: Particles, init: str, key: jax.Array) -> np.nda
     return np.where(particles.movable[:, None], x, particles.home).astype(np.float32)
 
 
-def total_energy(terms: dict[str, Energy]) -> Callable:
+def as_term(fn: Energy) -> Term | PairTerm:
+    """Terms as pytrees; a plain function becomes a static Term without data."""
+    return fn if isinstance(fn, (Term, PairTerm)) else Term(lambda x, fn=fn: fn(x))
+
+
+def total_energy(terms: tuple[Energy, ...]) -> Callable:
     """positions -> the sum of the terms, with all pair terms evaluated together in one pass."""
-    pairs = tuple(fn for fn in terms.values() if isinstance(fn, PairTerm))
-    others = [fn for fn in terms.values() if not isinstance(fn, PairTerm)]
+    pairs = tuple(fn for fn in terms if isinstance(fn, PairTerm))
+    others = [fn for fn in terms if not isinstance(fn, PairTerm)]
 
     def energy(x):
         total = pair_energy(pairs, x) if pairs else jnp.zeros((), x.dtype)
@@ -80,19 +86,20 @@ def total_energy(terms: dict[str, Energy]) -> Callable:
     return energy
 
 
-def term_energies(terms: dict[str, Energy]) -> Callable:
+def term_energies(terms: tuple[Energy, ...]) -> Callable:
     """positions -> [n_terms], each term on its own (for the frames' energy record)."""
-    return lambda x: jnp.stack([fn(x) for fn in terms.values()]) if terms else jnp.zeros(0)
+    return lambda x: jnp.stack([fn(x) for fn in terms]) if terms else jnp.zeros(0)
 
 
-def make_chunk(terms: dict[str, Energy], movable: np.ndarray, cfg: SimConfig, n_frames: int,
-               alpha_start: float = 1.0) -> Callable:
-    """A compiled function running n_frames x record_every steps from a State; returns the new State
-    and, per frame, the positions and each term's energy at the frame's first step. Steps take only
-    the gradient; energies are evaluated once per frame."""
+@functools.partial(jax.jit, static_argnames=("cfg", "n_frames", "alpha_start"))
+def run_chunk(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, n_frames: int,
+              alpha_start: float) -> tuple[State, tuple[jax.Array, jax.Array]]:
+    """n_frames x record_every steps from `state`; returns the new State and, per frame, the positions
+    and each term's energy at the frame's first step. Steps take only the gradient; energies are
+    evaluated once per frame. Compiled once per shape and settings: terms are traced data."""
     grad = jax.grad(total_energy(terms))
     energies = term_energies(terms)
-    movable = jnp.asarray(movable)[:, None]
+    movable = movable[:, None]
     last = max(cfg.steps - 1, 1)
 
     def step(state: State, _):
@@ -123,11 +130,15 @@ def make_chunk(terms: dict[str, Energy], movable: np.ndarray, cfg: SimConfig, n_
         state, _ = jax.lax.scan(step, state, None, length=cfg.record_every)
         return state, (x0, values)
 
-    @jax.jit
-    def run(state: State):
-        return jax.lax.scan(frame, state, None, length=n_frames)
+    return jax.lax.scan(frame, state, None, length=n_frames)
 
-    return run
+
+def make_chunk(terms: dict[str, Energy], movable: np.ndarray, cfg: SimConfig, n_frames: int,
+               alpha_start: float = 1.0) -> Callable:
+    """state -> run_chunk(state, ...) for these terms."""
+    bound = tuple(as_term(fn) for fn in terms.values())
+    movable = jnp.asarray(movable)
+    return lambda state: run_chunk(state, bound, movable, cfg, n_frames, alpha_start)
 
 
 def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key: jax.Array,
@@ -153,7 +164,7 @@ def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key
         raise SimulationError(diagnose(terms, np.asarray(state.x), stop))
     steps = np.arange(sum(len(p) for p in positions)) * cfg.record_every
     keep = steps < stop
-    final_values = np.asarray(jax.jit(term_energies(terms))(state.x))
+    final_values = np.asarray(jax.jit(term_energies(tuple(terms.values())))(state.x))
     return Trajectory(
         positions=np.concatenate([np.concatenate(positions)[keep], np.asarray(state.x)[None]]).astype(np.float32),
         energy=np.concatenate([np.concatenate(energies)[keep], final_values[None]]).astype(np.float32),

@@ -216,7 +216,7 @@ def test_pair_energy_matches_a_plain_double_loop_tiled_or_not():
     x = jnp.asarray(rng.normal(size=(37, 3)), jnp.float32)
     v = jnp.asarray(rng.normal(size=(37, 5)), jnp.float32)
 
-    def soft(d2, rows, cols):
+    def soft(d2, rows, cols):  # cols: everyone's data, particles on the last axis
         return jnp.sqrt(d2 + 0.1) * jnp.sqrt(squared_distances(rows[0], cols[0]) + 0.1)
 
     def repel(d2, rows, cols):
