@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from layout.config import EXPORTS, RunConfig, load_config
+from layout.errors import UserError
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's IDX files")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value, e.g. --set train.epochs=5 (repeatable)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("--retrain", action="store_true",
                         help="train (and lay out) again even if a cached network (and layout) matches")
     return parser
@@ -43,7 +45,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def output_dir(args: argparse.Namespace, cfg: RunConfig) -> Path:
-    return Path(args.out) if args.out else Path("runs") / cfg.name
+    """The output folder, created and checked for writing before any work starts."""
+    import tempfile
+
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to the output folder {out} ({e.strerror}): choose another with --out") from None
+    return out
 
 
 class progress_bar:

@@ -25,6 +25,8 @@ def run_command(command: Callable[[argparse.Namespace], int], argv: list[str] | 
     try:
         return command(args)
     except UserError as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,11 +16,15 @@ import numpy as np
 import optax
 
 from layout.config import ModelConfig, TrainConfig
-from layout.errors import DataError
+from layout.errors import DataError, UserError
 from models.data import Dataset
 from models.mlp import Params, apply, count_params, init_params, layer_sizes, weight_penalty
 
 N_INPUTS = 28 * 28
+
+
+class TrainingError(UserError):
+    """Training diverged."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,9 @@ def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
     for epoch in range(cfg.epochs):
         params, opt_state, out = run_epoch(params, opt_state, order_key, epoch, x, y, x_test, y_test)
         stats = EpochStats(epoch + 1, float(out.train_loss), float(out.test_loss), float(out.test_accuracy))
+        if not np.isfinite(stats.train_loss):
+            raise TrainingError(f"the training loss became {stats.train_loss} in epoch {epoch + 1}: lower "
+                                f"train.learning_rate (now {cfg.learning_rate:g}) or the weight penalties")
         history.append(stats)
         snapshots += snapshots_taken(out, params, epoch, n_batches, interval, in_epoch)
         if on_epoch:

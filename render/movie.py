@@ -16,8 +16,18 @@ import numpy as np
 import pyvista as pv
 
 from layout.config import RenderConfig
+from layout.errors import UserError
 from layout.files import atomic_path
 from render.scene import Scene, SceneData, build_scene, show_frame
+
+
+class ExportError(UserError):
+    """A movie or picture could not be written."""
+
+
+def one_line(error: Exception) -> str:
+    text = " ".join(str(error).split()).split(" FFMPEG COMMAND")[0]
+    return text[:160] or type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -76,15 +86,28 @@ def write_mp4(path: Path, images: Iterator[np.ndarray], cfg: RenderConfig,
             # veryfast: 2-3x quicker than x264's default preset, at the same quality (crf 20) for a
             # few percent more bytes; encoding runs beside rendering in ffmpeg's own process
             output_params=["-f", "mp4", "-movflags", "+faststart", "-preset", "veryfast", "-crf", "20"])
-        writer.send(None)
         try:
+            writer.send(None)
             for i, image in enumerate(images):
                 writer.send(np.ascontiguousarray(image))
                 if on_frame:
                     on_frame(i + 1)
-        finally:
             writer.close()
+        except (OSError, RuntimeError) as e:  # ffmpeg missing, crashed, or the disk is full
+            close_quietly(writer)
+            raise ExportError(f"writing {path.name} failed ({one_line(e)}): free some disk space, or export "
+                              "--export gif or png instead") from None
+        except BaseException:  # Ctrl-C: let ffmpeg finish before the partial file is removed
+            close_quietly(writer)
+            raise
     return path
+
+
+def close_quietly(writer) -> None:
+    try:
+        writer.close()
+    except (OSError, RuntimeError):
+        pass
 
 
 def write_gif(path: Path, images: Iterator[np.ndarray], cfg: RenderConfig,
@@ -110,6 +133,7 @@ def write_png(path: Path, image: np.ndarray) -> Path:
 
 
 WRITERS = {"mp4": write_mp4, "gif": write_gif}
+
 
 
 def movie_frames(data: SceneData, formats: tuple[str, ...], cfg: RenderConfig) -> int:
