@@ -45,14 +45,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def output_dir(args: argparse.Namespace, cfg: RunConfig) -> Path:
-    """The output folder, created and checked for writing before any work starts."""
+    """The output folder, checked for writing before any work starts (it is created only when the
+    first output is written, so a run that fails early leaves no empty folder)."""
     import tempfile
 
     out = Path(args.out) if args.out else Path("runs") / cfg.name
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        tempfile.TemporaryDirectory(dir=existing).cleanup()  # can we create entries there?
     except OSError as e:
         raise UserError(f"cannot write to the output folder {out} ({e.strerror}): choose another with --out") from None
     return out

@@ -223,7 +223,7 @@ def apply_override(raw: dict, text: str) -> None:
     dotted, sep, value_text = text.partition("=")
     keys = dotted.strip().split(".")
     if not sep or not all(keys):
-        raise ConfigError(f"--set '{text}' is not of the form section.key=value (e.g. train.epochs=5)")
+        raise ConfigError(f"--set {text!r} is not of the form section.key=value (e.g. train.epochs=5)")
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else None
     except yaml.YAMLError:
@@ -234,7 +234,7 @@ def apply_override(raw: dict, text: str) -> None:
         if child is None:
             child = node[key] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"--set '{text}': '{'.'.join(keys[:depth + 1])}' is a value, not a section")
+            raise ConfigError(f"--set {text!r}: {'.'.join(keys[:depth + 1])!r} is a value, not a section")
         node = child
     node[keys[-1]] = value
 
@@ -289,7 +289,7 @@ def unknown_key_message(dotted: str) -> str:
              or difflib.get_close_matches(dotted, siblings, n=1, cutoff=0.6)
              or difflib.get_close_matches(dotted, paths, n=1, cutoff=0.6))
     hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(siblings) or 'none'}"
-    return f"unknown key '{dotted}': {hint}"
+    return f"unknown key {dotted!r}: {hint}"
 
 
 # ---------------------------------------------------------------------------------------------
