@@ -29,6 +29,13 @@ def run_command(command: Callable[[argparse.Namespace], int], argv: list[str] | 
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk or a vanished folder while writing: partial files are already removed
+        if args.debug:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot write{where}: {e.strerror or e}; free some space or choose another --out",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: finished outputs are kept, nothing half-written was left", file=sys.stderr)
         return 130

@@ -323,6 +323,12 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
         split: select(check_split(arrays[img], arrays[lab], (str(files[img]), str(files[lab]))), classes, cfg.limit)
         for split, (img, lab) in SPLIT_FILES.items()
     }
+    for split_name, split in splits.items():
+        missing = sorted(set(range(len(classes))) - set(np.unique(split.labels).tolist()))
+        if cfg.classes and missing and cfg.limit is None:
+            raise DataError(f"data.classes names {', '.join(str(classes[m]) for m in missing)}, which the "
+                            f"{split_name} split in {files[STEMS[0]].parent} has no examples of: choose "
+                            "classes that the data has")
     names = SOURCES[cfg.dataset].class_names
     return Dataset(name=cfg.dataset, train=splits["train"], test=splits["test"], classes=tuple(classes),
                    class_names=tuple(names[c] for c in classes), source=files[STEMS[0]].parent,

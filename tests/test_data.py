@@ -277,3 +277,14 @@ def test_missing_file_on_the_mirror_is_reported(server, tmp_path, isolated_cache
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: HTTP 404"):
         load_dataset(DataConfig(mirrors=(url,)), environ={}, system_root=tmp_path / "none")
     assert not (isolated_cache / "datasets" / "mnist").exists() or not any((isolated_cache / "datasets" / "mnist").iterdir())
+
+
+def test_classes_absent_from_the_data_are_named(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for split, (img_stem, lab_stem) in data.SPLIT_FILES.items():
+        write_idx(folder / f"{img_stem}.gz", np.zeros((6, 28, 28), np.uint8))
+        write_idx(folder / f"{lab_stem}.gz", np.array([0, 1, 2, 0, 1, 2], np.uint8))  # no 7s
+    with pytest.raises(DataError, match="data.classes names 7, which the train split in .* has no examples of"):
+        load_dataset(DataConfig(dir=str(folder), classes=(0, 7)), environ={}, system_root=tmp_path)
+    assert load_dataset(DataConfig(dir=str(folder), classes=(0, 2)), environ={}, system_root=tmp_path).n_classes == 2

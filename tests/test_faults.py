@@ -85,3 +85,25 @@ def test_debug_shows_the_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "layout.run", str(bad), "--debug"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_a_write_failure_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys, isolated_cache):
+    """An OSError while writing an output (as on a full disk) ends the command with one line."""
+    import numpy as np
+
+    from layout.run import main
+
+    def full_disk(file, **arrays):
+        file.write(b"partial")
+        raise OSError(28, "No space left on device", str(tmp_path / "out" / "network.npz"))
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    code = main([str(REPO / "configs" / "binary01.yaml"), "--out", str(tmp_path / "out"), "--no-window",
+                 "--export", "none", "--set", "train.epochs=1", "--data-dir",
+                 os.environ.get("NEURON_LAYOUT_DATA", str(REPO.parent / "shared" / "data"))])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot write {tmp_path / 'out' / 'network.npz'}: No space left on device; "
+                   "free some space or choose another --out"]
+    written = [p for p in list(tmp_path.rglob("*")) + list(isolated_cache.rglob("*")) if p.is_file()]
+    assert not [p for p in written if p.name.endswith(".part") or p.name.endswith(".npz")]  # nothing partial
