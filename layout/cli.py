@@ -15,8 +15,15 @@ from layout.config import EXPORTS, RunConfig, load_config
 from layout.errors import UserError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description)
     parser.add_argument("config", help="YAML config file, e.g. configs/euclid.yaml")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/<config name>)")
     parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's IDX files")

@@ -43,3 +43,15 @@ def test_console_script_is_installed_and_shows_help():
     assert result.returncode == 0
     for option in ("--out", "--data-dir", "--set", "--retrain"):
         assert option in result.stdout
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["configs/euclid.yaml", "--export", "mp5"], "error: argument --export: invalid choice: 'mp5'"),
+    (["configs/euclid.yaml", "--colour"], "error: unrecognized arguments: --colour"),
+    ([], "error: the following arguments are required: config"),
+])
+def test_usage_mistakes_are_one_line_too(extra, expected):
+    result = run(str(SCRIPT), *extra)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected) and "see neuron-layout --help" in lines[0]
