@@ -123,6 +123,9 @@ def layout_metrics(vectors: np.ndarray, positions: np.ndarray, labels: np.ndarra
     """(figures, per-neuron distortion [n], nan for neurons not sampled) for neurons' output vectors
     [n, C], their 3D positions [n, 3] and their dominant classes [n]."""
     n = len(vectors)
+    if n < 4:  # too few neurons for distances to mean anything (e.g. the 784-1-2 network)
+        names = ("normalized_stress", "spearman", "knn_recall", "trustworthiness", "neighbourhood_hit", "silhouette")
+        return {"n_neurons": n, "exact": True, "n_queries": n, "k": 0, **dict.fromkeys(names)}, np.full(n, np.nan)
     k = min(k, n - 2)
     queries = query_rows(n, sample)
     high, low = distances(vectors, queries), distances(positions, queries)
@@ -142,4 +145,5 @@ def layout_metrics(vectors: np.ndarray, positions: np.ndarray, labels: np.ndarra
         "neighbourhood_hit": neighbourhood_hit(low, mask, labels, queries, k),
         "silhouette": silhouette(low, mask, labels, queries),
     }
-    return figures, per_neuron
+    # JSON has no NaN: a figure that is undefined here (e.g. silhouette with one class) is None
+    return {key: (None if isinstance(v, float) and not np.isfinite(v) else v) for key, v in figures.items()}, per_neuron

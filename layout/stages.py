@@ -199,15 +199,19 @@ def training_summary(result: TrainResult) -> str:
 
 def layout_summary(result: LayoutResult) -> str:
     f = result.figures
+
+    def num(name: str) -> str:
+        return "n/a" if f[name] is None else f"{f[name]:.3f}"
+
     settled = "settled" if f["settled"] else "did not settle"
     settled += ", reused from cache" if f["reused"] else ""
     sampled = "" if f["exact"] else f" (estimated from a sample of {f['n_queries']} neurons)"
     return (f"layout of {f['n_neurons']} neurons with {', '.join(f['terms'])}: {f['steps']} steps, {settled}, "
             f"{f['seconds']:.1f} s\n"
-            f"faithfulness{sampled}: stress {f['normalized_stress']:.3f}, spearman {f['spearman']:.3f}, "
-            f"knn recall@{f['k']} {f['knn_recall']:.3f}, trustworthiness {f['trustworthiness']:.3f}\n"
-            f"class structure by dominant class: neighbourhood hit {f['neighbourhood_hit']:.3f}, "
-            f"silhouette {f['silhouette']:.3f}")
+            f"faithfulness{sampled}: stress {num('normalized_stress')}, spearman {num('spearman')}, "
+            f"knn recall@{f['k']} {num('knn_recall')}, trustworthiness {num('trustworthiness')}\n"
+            f"class structure by dominant class: neighbourhood hit {num('neighbourhood_hit')}, "
+            f"silhouette {num('silhouette')}")
 
 
 def colorings_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult) -> tuple:

@@ -107,3 +107,25 @@ def test_a_write_failure_is_one_line_and_leaves_no_partial_file(tmp_path, monkey
                    "free some space or choose another --out"]
     written = [p for p in list(tmp_path.rglob("*")) + list(isolated_cache.rglob("*")) if p.is_file()]
     assert not [p for p in written if p.name.endswith(".part") or p.name.endswith(".npz")]  # nothing partial
+
+
+def test_damaged_or_pickled_cache_files_are_ignored_and_replaced(tmp_path, isolated_cache, shared_data):
+    import json
+
+    import numpy as np
+
+    from layout.run import main
+
+    argv = [str(REPO / "configs" / "binary01.yaml"), "--no-window", "--export", "none", "--data-dir", str(shared_data),
+            "--set", "train.epochs=1", "--set", "layout.sim.steps=30"]
+    assert main(argv + ["--out", str(tmp_path / "a")]) == 0
+    (network,) = (isolated_cache / "networks").iterdir()
+    (layout,) = (isolated_cache / "layouts").iterdir()
+    network.write_bytes(b"PK\x03\x04 not really a zip")  # damaged
+    np.savez(layout, positions=np.array([object()], dtype=object))  # needs pickle: refused, not loaded
+    assert main(argv + ["--out", str(tmp_path / "b")]) == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["reused"] is False and metrics["layout"]["reused"] is False
+    assert main(argv + ["--out", str(tmp_path / "c")]) == 0  # and the replacements are good caches
+    metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert metrics["reused"] is True and metrics["layout"]["reused"] is True

@@ -425,3 +425,12 @@ def test_spearman_matches_scipy_with_and_without_ties():
     assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
     ties_a, ties_b = np.round(a, 0), np.round(b, 0)  # many ties
     assert spearman(ties_a, ties_b) == pytest.approx(spearmanr(ties_a, ties_b).statistic, abs=1e-12)
+
+
+def test_metrics_of_too_few_neurons_are_none_not_nan():
+    figures, per_neuron = layout_metrics(np.eye(2), np.zeros((2, 3)), np.array([0, 1]))
+    assert figures["n_neurons"] == 2 and figures["normalized_stress"] is None and figures["silhouette"] is None
+    assert np.isnan(per_neuron).all()
+    one_class, _ = layout_metrics(np.random.default_rng(0).normal(size=(20, 3)),
+                                  np.random.default_rng(1).normal(size=(20, 3)), np.zeros(20, int))
+    assert one_class["silhouette"] is None and one_class["normalized_stress"] is not None
