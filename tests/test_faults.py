@@ -69,7 +69,7 @@ def test_ctrl_c_during_export_exits_130_keeps_finished_files_and_no_partial_one(
     while time.time() < deadline and not (out.exists() and any(n.startswith(".layout.mp4") for n in part_files(out))):
         time.sleep(0.1)
     assert part_files(out), "the export never started"
-    time.sleep(0.5)
+    time.sleep(1.5)  # well into rendering: the signal must not be lost inside a VTK callback
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
