@@ -152,10 +152,12 @@ def xvfb():
     """A virtual display for the window test (apt-get install xvfb)."""
     if shutil.which("Xvfb") is None:
         pytest.fail("Xvfb is not installed: apt-get install xvfb (.ci/run does)")
-    display = ":97"
+    number = next(n for n in range(97, 200) if not Path(f"/tmp/.X{n}-lock").exists())  # a free display
+    display = f":{number}"
     server = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
+    assert server.poll() is None, "Xvfb did not start"
     yield display
     server.terminate()
     server.wait(timeout=10)
