@@ -56,7 +56,7 @@ def train_only(args: argparse.Namespace) -> int:
 
 def pipeline(args: argparse.Namespace) -> int:
     """Train (or reuse) the network, lay its neurons out, measure the layout, then show or export it."""
-    from layout.stages import layout_stage, layout_summary, render_stage, training_stage, training_summary
+    from layout.stages import layout_stage, layout_summary, render_stage, scene_for, training_stage, training_summary
 
     cfg = config_from_args(args)
     out = output_dir(args, cfg)
@@ -69,13 +69,14 @@ def pipeline(args: argparse.Namespace) -> int:
     laid = layout_stage(cfg, trained, out, relayout=args.retrain)
     metrics = write_json(out / "metrics.json", {**trained.figures, "layout": laid.figures})
     print(layout_summary(laid))
-    exported = render_stage(cfg, trained, laid, out, formats) if formats else ()
+    scene = scene_for(cfg, trained, laid)  # built once for the exports and the window
+    exported = render_stage(scene, cfg, out, formats) if formats else ()
     print("wrote " + ", ".join(map(str, trained.written + laid.written + (metrics,) + exported)))
     if window:
-        from layout.stages import details_for, scene_for
+        from layout.stages import details_for
         from render.window import show_window
 
-        show_window(scene_for(cfg, trained, laid), cfg.render, details_for(laid))
+        show_window(scene, cfg.render, details_for(laid))
     return 0
 
 

@@ -3,7 +3,8 @@
   training_stage: config -> dataset -> network (trained or cached) -> config.yaml, network.npz
   layout_stage:   network -> features -> particles -> simulation (or one per training snapshot,
                   warm-started: render.timeline = training) -> metrics -> trajectory.npz, neurons.csv
-  render_stage:   layout -> scene -> layout.mp4 / layout.gif / snapshot.png (offscreen)
+  scene_for:      layout -> the scene's numpy data (shared by the exports and the window)
+  render_stage:   scene -> layout.mp4 / layout.gif / snapshot.png (offscreen)
 
 Each returns a frozen result with the figures that go into metrics.json; nothing here prints.
 """
@@ -30,6 +31,8 @@ if TYPE_CHECKING:  # these import jax: a command loads them only once its config
     from layout.simulate import Trajectory
     from models.data import Dataset
     from models.train import Network
+    from render.scene import SceneData
+    from render.window import NeuronDetails
 
 NEURON_COLUMNS = ("id", "layer", "index", "dominant", "activation_dominant", "x", "y", "z", "distortion")
 
@@ -234,7 +237,7 @@ def colorings_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult) -> t
     return ()
 
 
-def scene_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult):
+def scene_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult) -> SceneData:
     """The render module's SceneData for a laid-out network (numpy only from here on)."""
     from render.scene import make_scene_data
 
@@ -245,17 +248,15 @@ def scene_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult):
                            cfg.render.edges, cfg.render.size_by, colorings_for(cfg, trained, laid))
 
 
-def render_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: Path,
-                 formats: tuple[str, ...]) -> tuple[Path, ...]:
-    """Export the movie and/or snapshot offscreen."""
+def render_stage(data: SceneData, cfg: RunConfig, out: Path, formats: tuple[str, ...]) -> tuple[Path, ...]:
+    """Export the movie and/or snapshot of a scene (from scene_for) offscreen."""
     from render.movie import export, movie_frames
 
-    data = scene_for(cfg, trained, laid)
     with progress_bar(movie_frames(data, formats, cfg.render), "export", "frame") as bar:
         return export(data, out, formats, cfg.render, on_frame=bar.advance_to)
 
 
-def details_for(laid: LayoutResult):
+def details_for(laid: LayoutResult) -> NeuronDetails:
     """What the window shows about a clicked neuron."""
     from render.window import NeuronDetails
 

@@ -9,16 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from layout.config import AnchorsConfig, ForcesConfig, LayoutConfig, SimConfig
+from layout.config import AnchorsConfig, ForcesConfig, SimConfig
 from layout.features import NeuronFeatures, neuron_features
-from layout.forces import (PairTerm, Particles, anchor_positions, build_energy, make_particles, pair_energy,
+from layout.forces import (PairTerm, anchor_positions, build_energy, make_particles, pair_energy,
                            squared_distances)
 from layout.metrics import layout_metrics, silhouette, trustworthiness, distances, off_diagonal
 from layout.simulate import SimulationError, simulate
 from models.data import Split
 from models.train import History, Network, Snapshots
-
-jax.config.update("jax_enable_x64", False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 from layout.config import RenderConfig
 from render import style
 from render.movie import export, offscreen_scene, render_shots, Shot, shot_list
-from render.scene import make_scene_data, pick_neuron, project, show_frame
+from render.scene import make_scene_data, pick_neuron, project
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = RenderConfig(width=320, height=240, fps=10, settle_seconds=1.0, orbit_seconds=1.0)

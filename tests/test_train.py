@@ -15,7 +15,7 @@ from layout.run import main as run_main
 from models.data import load_dataset
 from models.mlp import apply, count_params, init_params, layer_sizes
 from models.store import load_network, network_key, obtain_network, save_network
-from models.train import evaluate, train
+from models.train import train
 from models.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
