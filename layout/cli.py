@@ -41,6 +41,11 @@ def add_view_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--export", nargs="+", choices=EXPORTS, metavar="FORMAT",
                         help="files to write: mp4, gif (the movie), png (snapshot), none; default: png with a "
                              "window, mp4 and png without one")
+    parser.add_argument("--network", metavar="FILE",
+                        help="lay out this network.npz (written by an earlier run) instead of training")
+    parser.add_argument("--trajectory", metavar="FILE",
+                        help="show this trajectory.npz (written by an earlier run of the same network) "
+                             "instead of simulating")
     return parser
 
 

@@ -26,6 +26,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:  # name the output, not its temporary name (or none, as some writers give)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -60,3 +62,59 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_npz(path: str | Path, what: str) -> tuple[dict[str, "np.ndarray"], dict]:
+    """(arrays, meta) of an .npz file written by this tool, whose `meta` entry is a JSON object.
+
+    Never unpickles (allow_pickle=False). Any problem is a UserError naming the file, `what` it should
+    have been and the reason."""
+    import zipfile
+
+    import numpy as np
+
+    from layout.errors import UserError
+
+    def refuse(reason: str) -> UserError:
+        return UserError(f"{path} is not a {what} written by neuron-layout: {reason}")
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist: check the path") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not a {what}: name the .npz file inside it") from None
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise refuse("it holds pickled Python objects, which are never loaded (they can run code)") from None
+        raise refuse(f"unreadable ({e})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise refuse(f"not an intact .npz archive ({e})") from None
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except KeyError:
+        raise refuse("it has no 'meta' entry") from None
+    except json.JSONDecodeError as e:
+        raise refuse(f"its 'meta' entry is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise refuse("its 'meta' entry is not a JSON object")
+    return arrays, meta
+
+
+def require_arrays(path: str | Path, what: str, arrays: dict, shapes: dict[str, tuple]) -> None:
+    """Check that each named array exists, has the expected shape (None: any length) and is finite."""
+    import numpy as np
+
+    from layout.errors import UserError
+
+    for name, shape in shapes.items():
+        if name not in arrays:
+            raise UserError(f"{path} is not a {what} written by neuron-layout: it has no '{name}' array")
+        a = arrays[name]
+        if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
+            expected = "x".join("any" if s is None else str(s) for s in shape) or "a scalar"
+            raise UserError(f"{path} does not fit: '{name}' has shape {'x'.join(map(str, a.shape)) or 'scalar'}, "
+                            f"expected {expected}")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise UserError(f"{path} is damaged: '{name}' holds NaN or infinite values")

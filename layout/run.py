@@ -9,6 +9,7 @@ place that prints.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -32,13 +33,27 @@ def run_command(command: Callable[[argparse.Namespace], int], argv: list[str] | 
     except OSError as e:  # a full disk or a vanished folder while writing: partial files are already removed
         if args.debug:
             raise
-        where = f" {e.filename}" if e.filename else ""
-        print(f"error: cannot write{where}: {e.strerror or e}; free some space or choose another --out",
-              file=sys.stderr)
+        print(f"error: {write_failure(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # partial files were removed as the interrupt unwound the stages
         print("interrupted: finished outputs are kept, nothing half-written was left", file=sys.stderr)
-        return 130
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Leave at once: XLA may still be running a computation dispatched before the interrupt, and
+        # finalizing the interpreter underneath it crashes with a segmentation fault.
+        os._exit(130)
+
+
+def write_failure(e: OSError) -> str:
+    """What failed to be written, and where else to write: the cache has its own setting."""
+    from pathlib import Path
+
+    from layout.files import cache_dir
+
+    where = f" {e.filename}" if e.filename else ""
+    in_cache = bool(e.filename) and cache_dir().resolve() in Path(e.filename).resolve().parents
+    fix = "set NEURON_LAYOUT_CACHE to a folder with room" if in_cache else "choose another --out"
+    return f"cannot write{where}: {e.strerror or e}; free some space or {fix}"
 
 
 def train_only(args: argparse.Namespace) -> int:
@@ -64,9 +79,13 @@ def pipeline(args: argparse.Namespace) -> int:
     if not args.no_window and not window:
         print("no display found: exporting instead of opening a window (use --no-window to silence this)")
     formats = tuple(f for f in (args.export or (("png",) if window else ("mp4", "png"))) if f != "none")
-    trained = training_stage(cfg, out, retrain=args.retrain)
+    if args.trajectory:  # a damaged file is reported before any training
+        from layout.stages import read_trajectory
+
+        read_trajectory(args.trajectory)
+    trained = training_stage(cfg, out, retrain=args.retrain, network_file=args.network)
     print(training_summary(trained))
-    laid = layout_stage(cfg, trained, out, relayout=args.retrain)
+    laid = layout_stage(cfg, trained, out, relayout=args.retrain, trajectory_file=args.trajectory)
     metrics = write_json(out / "metrics.json", {**trained.figures, "layout": laid.figures})
     print(layout_summary(laid))
     scene = scene_for(cfg, trained, laid)  # built once for the exports and the window

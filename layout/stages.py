@@ -23,7 +23,7 @@ import numpy as np
 
 from layout.cli import progress_bar
 from layout.config import RunConfig, config_to_yaml
-from layout.files import cache_dir, write_atomic, write_text
+from layout.files import cache_dir, read_npz, require_arrays, write_atomic, write_text
 
 if TYPE_CHECKING:  # these import jax: a command loads them only once its config is valid
     from layout.features import NeuronFeatures
@@ -59,19 +59,28 @@ class LayoutResult:
     labels: tuple[str, ...] | None = None  # a title per frame, when not the simulation's step and energy
 
 
-def training_stage(cfg: RunConfig, out: Path, *, retrain: bool = False) -> TrainResult:
-    """Load the data, train or reuse the network, and write config.yaml and network.npz."""
+def training_stage(cfg: RunConfig, out: Path, *, retrain: bool = False, network_file: str | None = None) -> TrainResult:
+    """Load the data, then train or reuse the network (or read the one given as `network_file`);
+    write config.yaml (before training starts) and network.npz."""
     import sys
 
     from models.data import load_dataset
-    from models.store import obtain_network, save_network
+    from models.store import check_fits, load_network, obtain_network, save_network
     from models.train import enable_compilation_cache
 
     enable_compilation_cache(cache_dir() / "jax")
     dataset = load_dataset(cfg.data, progressbar=sys.stderr.isatty())
-    with progress_bar(cfg.train.epochs, "training", "epoch") as bar:
-        network, key, reused = obtain_network(cfg, dataset, retrain=retrain, on_epoch=lambda s: bar.advance_to(
-            s.epoch, loss=f"{s.train_loss:.3f}", test_acc=f"{s.test_accuracy:.4f}"))
+    check_fits_data(cfg, dataset)
+    given = load_network(network_file) if network_file else None
+    if given is not None:
+        check_fits(given, dataset, network_file)
+    config_file = write_text(out / "config.yaml", config_to_yaml(cfg))
+    if given is not None:
+        network, key, reused = given, "given-" + file_digest(Path(network_file))[:14], True
+    else:
+        with progress_bar(cfg.train.epochs, "training", "epoch") as bar:
+            network, key, reused = obtain_network(cfg, dataset, retrain=retrain, on_epoch=lambda s: bar.advance_to(
+                s.epoch, loss=f"{s.train_loss:.3f}", test_acc=f"{s.test_accuracy:.4f}"))
     figures = {
         "dataset": dataset.name,
         "sizes": list(network.sizes),
@@ -86,16 +95,35 @@ def training_stage(cfg: RunConfig, out: Path, *, retrain: bool = False) -> Train
         "train_seconds": network.train_seconds,
         "network_key": key,
         "reused": reused,
+        "network_file": str(network_file) if network_file else None,
     }
-    written = (write_text(out / "config.yaml", config_to_yaml(cfg)), save_network(out / "network.npz", network, key))
+    written = (config_file, save_network(out / "network.npz", network, key))
     return TrainResult(dataset, network, figures, written)
 
 
-def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: bool = False) -> LayoutResult:
+def check_fits_data(cfg: RunConfig, dataset: Dataset) -> None:
+    """What the config says about the data that only the data can check, before any training."""
+    from layout.errors import ConfigError
+
+    n_test = len(dataset.test.labels)
+    if cfg.render.color_by == "image" and cfg.render.image_index >= n_test:
+        raise ConfigError(f"render.image_index = {cfg.render.image_index} is out of range: the test set has "
+                          f"{n_test} images (0-{n_test - 1})")
+
+
+def file_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: bool = False,
+                 trajectory_file: str | None = None) -> LayoutResult:
     """Lay the network's hidden neurons out in 3D; write trajectory.npz and neurons.csv.
 
     A layout is reused from <cache>/layouts/ when the network and the layout settings are unchanged,
-    so that changing only render settings never runs the simulation again."""
+    so that changing only render settings never runs the simulation again; `trajectory_file` (a
+    trajectory.npz written for this network) is used instead of simulating."""
     import jax
 
     from layout.config import fingerprint
@@ -110,7 +138,10 @@ def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: b
     key = fingerprint({"version": 1, "network": trained.figures["network_key"], "layout": cfg.layout,
                        "timeline": cfg.render.timeline})[:20]
     cached = cache_dir() / "layouts" / f"{key}.npz"
-    loaded = None if relayout else load_trajectory(cached)
+    if trajectory_file:
+        loaded = load_trajectory(Path(trajectory_file), particles)
+    else:
+        loaded = None if relayout else cached_trajectory(cached, particles)
     if loaded is not None:
         trajectory, labels = loaded
     elif cfg.render.timeline == "training":
@@ -162,20 +193,48 @@ def save_trajectory(path: Path, trajectory: Trajectory, particles: Particles, fe
     return write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
-def load_trajectory(path: Path) -> tuple[Trajectory, tuple[str, ...] | None] | None:
-    """(trajectory, frame titles) from a file written by save_trajectory; None if it is missing or unreadable."""
-    import zipfile
+def read_trajectory(path: Path) -> tuple[dict, dict]:
+    """(arrays, meta) of a trajectory.npz, checked for everything that does not depend on the network."""
+    from layout.errors import UserError
 
+    what = "trajectory file"
+    arrays, meta = read_npz(path, what)
+    terms, labels = meta.get("terms"), meta.get("labels")
+    if not isinstance(terms, list) or (labels is not None and not isinstance(labels, list)):
+        raise UserError(f"{path} is not a {what} written by neuron-layout: its meta has no term names")
+    n_frames = len(arrays.get("positions", ()))
+    require_arrays(path, what, arrays, {"positions": (n_frames, None, 3), "energy": (n_frames, len(terms)),
+                                        "step": (n_frames,), "group": (None,)})
+    if n_frames == 0 or (labels is not None and len(labels) != n_frames):
+        raise UserError(f"{path} is damaged: {n_frames} frames and {len(labels or ())} frame titles")
+    return arrays, meta
+
+
+def load_trajectory(path: Path, particles: Particles) -> tuple[Trajectory, tuple[str, ...] | None]:
+    """(trajectory, frame titles) from a trajectory.npz written by save_trajectory for these particles.
+
+    Anything else (damaged, pickled, or laid out for another network) is a UserError saying so."""
+    from layout.errors import UserError
     from layout.simulate import Trajectory
 
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            trajectory = Trajectory(positions=z["positions"], energy=z["energy"], step=z["step"],
-                                    terms=tuple(meta["terms"]), settled_step=meta["settled_step"])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
-        return None
+    arrays, meta = read_trajectory(path)
+    n, positions = particles.n_particles, arrays["positions"]
+    if positions.shape[1] != n or not np.array_equal(arrays["group"], particles.group):
+        raise UserError(f"{path} was laid out for another network ({positions.shape[1]} particles, this one has "
+                        f"{n}, or other dominant classes): use the trajectory.npz written with its network.npz")
+    trajectory = Trajectory(positions=positions.astype(np.float32), energy=arrays["energy"], step=arrays["step"],
+                            terms=tuple(meta["terms"]), settled_step=meta.get("settled_step"))
     return trajectory, tuple(meta["labels"]) if meta.get("labels") else None
+
+
+def cached_trajectory(path: Path, particles: Particles) -> tuple[Trajectory, tuple[str, ...] | None] | None:
+    """load_trajectory, or None when the cache entry is missing or unusable (it is then replaced)."""
+    from layout.errors import UserError
+
+    try:
+        return load_trajectory(path, particles)
+    except UserError:
+        return None
 
 
 def write_neurons_csv(path: Path, features: NeuronFeatures, positions: np.ndarray, distortion: np.ndarray,
@@ -194,7 +253,8 @@ def write_neurons_csv(path: Path, features: NeuronFeatures, positions: np.ndarra
 
 def training_summary(result: TrainResult) -> str:
     net, fig = result.network, result.figures
-    how = "reused from cache" if result.reused else f"trained in {net.train_seconds:.1f} s"
+    how = (f"read from {fig['network_file']}" if fig["network_file"] else
+           "reused from cache" if result.reused else f"trained in {net.train_seconds:.1f} s")
     return (f"{net.dataset} {'-'.join(map(str, net.sizes))} {net.activation}, {net.epochs} epochs ({how})\n"
             f"test accuracy {net.test_accuracy:.4f} on {fig['n_test']} images, "
             f"train accuracy {net.train_accuracy:.4f}")
@@ -219,7 +279,6 @@ def layout_summary(result: LayoutResult) -> str:
 
 def colorings_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult) -> tuple:
     """The neuron colourings `render.color_by` asks for (none: by dominant class)."""
-    from layout.errors import ConfigError
     from layout.features import hidden_activations
     from render.scene import activation_colorings
 
@@ -227,11 +286,7 @@ def colorings_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult) -> t
     if cfg.render.color_by == "class_mean":
         return activation_colorings(laid.features.class_activation, tuple(f"mean activation, {c}" for c in names))
     if cfg.render.color_by == "image":
-        test = trained.dataset.test
-        i = cfg.render.image_index
-        if i >= len(test.labels):
-            raise ConfigError(f"render.image_index = {i} is out of range: the test set has {len(test.labels)} "
-                              f"images (0-{len(test.labels) - 1})")
+        test, i = trained.dataset.test, cfg.render.image_index
         values = np.concatenate(hidden_activations(trained.network, test.images[i:i + 1]), axis=1).T
         return activation_colorings(values, (f"activation for test image {i} ({names[test.labels[i]]})",))
     return ()

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from layout.config import RunConfig, fingerprint
+from layout.config import ACTIVATIONS, RunConfig, fingerprint
 from layout.errors import UserError
-from layout.files import cache_dir, write_atomic
+from layout.files import cache_dir, read_npz, require_arrays, write_atomic
 from models.data import Dataset
-from models.train import EpochStats, History, Network, Snapshots, train
+from models.train import N_INPUTS, EpochStats, History, Network, Snapshots, train
 
 FORMAT_VERSION = 1
 HISTORY_FIELDS = ("epoch", "train_loss", "test_loss", "test_accuracy")
@@ -57,22 +56,36 @@ def save_network(path: str | Path, network: Network, key: str = "") -> Path:
 
 
 def load_network(path: str | Path) -> Network:
-    """Read a network.npz written by save_network."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            n_layers = len(meta["sizes"]) - 1
-            arrays = {name: z[name] for name in z.files}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is not a network file written by neuron-layout ({e}): train again") from None
-    layers = range(n_layers)
+    """Read a network.npz written by save_network, checking every array's shape against its sizes."""
+    what = "network file"
+    arrays, meta = read_npz(path, what)
+    sizes, activation, classes = meta.get("sizes"), meta.get("activation"), meta.get("classes")
+    if not (isinstance(sizes, list) and len(sizes) >= 3 and all(isinstance(n, int) and n > 0 for n in sizes)):
+        raise UserError(f"{path} is not a {what} written by neuron-layout: its sizes {sizes!r} are not a list of "
+                        "at least three layer widths (inputs, hidden..., outputs)")
+    if activation not in ACTIVATIONS or not isinstance(classes, list) or len(classes) != sizes[-1]:
+        raise UserError(f"{path} is not a {what} written by neuron-layout: activation {activation!r} or classes "
+                        f"{classes!r} do not fit sizes {sizes}")
+    missing = [name for name in META_FIELDS if name not in meta]
+    if missing:
+        raise UserError(f"{path} is not a {what} written by neuron-layout: its meta lacks {', '.join(missing)}")
+    layers = range(len(sizes) - 1)
+    n_snapshots = len(arrays.get("snapshot_step", ()))
+    shapes = {"snapshot_step": (None,), "snapshot_epoch": (n_snapshots,), "snapshot_test_accuracy": (n_snapshots,)}
+    for l in layers:
+        shapes.update({f"w{l}": (sizes[l], sizes[l + 1]), f"b{l}": (sizes[l + 1],),
+                       f"snapshot_w{l}": (n_snapshots, sizes[l], sizes[l + 1]),
+                       f"snapshot_b{l}": (n_snapshots, sizes[l + 1])})
+    n_epochs = len(arrays.get("history_epoch", ()))
+    shapes.update({f"history_{name}": (n_epochs,) for name in HISTORY_FIELDS})
+    require_arrays(path, what, arrays, shapes)
     return Network(
-        sizes=tuple(meta["sizes"]),
-        activation=meta["activation"],
-        weights=tuple(arrays[f"w{l}"] for l in layers),
-        biases=tuple(arrays[f"b{l}"] for l in layers),
+        sizes=tuple(sizes),
+        activation=activation,
+        weights=tuple(arrays[f"w{l}"].astype(np.float32) for l in layers),
+        biases=tuple(arrays[f"b{l}"].astype(np.float32) for l in layers),
         dataset=meta["dataset"],
-        classes=tuple(meta["classes"]),
+        classes=tuple(classes),
         class_names=tuple(meta["class_names"]),
         history=History(**{name: arrays[f"history_{name}"] for name in HISTORY_FIELDS}),
         snapshots=Snapshots(
@@ -86,6 +99,16 @@ def load_network(path: str | Path) -> Network:
         train_seconds=meta["train_seconds"],
         epochs=meta["epochs"],
     )
+
+
+def check_fits(network: Network, dataset: Dataset, path: str | Path) -> None:
+    """A network given with --network must have been trained on the dataset and classes the config selects."""
+    if network.dataset != dataset.name or tuple(network.classes) != tuple(dataset.classes):
+        raise UserError(f"{path} was trained on {network.dataset} classes {list(network.classes)}, but the config "
+                        f"selects {dataset.name} classes {list(dataset.classes)}: set data.dataset and data.classes "
+                        "to match (the config.yaml written beside the network has them)")
+    if network.sizes[0] != N_INPUTS:
+        raise UserError(f"{path} has {network.sizes[0]} inputs, but {dataset.name} images have {N_INPUTS} pixels")
 
 
 def obtain_network(cfg: RunConfig, dataset: Dataset, *, retrain: bool = False,

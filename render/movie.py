@@ -122,6 +122,7 @@ def write_mp4(path: Path, images: Iterator[np.ndarray], cfg: RenderConfig,
                 if on_frame:
                     on_frame(i + 1)
             writer.close()
+            check_mp4(tmp)  # imageio-ffmpeg does not check ffmpeg's exit status
         except (OSError, RuntimeError) as e:  # ffmpeg missing, crashed, or the disk is full
             close_quietly(writer)
             raise ExportError(f"writing {path.name} failed ({one_line(e)}): free some disk space, or export "
@@ -130,6 +131,25 @@ def write_mp4(path: Path, images: Iterator[np.ndarray], cfg: RenderConfig,
             close_quietly(writer)
             raise
     return path
+
+
+def check_mp4(path: Path) -> None:
+    """Raise OSError unless `path` is a complete MP4: top-level boxes that exactly fill the file,
+    with the index ('moov') and the frames ('mdat'), as ffmpeg leaves it only when it finished."""
+    import struct
+
+    data = path.read_bytes()
+    boxes, at = set(), 0
+    while at + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[at:at + 8])
+        if size == 1 and at + 16 <= len(data):
+            size = struct.unpack(">Q", data[at + 8:at + 16])[0]
+        if size < 8:
+            break
+        boxes.add(kind)
+        at += size
+    if at != len(data) or not {b"moov", b"mdat"} <= boxes:
+        raise OSError(f"ffmpeg stopped early: the movie is incomplete ({len(data)} bytes)")
 
 
 def close_quietly(writer) -> None:

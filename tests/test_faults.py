@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,8 +103,9 @@ def test_a_write_failure_is_one_line_and_leaves_no_partial_file(tmp_path, monkey
                  os.environ.get("NEURON_LAYOUT_DATA", str(REPO.parent / "shared" / "data"))])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: cannot write {tmp_path / 'out' / 'network.npz'}: No space left on device; "
-                   "free some space or choose another --out"]
+    assert len(err) == 1  # the first write is the network's cache entry: the fix names the cache setting
+    assert re.fullmatch(re.escape(f"error: cannot write {isolated_cache / 'networks'}/") + r"\w+\.npz: No space "
+                        "left on device; free some space or set NEURON_LAYOUT_CACHE to a folder with room", err[0])
     written = [p for p in list(tmp_path.rglob("*")) + list(isolated_cache.rglob("*")) if p.is_file()]
     assert not [p for p in written if p.name.endswith(".part") or p.name.endswith(".npz")]  # nothing partial
 
@@ -128,3 +130,175 @@ def test_damaged_or_pickled_cache_files_are_ignored_and_replaced(tmp_path, isola
     assert main(argv + ["--out", str(tmp_path / "c")]) == 0  # and the replacements are good caches
     metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert metrics["reused"] is True and metrics["layout"]["reused"] is True
+
+
+def interrupt_when(process: subprocess.Popen, ready, what: str, settle: float = 1.0) -> str:
+    """Send Ctrl-C (SIGINT) once `ready()` is true and `settle` seconds have passed; return stderr."""
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None and not ready():
+        time.sleep(0.05)
+    assert process.poll() is None and ready(), f"{what} never started"
+    time.sleep(settle)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    return err
+
+
+def leftovers(*folders: Path) -> list[str]:
+    """Partial files anywhere under the folders."""
+    return [str(p) for f in folders if f.exists() for p in f.rglob("*") if p.name.endswith(".part")]
+
+
+def test_ctrl_c_during_training_exits_130_and_caches_no_network(tmp_path, shared_data):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    process = run_layout("--out", str(out), "--data-dir", str(shared_data), "--set", "train.epochs=2000",
+                         env={"NEURON_LAYOUT_CACHE": str(cache)})
+    err = interrupt_when(process, lambda: (out / "config.yaml").exists(), "training")  # written as training starts
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted:") and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # completed, and nothing else
+    assert not (cache / "networks").exists() or not list((cache / "networks").iterdir())
+    assert leftovers(out, cache) == []
+
+
+def test_ctrl_c_during_the_simulation_keeps_the_network_and_writes_no_layout(tmp_path, shared_data):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    process = run_layout("--out", str(out), "--data-dir", str(shared_data), "--set", "train.epochs=1",
+                         "--set", "layout.sim.steps=2000000", "--set", "layout.sim.settle=0",
+                         "--set", "layout.sim.record_every=100000",
+                         env={"NEURON_LAYOUT_CACHE": str(cache)})
+    err = interrupt_when(process, lambda: (out / "network.npz").exists(), "the simulation", settle=2.0)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted:") and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "network.npz"]
+    assert len(list((cache / "networks").glob("*.npz"))) == 1  # the finished training is kept for next time
+    assert not (cache / "layouts").exists() or not list((cache / "layouts").iterdir())
+    assert leftovers(out, cache) == []
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory, shared_data):
+    """A finished binary01 run whose network.npz and trajectory.npz the next tests feed back in."""
+    from layout.run import main
+
+    out = tmp_path_factory.mktemp("earlier")
+    assert main([str(REPO / "configs" / "binary01.yaml"), "--no-window", "--export", "none", "--out", str(out),
+                 "--data-dir", str(shared_data), "--set", "train.epochs=2", "--set", "layout.sim.steps=40"]) == 0
+    return out
+
+
+def run_with(*args: str, config: str = "binary01.yaml", shared_data: Path) -> tuple[int, list[str], list[str]]:
+    result = subprocess.run([sys.executable, "-m", "layout.run", f"configs/{config}", "--no-window", "--export",
+                             "none", "--data-dir", str(shared_data), *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=240)
+    return result.returncode, result.stdout.splitlines(), result.stderr.strip().splitlines()
+
+
+def test_a_saved_network_and_trajectory_are_shown_again_without_training(tmp_path, earlier_run, shared_data):
+    import json
+
+    import numpy as np
+
+    code, out, err = run_with("--out", str(tmp_path / "again"), "--network", str(earlier_run / "network.npz"),
+                              "--trajectory", str(earlier_run / "trajectory.npz"), shared_data=shared_data)
+    assert code == 0, err
+    assert f"(read from {earlier_run / 'network.npz'})" in out[0]
+    metrics = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    before = json.loads((earlier_run / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == before["test_accuracy"] and metrics["layout"]["reused"] is True
+    with np.load(tmp_path / "again" / "trajectory.npz") as a, np.load(earlier_run / "trajectory.npz") as b:
+        np.testing.assert_array_equal(a["positions"], b["positions"])
+
+
+def pickled(path: Path) -> Path:
+    import numpy as np
+
+    np.savez(path, meta=np.array([{"sizes": [784, 1, 2]}], dtype=object))
+    return path
+
+
+def truncated(source: Path, path: Path) -> Path:
+    path.write_bytes(source.read_bytes()[:2000])
+    return path
+
+
+def reshaped(source: Path, path: Path, name: str) -> Path:
+    import numpy as np
+
+    with np.load(source) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[name] = arrays[name][..., :-1]  # one column short
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist: check the path"),
+    ("truncated", "is not a network file written by neuron-layout: not an intact .npz archive"),
+    ("pickled", "holds pickled Python objects, which are never loaded"),
+    ("trajectory", "is not a network file written by neuron-layout: its sizes None"),
+    ("reshaped", "does not fit: 'w0' has shape 784x0, expected 784x1"),
+])
+def test_a_bad_network_file_is_one_line_before_any_work(tmp_path, earlier_run, shared_data, case, message):
+    source = earlier_run / "network.npz"
+    path = {"missing": lambda: tmp_path / "nothing.npz",
+            "truncated": lambda: truncated(source, tmp_path / "t.npz"),
+            "pickled": lambda: pickled(tmp_path / "p.npz"),
+            "trajectory": lambda: earlier_run / "trajectory.npz",
+            "reshaped": lambda: reshaped(source, tmp_path / "r.npz", "w0")}[case]()
+    code, out, err = run_with("--out", str(tmp_path / "out"), "--network", str(path), shared_data=shared_data)
+    assert code == 2 and out == [] and len(err) == 1, err
+    assert message in err[0] and err[0].startswith(f"error: {path} ")
+    assert not (tmp_path / "out").exists()  # nothing was trained or written
+
+
+def test_a_network_from_other_data_or_a_trajectory_of_another_network_is_refused(tmp_path, earlier_run, shared_data):
+    code, _, err = run_with("--out", str(tmp_path / "a"), "--network", str(earlier_run / "network.npz"),
+                            config="euclid.yaml", shared_data=shared_data)
+    assert code == 2 and len(err) == 1
+    assert "was trained on mnist classes [0, 1], but the config selects mnist classes [0, 1, 2" in err[0]
+    code, _, err = run_with("--out", str(tmp_path / "b"), "--trajectory", str(earlier_run / "trajectory.npz"),
+                            "--set", "model.hidden=[3]", "--set", "train.epochs=1", shared_data=shared_data)
+    assert code == 2 and len(err) == 1
+    assert err[0] == (f"error: {earlier_run / 'trajectory.npz'} was laid out for another network (3 particles, this "
+                      "one has 5, or other dominant classes): use the trajectory.npz written with its network.npz")
+    for case in ("truncated", "pickled"):
+        path = truncated(earlier_run / "trajectory.npz", tmp_path / "t.npz") if case == "truncated" else pickled(
+            tmp_path / "p.npz")
+        code, out, err = run_with("--out", str(tmp_path / case), "--trajectory", str(path), shared_data=shared_data)
+        assert code == 2 and out == [] and len(err) == 1 and "is not a trajectory file" in err[0], err
+
+
+def test_an_image_index_beyond_the_test_set_fails_before_training(tmp_path, shared_data):
+    code, out, err = run_with("--out", str(tmp_path / "out"), "--set", "render.color_by=image",
+                              "--set", "render.image_index=5000", shared_data=shared_data)
+    assert code == 2 and out == []
+    assert err == ["error: render.image_index = 5000 is out of range: the test set has 2115 images (0-2114)"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the limit is set between fork and exec
+def test_a_full_disk_during_export_removes_the_partial_movie_and_keeps_the_earlier_one(tmp_path, shared_data):
+    """A real write failure: the process may write at most 60 kB per file (RLIMIT_FSIZE), as on a
+    nearly full disk; ffmpeg runs into it halfway through the movie."""
+    import resource
+
+    out = tmp_path / "run"
+    movie = ("--export", "mp4", "--out", str(out), "--set", "render.width=320", "--set", "render.height=240",
+             "--set", "render.orbit_seconds=0")
+    code, _, err = run_with(*movie, "--set", "render.settle_seconds=1", shared_data=shared_data)
+    assert code == 0, err
+    earlier = (out / "layout.mp4").read_bytes()
+    assert len(earlier) < 60_000
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    result = subprocess.run([sys.executable, "-m", "layout.run", "configs/binary01.yaml", "--no-window",
+                             "--data-dir", str(shared_data), *movie, "--set", "render.settle_seconds=30"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=small_disk)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: writing layout.mp4 failed (ffmpeg stopped early: the movie is incomplete (60000 bytes)): free some "
+        "disk space, or export --export gif or png instead"]
+    assert (out / "layout.mp4").read_bytes() == earlier and part_files(out) == []
