@@ -31,7 +31,7 @@ LAYER_SHAPES = ("plane", "shell")
 INITS = ("pca", "random")
 INFLUENCES = ("weights", "jacobian")
 SIZE_BY = ("norm", "none")
-COLOR_BY = ("dominant", "class_mean", "image")
+COLOR_BY = ("dominant", "class_mean", "image", "spread", "ablation")
 TIMELINES = ("simulation", "training")
 EXPORTS = ("mp4", "gif", "png", "none")
 
@@ -166,9 +166,27 @@ class RenderConfig:
     timeline: str = option("simulation", "what the animation shows: the simulation settling, or the layout "
                                          "across the training snapshots", choices=TIMELINES)
     color_by: str = option("dominant", "neuron colour: the class it drives hardest, its mean activation per "
-                                       "class (cycling through the classes), or its activation for one test image",
+                                       "class (cycling through the classes), its activation for one test image, "
+                                       "its positional spread over the stability seeds, or the test-accuracy "
+                                       "drop when it is ablated",
                            choices=COLOR_BY)
     image_index: int = option(0, "the test image whose activations color_by: image shows", ge=0)
+
+
+@dataclass(frozen=True)
+class StructureConfig:
+    enabled: bool = option(True, "test the structure against nulls and write report.md and structure.json")
+    permutations: int = option(1000, "null samples per permutation test (shuffles and random initialisations)",
+                               ge=19)
+    layout_nulls: int = option(19, "null networks laid out again by the same simulation, for the 3D tests "
+                                   "(p >= 1 / (n + 1))", ge=0)
+    k: int = option(10, "neighbours for the neighbourhood hit", ge=1)
+    stability_seeds: int = option(5, "layouts from random starts (seeds 0..n-1) aligned by Procrustes "
+                                     "(0 or 1: no stability)", ge=0)
+    ablation_groups: int = option(100, "random neuron groups per dominance group, the ablation's null", ge=0)
+    shuffled_label_runs: int = option(0, "networks trained on shuffled labels, the costly third null "
+                                         "(0: off)", ge=0)
+    seed: int = option(0, "seed of every null sample", ge=0)
 
 
 @dataclass(frozen=True)
@@ -179,6 +197,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+    structure: StructureConfig = field(default_factory=StructureConfig)
 
 
 # ---------------------------------------------------------------------------------------------

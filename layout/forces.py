@@ -323,7 +323,7 @@ def build_energy(particles: Particles, cfg: ForcesConfig) -> dict[str, Energy]:
             dominance_energy,
             (jnp.asarray(particles.group), jnp.asarray(particles.is_anchor), jnp.float32(f.dominance.anchor),
              jnp.float32(f.dominance.strength)),
-            (("n_classes", int(particles.group.max()) + 1), ("use_anchors", use_anchors)))
+            (("n_classes", particles.vectors.shape[1]), ("use_anchors", use_anchors)))
     if f.repulsion.strength > 0:
         terms["repulsion"] = repulsion_term(particles.n_particles, f.repulsion.softening, f.repulsion.strength)
     if f.centering.strength > 0:

@@ -71,7 +71,8 @@ def train_only(args: argparse.Namespace) -> int:
 
 def pipeline(args: argparse.Namespace) -> int:
     """Train (or reuse) the network, lay its neurons out, measure the layout, then show or export it."""
-    from layout.stages import layout_stage, layout_summary, render_stage, scene_for, training_stage, training_summary
+    from layout.stages import (layout_stage, layout_summary, render_stage, scene_for, structure_stage,
+                               training_stage, training_summary)
 
     cfg = config_from_args(args)
     out = output_dir(args, cfg)
@@ -86,11 +87,17 @@ def pipeline(args: argparse.Namespace) -> int:
     trained = training_stage(cfg, out, retrain=args.retrain, network_file=args.network)
     print(training_summary(trained))
     laid = layout_stage(cfg, trained, out, relayout=args.retrain, trajectory_file=args.trajectory)
-    metrics = write_json(out / "metrics.json", {**trained.figures, "layout": laid.figures})
     print(layout_summary(laid))
-    scene = scene_for(cfg, trained, laid)  # built once for the exports and the window
+    structure = structure_stage(cfg, trained, laid, out) if cfg.structure.enabled else None
+    figures = {**trained.figures, "layout": laid.figures}
+    if structure is not None:
+        figures["structure"] = {"verdicts": list(structure.verdicts), "seconds": structure.seconds}
+        print(f"structure tests ({structure.seconds:.1f} s, details in report.md):\n  " + "\n  ".join(structure.verdicts))
+    metrics = write_json(out / "metrics.json", figures)
+    scene = scene_for(cfg, trained, laid, structure)  # built once for the exports and the window
     exported = render_stage(scene, cfg, out, formats) if formats else ()
-    print("wrote " + ", ".join(map(str, trained.written + laid.written + (metrics,) + exported)))
+    written = trained.written + laid.written + (structure.written if structure else ()) + (metrics,) + exported
+    print("wrote " + ", ".join(map(str, written)))
     if window:
         from layout.stages import details_for
         from render.window import show_window

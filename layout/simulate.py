@@ -174,6 +174,24 @@ def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key
     )
 
 
+def simulate_many(terms: list[dict[str, Energy]], movable: np.ndarray, cfg: SimConfig,
+                  starts: np.ndarray) -> np.ndarray:
+    """Final positions [B, P, 3] of B simulations run side by side (jax.vmap), simulation b with the
+    terms terms[b] (same names and shapes, other data) from starts[b]; no frames are kept. A run that
+    blows up gives NaN positions instead of an error (a null sample that is then left out)."""
+    bound = [tuple(as_term(fn) for fn in t.values()) for t in terms]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *bound)
+    frames = max(1, cfg.chunk // cfg.record_every)
+    movable = jnp.asarray(movable)
+    run = jax.jit(jax.vmap(lambda state, t: run_chunk(state, t, movable, cfg, frames, 1.0)[0]))
+    b = len(terms)
+    x0 = jnp.asarray(starts, jnp.float32)
+    state = State(x0, jnp.zeros_like(x0), jnp.zeros(b, jnp.int32), jnp.full(b, -1, jnp.int32), jnp.zeros(b, bool))
+    while bool((state.stop < 0).any()):
+        state = run(state, stacked)
+    return np.where(np.asarray(state.failed)[:, None, None], np.nan, np.asarray(state.x))
+
+
 def diagnose(terms: dict[str, Energy], x: np.ndarray, step: int) -> str:
     """Name the term whose energy or force is not finite at the last good positions."""
     for name, fn in terms.items():

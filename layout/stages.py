@@ -56,7 +56,18 @@ class LayoutResult:
     trajectory: Trajectory
     figures: dict  # metrics.json's "layout" section
     written: tuple[Path, ...]
+    distortion: np.ndarray  # [N] per-neuron distortion (NaN where undefined)
     labels: tuple[str, ...] | None = None  # a title per frame, when not the simulation's step and energy
+
+
+@dataclass(frozen=True)
+class StructureResult:
+    layers: tuple  # LayerStructure per hidden layer
+    ablation: object  # Ablation or None
+    stability: object  # report.Stability or None
+    verdicts: tuple[str, ...]
+    seconds: float
+    written: tuple[Path, ...]
 
 
 def training_stage(cfg: RunConfig, out: Path, *, retrain: bool = False, network_file: str | None = None) -> TrainResult:
@@ -102,9 +113,14 @@ def training_stage(cfg: RunConfig, out: Path, *, retrain: bool = False, network_
 
 
 def check_fits_data(cfg: RunConfig, dataset: Dataset) -> None:
-    """What the config says about the data that only the data can check, before any training."""
+    """What the config asks that only the data (or another section) can check, before any training."""
     from layout.errors import ConfigError
 
+    if cfg.render.color_by in ("spread", "ablation") and not cfg.structure.enabled:
+        raise ConfigError(f"render.color_by = {cfg.render.color_by} needs the structure tests: set "
+                          "structure.enabled=true")
+    if cfg.render.color_by == "spread" and cfg.structure.stability_seeds < 2:
+        raise ConfigError("render.color_by = spread needs structure.stability_seeds >= 2")
     n_test = len(dataset.test.labels)
     if cfg.render.color_by == "image" and cfg.render.image_index >= n_test:
         raise ConfigError(f"render.image_index = {cfg.render.image_index} is out of range: the test set has "
@@ -176,7 +192,7 @@ def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: b
         save_trajectory(out / "trajectory.npz", trajectory, particles, features, labels),
         write_neurons_csv(out / "neurons.csv", features, trajectory.final[:n], distortion, trained.network.classes),
     )
-    return LayoutResult(features, particles, trajectory, figures, written, labels)
+    return LayoutResult(features, particles, trajectory, figures, written, distortion, labels)
 
 
 def save_trajectory(path: Path, trajectory: Trajectory, particles: Particles, features: NeuronFeatures,
@@ -191,6 +207,70 @@ def save_trajectory(path: Path, trajectory: Trajectory, particles: Particles, fe
               "group": particles.group, "layer": particles.layer, "is_anchor": particles.is_anchor,
               "movable": particles.movable, "meta": np.array(json.dumps(meta))}
     return write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: Path) -> StructureResult:
+    """Test the network's class structure against nulls, ablate, check the layout's stability; write
+    structure.json, report.md, the null plots, and neurons.csv again with the per-neuron results."""
+    from layout.ablation import ablate
+    from layout.features import hidden_activations
+    from layout.report import Stability, verdicts, write_report
+    from layout.stability import relayout, stability
+    from layout.structure import LayerInputs, layer_structure, shuffled_columns, untrained
+
+    start = time.perf_counter()
+    sc, f, net = cfg.structure, laid.features, trained.network
+    test = trained.dataset.test
+    activations = hidden_activations(net, test.images)
+    positions = laid.trajectory.final[:f.n_neurons]
+    rng = np.random.default_rng([sc.seed, 99])
+    layers_of = [f.layer == l for l in range(f.n_layers)]
+    relayouts = {}
+    if sc.layout_nulls and cfg.render.timeline == "simulation":
+        makers = {"shuffled_columns": lambda v, l: shuffled_columns(v, rng, sc.layout_nulls),
+                  "untrained": lambda v, l: untrained(net.sizes, l, net.activation, rng, sc.layout_nulls)}
+        for name, make in makers.items():
+            vectors = np.concatenate([make(f.output_vectors[m], l) for l, m in enumerate(layers_of)], axis=1)
+            relayouts[name] = relayout(f, vectors, cfg.layout, sc.seed)
+    shuffled = shuffled_label_vectors(cfg, trained, sc.shuffled_label_runs)
+    layers = tuple(layer_structure(LayerInputs(
+        layer=l, sizes=net.sizes, activation=net.activation, vectors=f.output_vectors[m], dominant=f.dominant[m],
+        activation_dominant=f.activation_dominant[m], positions=positions[m],
+        receptive_fields=f.receptive_fields[m].reshape(int(m.sum()), -1), activations=activations[l],
+        relayouts={k: (v[0][:, m], v[1][:, m]) for k, v in relayouts.items()},
+        shuffled_label_vectors=None if shuffled is None else shuffled[:, m]), sc.permutations, sc.k, sc.seed)
+        for l, m in enumerate(layers_of))
+    ablation = ablate(net, activations, test.labels, f.dominant, f.layer, sc.ablation_groups, sc.seed)
+    stable = None
+    if sc.stability_seeds >= 2:
+        disparity, spread, _ = stability(laid.particles, cfg.layout, sc.stability_seeds)
+        stable = Stability(sc.stability_seeds, disparity, spread[:f.n_neurons])
+    written = write_report(out, cfg.name, layers, ablation, stable, f.class_names)
+    extra = {"ablation_drop": ablation.drop, "ablation_own_class_drop": ablation.class_drop[np.arange(f.n_neurons), f.dominant]}
+    if stable is not None:
+        extra["spread"] = stable.spread
+    write_neurons_csv(out / "neurons.csv", f, positions, laid.distortion, net.classes, extra)
+    return StructureResult(layers, ablation, stable, tuple(verdicts(layers)), time.perf_counter() - start, written)
+
+
+def shuffled_label_vectors(cfg: RunConfig, trained: TrainResult, runs: int) -> np.ndarray | None:
+    """[runs, N, C] output vectors of networks trained like this one on shuffled training labels."""
+    import dataclasses
+
+    from layout.features import downstream_products
+    from models.train import train
+
+    if not runs:
+        return None
+    rng = np.random.default_rng(cfg.structure.seed)
+    data = trained.dataset
+    vectors = []
+    for r in range(runs):
+        split = dataclasses.replace(data.train, labels=rng.permutation(data.train.labels))
+        net = train(cfg.model, dataclasses.replace(cfg.train, seed=cfg.train.seed + 1 + r),
+                    dataclasses.replace(data, train=split))
+        vectors.append(np.concatenate(downstream_products(net.weights)))
+    return np.stack(vectors).astype(np.float32)
 
 
 def read_trajectory(path: Path) -> tuple[dict, dict]:
@@ -238,16 +318,19 @@ def cached_trajectory(path: Path, particles: Particles) -> tuple[Trajectory, tup
 
 
 def write_neurons_csv(path: Path, features: NeuronFeatures, positions: np.ndarray, distortion: np.ndarray,
-                      classes: tuple[int, ...]) -> Path:
-    """One row per hidden neuron; classes are written as their original labels."""
+                      classes: tuple[int, ...], extra: dict[str, np.ndarray] | None = None) -> Path:
+    """One row per hidden neuron; classes are written as their original labels; `extra` adds columns
+    (the structure stage's ablation drops and stability spread)."""
+    extra = extra or {}
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(NEURON_COLUMNS)
+    writer.writerow(NEURON_COLUMNS + tuple(extra))
     labels = np.asarray(classes)
     for i in range(features.n_neurons):
+        values = (distortion[i], *(column[i] for column in extra.values()))
         writer.writerow([i, int(features.layer[i]), int(features.index[i]), int(labels[features.dominant[i]]),
                          int(labels[features.activation_dominant[i]]), *(f"{v:.6g}" for v in positions[i]),
-                         "" if np.isnan(distortion[i]) else f"{distortion[i]:.6g}"])
+                         *("" if np.isnan(v) else f"{v:.6g}" for v in values)])
     return write_text(path, text.getvalue())
 
 
@@ -277,8 +360,10 @@ def layout_summary(result: LayoutResult) -> str:
             f"silhouette {num('silhouette')}")
 
 
-def colorings_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult) -> tuple:
-    """The neuron colourings `render.color_by` asks for (none: by dominant class)."""
+def colorings_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult,
+                  structure: StructureResult | None = None) -> tuple:
+    """The neuron colourings `render.color_by` asks for (none: by dominant class; spread and ablation
+    need the structure stage)."""
     from layout.features import hidden_activations
     from render.scene import activation_colorings
 
@@ -289,10 +374,15 @@ def colorings_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult) -> t
         test, i = trained.dataset.test, cfg.render.image_index
         values = np.concatenate(hidden_activations(trained.network, test.images[i:i + 1]), axis=1).T
         return activation_colorings(values, (f"activation for test image {i} ({names[test.labels[i]]})",))
+    if cfg.render.color_by == "spread" and structure is not None and structure.stability is not None:
+        return activation_colorings(structure.stability.spread[:, None], ("positional spread over the stability seeds",))
+    if cfg.render.color_by == "ablation" and structure is not None:
+        return activation_colorings(structure.ablation.drop[:, None], ("test-accuracy drop when silenced",))
     return ()
 
 
-def scene_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult) -> SceneData:
+def scene_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult,
+              structure: StructureResult | None = None) -> SceneData:
     """The render module's SceneData for a laid-out network (numpy only from here on)."""
     from render.scene import make_scene_data
 
@@ -300,7 +390,7 @@ def scene_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult) -> Scene
     labels = laid.labels or tuple(f"step {s}   energy {e:.4g}" for s, e in zip(t.step, t.energy.sum(1)))
     return make_scene_data(t.positions, labels, laid.particles.group, laid.particles.is_anchor,
                            laid.features.output_vectors, laid.features.class_names, cfg.name,
-                           cfg.render.edges, cfg.render.size_by, colorings_for(cfg, trained, laid))
+                           cfg.render.edges, cfg.render.size_by, colorings_for(cfg, trained, laid, structure))
 
 
 def render_stage(data: SceneData, cfg: RunConfig, out: Path, formats: tuple[str, ...]) -> tuple[Path, ...]:

@@ -30,13 +30,16 @@ def count_params(sizes: tuple[int, ...]) -> int:
 @partial(jax.jit, static_argnums=(1, 2))
 def init_params(key: jax.Array, sizes: tuple[int, ...], activation: str) -> Params:
     """Uniform Glorot weights (He for relu) and zero biases, drawn from `key`."""
-    params = []
-    for k, (n_in, n_out) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
-        fan = n_in / 2 if activation == "relu" else (n_in + n_out) / 2
-        limit = jnp.sqrt(3.0 / fan)  # Glorot: sqrt(6 / (n_in + n_out)); He: sqrt(6 / n_in)
-        w = jax.random.uniform(k, (n_in, n_out), jnp.float32, -limit, limit)
-        params.append({"w": w, "b": jnp.zeros(n_out, jnp.float32)})
-    return params
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [{"w": init_weight(k, n_in, n_out, activation), "b": jnp.zeros(n_out, jnp.float32)}
+            for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:])]
+
+
+def init_weight(key: jax.Array, n_in: int, n_out: int, activation: str) -> jnp.ndarray:
+    """One layer's initial weights [n_in, n_out]: uniform Glorot, or He for relu."""
+    fan = n_in / 2 if activation == "relu" else (n_in + n_out) / 2
+    limit = jnp.sqrt(3.0 / fan)  # Glorot: sqrt(6 / (n_in + n_out)); He: sqrt(6 / n_in)
+    return jax.random.uniform(key, (n_in, n_out), jnp.float32, -limit, limit)
 
 
 def apply(params: Params, x: jnp.ndarray, activation: str) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:

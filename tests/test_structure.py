@@ -1,0 +1,202 @@
+"""Is the structure real? The statistics against their nulls on planted and random networks, Mantel
+tests, ablation of a hand-built network, stability, and the report of a real run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layout.structure import (LayerInputs, NullTest, class_statistics, layer_structure, mantel, nearest,
+                              pairwise_distances, permutations, verdict)
+
+REPO = Path(__file__).resolve().parents[1]
+C = 10
+
+
+def planted_vectors(n: int, seed: int, spread: float = 0.3) -> np.ndarray:
+    """Output vectors clustered by class: neuron i drives class i % C hard, plus noise."""
+    rng = np.random.default_rng(seed)
+    return (np.eye(C)[np.arange(n) % C] + spread * rng.normal(size=(n, C))).astype(np.float32)
+
+
+def inputs(vectors: np.ndarray, seed: int = 0, **overrides) -> LayerInputs:
+    rng = np.random.default_rng(seed)
+    n = len(vectors)
+    values = dict(layer=0, sizes=(784, n, C), activation="sigmoid", vectors=vectors, dominant=vectors.argmax(1),
+                  activation_dominant=rng.integers(0, C, n), positions=rng.normal(size=(n, 3)).astype(np.float32),
+                  receptive_fields=rng.normal(size=(n, 784)).astype(np.float32),
+                  activations=rng.random((500, n)).astype(np.float32), relayouts={}, shuffled_label_vectors=None)
+    return LayerInputs(**{**values, **overrides})
+
+
+def by_null(result, labels="dominant", space="output") -> dict[tuple[str, str], NullTest]:
+    return {(t.statistic, t.null): t for t in result.tests if t.labels == labels and t.space == space}
+
+
+def test_statistics_match_their_definitions_on_a_small_case():
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(30, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 30)
+    d = pairwise_distances(points)
+    silhouette, hit, ratio = np.asarray(class_statistics(d, nearest(d, 5), labels, 3))
+    full = np.linalg.norm(points[:, None] - points[None], axis=2)
+    scores = []  # the silhouette by its definition, one neuron at a time
+    for i in range(30):
+        own = (labels == labels[i]) & (np.arange(30) != i)
+        a = full[i, own].mean()
+        b = min(full[i, labels == c].mean() for c in set(labels) - {labels[i]})
+        scores.append((b - a) / max(a, b))
+    assert silhouette == pytest.approx(np.mean(scores), abs=1e-5)
+    same = labels[:, None] == labels[None]
+    off = ~np.eye(30, dtype=bool)
+    assert ratio == pytest.approx(full[same & off].mean() / full[~same].mean(), rel=1e-5)
+    order = np.argsort(np.where(off, full, np.inf), 1)[:, :5]
+    assert hit == pytest.approx((labels[order] == labels[:, None]).mean())
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_a_planted_network_is_real_structure_against_every_null():
+    result = layer_structure(inputs(planted_vectors(100, 0)), 200, 10, seed=0)
+    tests = by_null(result)
+    for statistic in ("silhouette", "neighbourhood_hit", "distance_ratio"):
+        for null in ("shuffled_columns", "untrained"):
+            assert tests[statistic, null].p < 0.01, (statistic, null, tests[statistic, null].summary())
+            assert tests[statistic, null].z > 3
+    assert verdict(result.find("silhouette", "output")) == "real structure"
+
+
+def test_an_iid_random_network_is_consistent_with_chance():
+    vectors = np.random.default_rng(3).normal(size=(100, C)).astype(np.float32)
+    result = layer_structure(inputs(vectors), 200, 10, seed=0)
+    tests = by_null(result)
+    for statistic in ("silhouette", "neighbourhood_hit", "distance_ratio"):
+        assert tests[statistic, "shuffled_columns"].p > 0.05, tests[statistic, "shuffled_columns"].summary()
+    # the trap: vectors grouped by their own argmax look clustered against a plain label shuffle
+    from layout.structure import label_nulls, observed_statistics
+
+    observed = observed_statistics(vectors, vectors.argmax(1), C, 10)
+    shuffled = label_nulls(vectors, vectors.argmax(1), C, permutations(np.random.default_rng(0), 200, 100), 10)
+    assert (shuffled[:, 0] < observed[0]).mean() > 0.99  # "significant" by the invalid null, rightly not used
+
+
+def test_activation_labels_from_another_source_are_tested_by_label_permutation():
+    vectors = planted_vectors(100, 1)
+    planted = layer_structure(inputs(vectors, activation_dominant=vectors.argmax(1)), 200, 10, seed=0)
+    unrelated = layer_structure(inputs(vectors), 200, 10, seed=0)
+    assert by_null(planted, "activation_dominant")["silhouette", "label_permutation"].p < 0.01
+    assert by_null(unrelated, "activation_dominant")["silhouette", "label_permutation"].p > 0.05
+    agreement = {t.statistic: t for t in planted.tests}["agreement"]
+    assert agreement.observed == 1.0 and agreement.p < 0.01
+    assert planted.confusion.trace() == 100
+
+
+def test_mantel_finds_a_planted_correlation_and_not_an_absent_one():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(80, 5))
+    a = np.linalg.norm(points[:, None] - points[None], axis=2)
+    noisy = points + 0.5 * rng.normal(size=points.shape)
+    b_related = np.linalg.norm(noisy[:, None] - noisy[None], axis=2)
+    other = rng.normal(size=(80, 5))
+    b_absent = np.linalg.norm(other[:, None] - other[None], axis=2)
+    orders = permutations(np.random.default_rng(1), 500, 80)
+    r, null = mantel(a, b_related, orders)
+    assert r > 0.5 and (1 + (null >= r).sum()) / 501 < 0.01
+    r, null = mantel(a, b_absent, orders)
+    assert (1 + (null >= r).sum()) / 501 > 0.05
+    upper = np.triu_indices(80, 1)
+    assert mantel(a, b_related, orders[:1])[0] == pytest.approx(np.corrcoef(a[upper], b_related[upper])[0, 1], abs=1e-4)
+
+
+def hand_built_network():
+    """784-4-3: hidden neuron c (c < 3) alone carries class c (on for images of class c, via a pixel);
+    neuron 3 does nothing."""
+    from models.train import History, Network, Snapshots
+
+    w0 = np.zeros((784, 4), np.float32)
+    w0[np.arange(3), np.arange(3)] = 20.0  # pixel c switches neuron c on
+    b0 = np.full(4, -10.0, np.float32)
+    w1 = np.zeros((4, 3), np.float32)
+    w1[np.arange(3), np.arange(3)] = 5.0
+    empty = np.zeros(0)
+    return Network(sizes=(784, 4, 3), activation="sigmoid", weights=(w0, w1), biases=(b0, np.zeros(3, np.float32)),
+                   dataset="hand-built", classes=(0, 1, 2), class_names=("0", "1", "2"),
+                   history=History(empty, empty, empty, empty),
+                   snapshots=Snapshots(empty, empty, empty, (), ()), test_accuracy=1.0, train_accuracy=1.0,
+                   train_seconds=0.0, epochs=0)
+
+
+def test_ablating_the_neuron_that_alone_carries_a_class_drops_that_class():
+    from layout.ablation import ablate
+    from layout.features import hidden_activations
+
+    net = hand_built_network()
+    labels = np.repeat(np.arange(3), 50)
+    images = np.zeros((150, 28, 28), np.uint8)
+    images.reshape(150, -1)[np.arange(150), labels] = 255
+    activations = hidden_activations(net, images)
+    result = ablate(net, activations, labels, dominant=np.array([0, 1, 2, 0]), layer_of=np.zeros(4, int),
+                    n_random=50, seed=0)
+    np.testing.assert_allclose(result.baseline, 1.0)
+    assert result.class_drop[1, 1] > 0.9  # neuron 1 alone carries class 1
+    assert result.class_drop[1, 0] == 0 and result.class_drop[1, 2] == 0
+    assert result.drop[3] == 0  # the idle neuron costs nothing
+    assert result.drop[1] == pytest.approx(1 / 3, abs=0.01)
+    group_1 = [g for g in result.groups if g["class"] == 1][0]
+    assert group_1["size"] == 1 and group_1["drop"] > 0.9
+    # a random single neuron (of 4) hits neuron 1 about a quarter of the time
+    assert 0.1 < group_1["null_mean"] < 0.45 and 0.1 < group_1["p"] < 0.45
+
+
+def test_stability_of_a_deterministic_layout_and_the_relayout_null():
+    from layout.config import LayoutConfig
+    from layout.features import NeuronFeatures
+    from layout.forces import make_particles
+    from layout.stability import relayout, stability
+
+    vectors = planted_vectors(40, 2)
+    n = len(vectors)
+    features = NeuronFeatures(output_vectors=vectors, dominant=vectors.argmax(1), activation_dominant=vectors.argmax(1),
+                              class_activation=vectors, receptive_fields=np.zeros((n, 28, 28), np.float32),
+                              layer=np.zeros(n, int), index=np.arange(n), class_names=tuple(map(str, range(C))),
+                              influence="weights")
+    cfg = LayoutConfig()
+    disparity, spread, aligned = stability(make_particles(features, cfg.anchors), cfg, 3)
+    assert aligned.shape == (3, n + C, 3) and len(disparity) == 2 and spread.shape == (n + C,)
+    assert ((disparity >= 0) & (disparity <= 1)).all() and np.isfinite(spread).all() and (spread > 0).any()
+    positions, labels = relayout(features, np.stack([vectors, vectors[::-1]]), cfg, seed=0)
+    assert positions.shape == (2, n, 3) and (labels[1] == vectors[::-1].argmax(1)).all()
+
+
+@pytest.fixture(scope="module")
+def euclid_run(tmp_path_factory, shared_data):
+    out = tmp_path_factory.mktemp("euclid")
+    result = subprocess.run([sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window", "--export",
+                             "none", "--out", str(out), "--data-dir", str(shared_data)], cwd=REPO, capture_output=True,
+                            text=True, timeout=600, env={**os.environ})
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def test_the_euclid_run_reports_its_nulls_p_values_and_verdict(euclid_run):
+    out, stdout = euclid_run
+    summary = json.loads((out / "structure.json").read_text())
+    (layer,) = summary["layers"]
+    nulls = {t["null"] for t in layer["tests"]}
+    assert {"shuffled_columns", "untrained", "relayout_shuffled_columns", "relayout_untrained",
+            "label_permutation", "neuron_permutation"} <= nulls
+    assert all(0 < t["p"] <= 1 for t in layer["tests"] if t["p"] is not None)
+    report = (out / "report.md").read_text()
+    assert "untrained" in report and "| silhouette | output | dominant | shuffled_columns |" in report
+    assert summary["verdicts"][0].startswith("layer 1, dominance clustering in 3D: silhouette ")
+    assert summary["verdicts"][0] in stdout  # the closing summary shows the verdict
+    assert (out / "structure_layer1.png").stat().st_size > 10_000
+    header = (out / "neurons.csv").read_text().splitlines()[0].split(",")
+    assert header[-3:] == ["ablation_drop", "ablation_own_class_drop", "spread"]
