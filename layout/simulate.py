@@ -183,13 +183,17 @@ def simulate_many(terms: list[dict[str, Energy]], movable: np.ndarray, cfg: SimC
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *bound)
     frames = max(1, cfg.chunk // cfg.record_every)
     movable = jnp.asarray(movable)
-    run = jax.jit(jax.vmap(lambda state, t: run_chunk(state, t, movable, cfg, frames, 1.0)[0]))
     b = len(terms)
     x0 = jnp.asarray(starts, jnp.float32)
     state = State(x0, jnp.zeros_like(x0), jnp.zeros(b, jnp.int32), jnp.full(b, -1, jnp.int32), jnp.zeros(b, bool))
     while bool((state.stop < 0).any()):
-        state = run(state, stacked)
+        state = _run_many(state, stacked, movable, cfg, frames)
     return np.where(np.asarray(state.failed)[:, None, None], np.nan, np.asarray(state.x))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "frames"))
+def _run_many(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, frames: int) -> State:
+    return jax.vmap(lambda s, t: run_chunk(s, t, movable, cfg, frames, 1.0)[0])(state, terms)
 
 
 def diagnose(terms: dict[str, Energy], x: np.ndarray, step: int) -> str:

@@ -20,6 +20,7 @@ activation-correlation distances. Every null sample is seeded and vectorised wit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import jax
@@ -168,9 +169,12 @@ def untrained(sizes: tuple[int, ...], layer: int, activation: str, rng: np.rando
 
 def vector_nulls(vectors: np.ndarray, k: int) -> np.ndarray:
     """[S, 3] statistics of null output vectors [S, n, C], each grouped by its own argmax."""
-    n = vectors.shape[1]
-    fn = jax.jit(lambda vs: samples(lambda v: vector_statistics(v, k), vs, n))
-    return np.asarray(fn(jnp.asarray(vectors, jnp.float32)))
+    return np.asarray(_vector_nulls(jnp.asarray(vectors, jnp.float32), k))
+
+
+@partial(jax.jit, static_argnames="k")
+def _vector_nulls(vectors, k):
+    return samples(lambda v: vector_statistics(v, k), vectors, vectors.shape[1])
 
 
 def label_nulls(points: np.ndarray, labels: np.ndarray, n_classes: int, orders: np.ndarray, k: int) -> np.ndarray:
@@ -178,9 +182,12 @@ def label_nulls(points: np.ndarray, labels: np.ndarray, n_classes: int, orders: 
     labels that do not come from the points themselves)."""
     d = pairwise_distances(jnp.asarray(points, jnp.float32))
     near = nearest(d, k)
-    labels = jnp.asarray(labels)
-    fn = jax.jit(lambda os: samples(lambda o: class_statistics(d, near, labels[o], n_classes), os, len(labels)))
-    return np.asarray(fn(jnp.asarray(orders)))
+    return np.asarray(_label_nulls(d, near, jnp.asarray(labels), jnp.asarray(orders), n_classes))
+
+
+@partial(jax.jit, static_argnames="n_classes")
+def _label_nulls(d, near, labels, orders, n_classes):
+    return samples(lambda o: class_statistics(d, near, labels[o], n_classes), orders, len(labels))
 
 
 def observed_statistics(points: np.ndarray, labels: np.ndarray, n_classes: int, k: int) -> np.ndarray:
@@ -219,8 +226,13 @@ def mantel(a: np.ndarray, b: np.ndarray, orders: np.ndarray) -> tuple[float, np.
     az, bz = standardized_off_diagonal(jnp.asarray(a, jnp.float32)), standardized_off_diagonal(jnp.asarray(b, jnp.float32))
     scale = 1.0 / (n * (n - 1))
 
-    null = jax.jit(lambda os: samples(lambda p: (az * bz[p][:, p]).sum() * scale, os, n))(jnp.asarray(orders))
+    null = _mantel_nulls(az, bz, jnp.asarray(orders)) * scale
     return float((az * bz).sum() * scale), np.asarray(null, np.float64)
+
+
+@jax.jit
+def _mantel_nulls(az, bz, orders):
+    return samples(lambda p: (az * bz[p][:, p]).sum(), orders, len(az))
 
 
 def correlation_distance(activations: np.ndarray) -> np.ndarray:

@@ -134,8 +134,8 @@ def test_command_exports_every_output_file(shared_data, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["config.yaml", "layout.mp4", "metrics.json", "network.npz", "neurons.csv", "snapshot.png",
-                     "trajectory.npz"]
+    assert names == ["config.yaml", "layout.mp4", "metrics.json", "network.npz", "neurons.csv", "report.md",
+                     "snapshot.png", "structure.json", "structure_layer1.png", "trajectory.npz"]
     frames = decode_mp4(out / "layout.mp4")
     assert len(frames) == 15 and frames[0].shape == (240, 320, 3)
     assert imageio.imread(out / "snapshot.png").shape[:2] == (240, 320)
