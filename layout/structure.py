@@ -151,9 +151,10 @@ def untrained(sizes: tuple[int, ...], layer: int, activation: str, rng: np.rando
               count: int) -> np.ndarray:
     """[count, n_layer, C]: output vectors of hidden layer `layer` of randomly initialised networks,
     the product of their downstream initial weights (Glorot or He uniform, as models.mlp)."""
+    from models.mlp import init_limit
+
     def weights(n_in: int, n_out: int, m: int) -> np.ndarray:
-        fan = n_in / 2 if activation == "relu" else (n_in + n_out) / 2
-        limit = np.sqrt(3.0 / fan)
+        limit = init_limit(n_in, n_out, activation)
         return rng.uniform(-limit, limit, (m, n_in, n_out)).astype(np.float32)
 
     chunk = max(1, BATCH_FLOATS // max(a * b for a, b in zip(sizes[layer + 1:-1], sizes[layer + 2:])))

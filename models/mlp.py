@@ -37,9 +37,14 @@ def init_params(key: jax.Array, sizes: tuple[int, ...], activation: str) -> Para
 
 def init_weight(key: jax.Array, n_in: int, n_out: int, activation: str) -> jnp.ndarray:
     """One layer's initial weights [n_in, n_out]: uniform Glorot, or He for relu."""
-    fan = n_in / 2 if activation == "relu" else (n_in + n_out) / 2
-    limit = jnp.sqrt(3.0 / fan)  # Glorot: sqrt(6 / (n_in + n_out)); He: sqrt(6 / n_in)
+    limit = init_limit(n_in, n_out, activation)
     return jax.random.uniform(key, (n_in, n_out), jnp.float32, -limit, limit)
+
+
+def init_limit(n_in: int, n_out: int, activation: str) -> float:
+    """Initial weights are uniform in +/- this: Glorot sqrt(6 / (n_in + n_out)), He sqrt(6 / n_in) for relu."""
+    fan = n_in / 2 if activation == "relu" else (n_in + n_out) / 2
+    return (3.0 / fan) ** 0.5
 
 
 def apply(params: Params, x: jnp.ndarray, activation: str) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
