@@ -71,8 +71,8 @@ def train_only(args: argparse.Namespace) -> int:
 
 def pipeline(args: argparse.Namespace) -> int:
     """Train (or reuse) the network, lay its neurons out, measure the layout, then show or export it."""
-    from layout.stages import (layout_stage, layout_summary, render_stage, scene_for, structure_stage,
-                               training_stage, training_summary)
+    from layout.stages import layout_stage, layout_summary, render_stage, scene_for, training_stage, training_summary
+    from layout.structure_stage import structure_stage
 
     cfg = config_from_args(args)
     out = output_dir(args, cfg)

@@ -6,6 +6,8 @@
   scene_for:      layout -> the scene's numpy data (shared by the exports and the window)
   render_stage:   scene -> layout.mp4 / layout.gif / snapshot.png (offscreen)
 
+(The structure stage, between layout and scene, is layout/structure_stage.py.)
+
 Each returns a frozen result with the figures that go into metrics.json; nothing here prints.
 """
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # these import jax: a command loads them only once its config
     from models.data import Dataset
     from models.train import Network
     from render.scene import SceneData
+    from layout.structure_stage import StructureResult
     from render.window import NeuronDetails
 
 NEURON_COLUMNS = ("id", "layer", "index", "dominant", "activation_dominant", "x", "y", "z", "distortion")
@@ -58,16 +61,6 @@ class LayoutResult:
     written: tuple[Path, ...]
     distortion: np.ndarray  # [N] per-neuron distortion (NaN where undefined)
     labels: tuple[str, ...] | None = None  # a title per frame, when not the simulation's step and energy
-
-
-@dataclass(frozen=True)
-class StructureResult:
-    layers: tuple  # LayerStructure per hidden layer
-    ablation: object  # Ablation or None
-    stability: object  # report.Stability or None
-    verdicts: tuple[str, ...]
-    seconds: float
-    written: tuple[Path, ...]
 
 
 def training_stage(cfg: RunConfig, out: Path, *, retrain: bool = False, network_file: str | None = None) -> TrainResult:
@@ -207,70 +200,6 @@ def save_trajectory(path: Path, trajectory: Trajectory, particles: Particles, fe
               "group": particles.group, "layer": particles.layer, "is_anchor": particles.is_anchor,
               "movable": particles.movable, "meta": np.array(json.dumps(meta))}
     return write_atomic(path, lambda f: np.savez(f, **arrays))
-
-
-def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: Path) -> StructureResult:
-    """Test the network's class structure against nulls, ablate, check the layout's stability; write
-    structure.json, report.md, the null plots, and neurons.csv again with the per-neuron results."""
-    from layout.ablation import ablate
-    from layout.features import hidden_activations
-    from layout.report import Stability, verdicts, write_report
-    from layout.stability import relayout, stability
-    from layout.structure import LayerInputs, layer_structure, shuffled_columns, untrained
-
-    start = time.perf_counter()
-    sc, f, net = cfg.structure, laid.features, trained.network
-    test = trained.dataset.test
-    activations = hidden_activations(net, test.images)
-    positions = laid.trajectory.final[:f.n_neurons]
-    rng = np.random.default_rng([sc.seed, 99])
-    layers_of = [f.layer == l for l in range(f.n_layers)]
-    relayouts = {}
-    if sc.layout_nulls and cfg.render.timeline == "simulation":
-        makers = {"shuffled_columns": lambda v, l: shuffled_columns(v, rng, sc.layout_nulls),
-                  "untrained": lambda v, l: untrained(net.sizes, l, net.activation, rng, sc.layout_nulls)}
-        for name, make in makers.items():
-            vectors = np.concatenate([make(f.output_vectors[m], l) for l, m in enumerate(layers_of)], axis=1)
-            relayouts[name] = relayout(f, vectors, cfg.layout, sc.seed)
-    shuffled = shuffled_label_vectors(cfg, trained, sc.shuffled_label_runs)
-    layers = tuple(layer_structure(LayerInputs(
-        layer=l, sizes=net.sizes, activation=net.activation, vectors=f.output_vectors[m], dominant=f.dominant[m],
-        activation_dominant=f.activation_dominant[m], positions=positions[m],
-        receptive_fields=f.receptive_fields[m].reshape(int(m.sum()), -1), activations=activations[l],
-        relayouts={k: (v[0][:, m], v[1][:, m]) for k, v in relayouts.items()},
-        shuffled_label_vectors=None if shuffled is None else shuffled[:, m]), sc.permutations, sc.k, sc.seed)
-        for l, m in enumerate(layers_of))
-    ablation = ablate(net, activations, test.labels, f.dominant, f.layer, sc.ablation_groups, sc.seed)
-    stable = None
-    if sc.stability_seeds >= 2:
-        disparity, spread, _ = stability(laid.particles, cfg.layout, sc.stability_seeds)
-        stable = Stability(sc.stability_seeds, disparity, spread[:f.n_neurons])
-    written = write_report(out, cfg.name, layers, ablation, stable, f.class_names)
-    extra = {"ablation_drop": ablation.drop, "ablation_own_class_drop": ablation.class_drop[np.arange(f.n_neurons), f.dominant]}
-    if stable is not None:
-        extra["spread"] = stable.spread
-    write_neurons_csv(out / "neurons.csv", f, positions, laid.distortion, net.classes, extra)
-    return StructureResult(layers, ablation, stable, tuple(verdicts(layers)), time.perf_counter() - start, written)
-
-
-def shuffled_label_vectors(cfg: RunConfig, trained: TrainResult, runs: int) -> np.ndarray | None:
-    """[runs, N, C] output vectors of networks trained like this one on shuffled training labels."""
-    import dataclasses
-
-    from layout.features import downstream_products
-    from models.train import train
-
-    if not runs:
-        return None
-    rng = np.random.default_rng(cfg.structure.seed)
-    data = trained.dataset
-    vectors = []
-    for r in range(runs):
-        split = dataclasses.replace(data.train, labels=rng.permutation(data.train.labels))
-        net = train(cfg.model, dataclasses.replace(cfg.train, seed=cfg.train.seed + 1 + r),
-                    dataclasses.replace(data, train=split))
-        vectors.append(np.concatenate(downstream_products(net.weights)))
-    return np.stack(vectors).astype(np.float32)
 
 
 def read_trajectory(path: Path) -> tuple[dict, dict]:
