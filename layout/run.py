@@ -89,11 +89,9 @@ def pipeline(args: argparse.Namespace) -> int:
     laid = layout_stage(cfg, trained, out, relayout=args.retrain, trajectory_file=args.trajectory)
     print(layout_summary(laid))
     structure = structure_stage(cfg, trained, laid, out) if cfg.structure.enabled else None
-    figures = {**trained.figures, "layout": laid.figures}
     if structure is not None:
-        figures["structure"] = {"verdicts": list(structure.verdicts), "seconds": structure.seconds}
         print(f"structure tests ({structure.seconds:.1f} s, details in report.md):\n  " + "\n  ".join(structure.verdicts))
-    metrics = write_json(out / "metrics.json", figures)
+    metrics = write_json(out / "metrics.json", run_figures(trained, laid, structure))
     scene = scene_for(cfg, trained, laid, structure)  # built once for the exports and the window
     exported = render_stage(scene, cfg, out, formats) if formats else ()
     written = trained.written + laid.written + (structure.written if structure else ()) + (metrics,) + exported
@@ -104,6 +102,14 @@ def pipeline(args: argparse.Namespace) -> int:
 
         show_window(scene, cfg.render, details_for(laid))
     return 0
+
+
+def run_figures(trained, laid, structure) -> dict:
+    """metrics.json of a run: the training figures, "layout" and (when tested) "structure"."""
+    figures = {**trained.figures, "layout": laid.figures}
+    if structure is not None:
+        figures["structure"] = {"verdicts": list(structure.verdicts), "seconds": structure.seconds}
+    return figures
 
 
 def display_available() -> bool:
