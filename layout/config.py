@@ -171,6 +171,8 @@ class RenderConfig:
                                        "drop when it is ablated",
                            choices=COLOR_BY)
     image_index: int = option(0, "the test image whose activations color_by: image shows", ge=0)
+    halo: bool = option(False, "draw each neuron's positional spread over the stability layouts as a "
+                               "translucent halo around it (needs structure.stability_seeds >= 2)")
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,8 @@ class StructureConfig:
     ablation_groups: int = option(100, "random neuron groups per dominance group, the ablation's null", ge=0)
     shuffled_label_runs: int = option(0, "networks trained on shuffled labels, the costly third null "
                                          "(0: off)", ge=0)
+    retrain_runs: int = option(0, "networks trained again with train seeds seed+1.. and laid out the same way, "
+                                  "to test whether the class arrangement is reproducible (0: off)", ge=0)
     seed: int = option(0, "seed of every null sample", ge=0)
 
 

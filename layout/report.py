@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from layout.ablation import Ablation
+from layout.stability import Retrained
 from layout.files import atomic_path, write_json, write_text
-from layout.structure import LayerStructure, clean, headline, p_text, verdict
+from layout.structure import LayerStructure, clean, headline, p_text, p_verdict, verdict
 
 NULL_WORDS = {
     "shuffled_columns": "output weights shuffled within each output column, labels recomputed",
@@ -30,8 +31,9 @@ class Stability:
     spread: np.ndarray  # [N] per neuron, in units of the layout's RMS radius
 
 
-def verdicts(layers: tuple[LayerStructure, ...]) -> list[str]:
-    """The closing summary's lines: dominance clustering per layer, in 3D and in output-vector space."""
+def verdicts(layers: tuple[LayerStructure, ...], retrained: Retrained | None = None) -> list[str]:
+    """The closing summary's lines: dominance clustering per layer, in 3D and in output-vector space,
+    and whether the class arrangement survives retraining."""
     lines = []
     for layer in layers:
         if not layer.tests:
@@ -39,12 +41,28 @@ def verdicts(layers: tuple[LayerStructure, ...]) -> list[str]:
             continue
         for space in ("layout", "output"):
             lines.append(f"layer {layer.layer + 1}, {headline(layer, space)}")
+    if retrained is not None:
+        lines.append(retrained_headline(retrained))
     return lines
 
 
-def structure_json(layers, ablation: Ablation | None, stability: Stability | None, class_names) -> dict:
-    out = {"layers": [], "ablation": None, "stability": None, "verdicts": verdicts(layers),
-           "nulls": NULL_WORDS}
+def retrained_headline(r: Retrained) -> str:
+    """'class arrangement across 3 retrainings: disparity 0.41 (median), p 0.02, 0.3, 0.004: ...'."""
+    ps = r.class_p[np.isfinite(r.class_p)]
+    if not len(ps):
+        return "class arrangement in 3D across retraining: not tested (fewer than 3 classes shared, or layouts failed)"
+    words = {"real structure": "reproducible", "weak evidence": "weakly reproducible",
+             "consistent with chance": "not reproducible"}
+    many = "s" if len(r.train_seeds) > 1 else ""
+    return (f"class arrangement in 3D across {len(r.train_seeds)} retraining{many} (train seed{many} "
+            f"{', '.join(map(str, r.train_seeds))}): Procrustes disparity {np.nanmedian(r.class_disparity):.3f} "
+            f"(median), p {', '.join(f'{p:.3g}' for p in ps)} against relabelled classes: {words[p_verdict(list(ps))]}")
+
+
+def structure_json(layers, ablation: Ablation | None, stability: Stability | None, retrained: Retrained | None,
+                   class_names) -> dict:
+    out = {"layers": [], "ablation": None, "stability": None, "retrained": None,
+           "verdicts": verdicts(layers, retrained), "nulls": NULL_WORDS}
     for layer in layers:
         out["layers"].append({
             "layer": layer.layer, "n_neurons": layer.n_neurons,
@@ -60,6 +78,11 @@ def structure_json(layers, ablation: Ablation | None, stability: Stability | Non
         out["stability"] = {"seeds": stability.seeds, "disparity": list(map(float, stability.disparity)),
                             "median_disparity": clean(float(np.median(stability.disparity))) if len(stability.disparity) else None,
                             "median_spread": float(np.median(stability.spread))}
+    if retrained is not None:
+        out["retrained"] = {"train_seeds": list(retrained.train_seeds),
+                            "class_disparity": [clean(x) for x in retrained.class_disparity],
+                            "class_p": [clean(x) for x in retrained.class_p],
+                            "neuron_disparity": [clean(x) for x in retrained.neuron_disparity]}
     return out
 
 
@@ -103,6 +126,16 @@ def markdown(summary: dict, name: str, plots: list[str]) -> str:
                   f"{s['seeds']} layouts from random starts, aligned by Procrustes: median disparity "
                   f"{num(s['median_disparity'])} (0: the same layout up to rotation, reflection and scale; 1: "
                   f"unrelated), median per-neuron spread {s['median_spread']:.3f} layout radii."]
+    if summary["retrained"]:
+        r = summary["retrained"]
+        lines += ["", "## Stability across retraining", "",
+                  "The network trained again with other seeds and laid out the same way. Class arrangement: the "
+                  "3D centroids of each (layer, dominant class) group, aligned by Procrustes to this layout's, "
+                  "against relabelled classes. Matched neurons: each layer's neurons paired by output-vector "
+                  "similarity, then aligned.", "",
+                  "| train seed | class-arrangement disparity | p | matched-neuron disparity |", "| --- | --- | --- | --- |"]
+        lines += [f"| {s} | {num(d)} | {num(p)} | {num(m)} |"
+                  for s, d, p, m in zip(r["train_seeds"], r["class_disparity"], r["class_p"], r["neuron_disparity"])]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -138,8 +171,8 @@ def plot_layer(path: Path, layer: LayerStructure) -> Path:
     return path
 
 
-def write_report(out: Path, name: str, layers, ablation, stability, class_names) -> tuple[Path, ...]:
+def write_report(out: Path, name: str, layers, ablation, stability, retrained, class_names) -> tuple[Path, ...]:
     plots = [plot_layer(out / f"structure_layer{l.layer + 1}.png", l) for l in layers if l.tests]
-    summary = structure_json(layers, ablation, stability, class_names)
+    summary = structure_json(layers, ablation, stability, retrained, class_names)
     return (write_json(out / "structure.json", summary),
             write_text(out / "report.md", markdown(summary, name, [p.name for p in plots])), *plots)

@@ -1,9 +1,11 @@
-"""Layouts run again: null networks laid out by the same forces (the 3D nulls), and the same network
-laid out from several random starts (stability), all side by side in one vmapped simulation."""
+"""Layouts run again: null networks laid out by the same forces (the 3D nulls), the same network laid
+out from several random starts (stability), and the network trained again with other seeds and laid
+out the same way (stability across retraining); each batch side by side in one vmapped simulation."""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import jax
 import numpy as np
@@ -49,3 +51,88 @@ def stability(particles: Particles, cfg: LayoutConfig, seeds: int) -> tuple[np.n
     rms_radius = np.sqrt((aligned.mean(0) ** 2).sum(1).mean())
     spread = np.sqrt(((aligned - aligned.mean(0)) ** 2).sum(2).mean(0)) / max(rms_radius, 1e-12)
     return np.array(disparity[1:]), spread, aligned
+
+
+# ---------------------------------------------------------------------------------------------
+# Across retraining
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """The network trained again with other seeds and laid out the same way. Neurons of two trainings
+    do not correspond, so two things are compared with the original layout, per retrained network:
+    class_disparity: Procrustes disparity between the 3D centroids of each (layer, dominant class)
+      group of neurons, for the groups both have (is the arrangement of the digits reproducible?);
+    class_p: the fraction of relabellings of the retrained centroids that align at least as well;
+    neuron_disparity: Procrustes disparity of the neurons' positions after pairing each layer's neurons
+      by output-vector similarity (Hungarian matching)."""
+
+    train_seeds: tuple[int, ...]
+    class_disparity: np.ndarray
+    class_p: np.ndarray
+    neuron_disparity: np.ndarray
+
+
+def group_centroids(positions: np.ndarray, layer: np.ndarray, dominant: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """{(layer, class): mean 3D position of that group's neurons}."""
+    return {(int(l), int(c)): positions[(layer == l) & (dominant == c)].mean(0)
+            for l, c in sorted(set(zip(layer.tolist(), dominant.tolist())))}
+
+
+def arrangement_test(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, count: int) -> tuple[float, float]:
+    """(Procrustes disparity of point sets a and b [K, 3] with rows corresponding, p): p the fraction of
+    row permutations of b aligning at least as well, (1 + hits) / (1 + count)."""
+    from scipy.spatial import procrustes
+
+    if len(a) < 3:
+        return float("nan"), float("nan")
+    observed = procrustes(a, b)[2]
+    null = np.array([procrustes(a, b[rng.permutation(len(b))])[2] for _ in range(count)])
+    return float(observed), float((1 + (null <= observed).sum()) / (1 + count))
+
+
+def matched_disparity(a: NeuronFeatures, pa: np.ndarray, b: NeuronFeatures, pb: np.ndarray) -> float:
+    """Procrustes disparity of two layouts after pairing each layer's neurons by output-vector
+    distance (scipy's linear_sum_assignment)."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial import procrustes
+    from scipy.spatial.distance import cdist
+
+    rows, cols = [], []
+    for l in range(a.n_layers):
+        ia, ib = np.flatnonzero(a.layer == l), np.flatnonzero(b.layer == l)
+        r, c = linear_sum_assignment(cdist(a.output_vectors[ia], b.output_vectors[ib]))
+        rows.append(ia[r])
+        cols.append(ib[c])
+    return float(procrustes(pa[np.concatenate(rows)], pb[np.concatenate(cols)])[2])
+
+
+def retrained_stability(cfg, dataset, features: NeuronFeatures, positions: np.ndarray, runs: int,
+                        permutations: int, seed: int) -> Retrained:
+    """Train the network again with train seeds train.seed + 1 .. + runs (cached like any network), lay
+    each out with the same forces and simulation settings (side by side), and compare with `positions`."""
+    from layout.features import neuron_features
+    from models.store import obtain_network
+
+    seeds = tuple(cfg.train.seed + r for r in range(1, runs + 1))
+    nets = [obtain_network(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=s)), dataset)[0]
+            for s in seeds]
+    others = [neuron_features(net, dataset.test, cfg.layout.influence) for net in nets]
+    particles = [make_particles(f, cfg.layout.anchors) for f in others]
+    key = jax.random.key(cfg.layout.sim.seed)
+    starts = np.stack([initial_positions(p, cfg.layout.sim.init, key) for p in particles])
+    finals = simulate_many([build_energy(p, cfg.layout.forces) for p in particles], particles[0].movable,
+                           cfg.layout.sim, starts)[:, :features.n_neurons]
+    rng = np.random.default_rng([seed, 7])
+    mine = group_centroids(positions, features.layer, features.dominant)
+    class_d, class_p, neuron_d = [], [], []
+    for other, final in zip(others, finals):
+        if not np.isfinite(final).all():
+            class_d.append(np.nan), class_p.append(np.nan), neuron_d.append(np.nan)
+            continue
+        theirs = group_centroids(final, other.layer, other.dominant)
+        shared = sorted(set(mine) & set(theirs))
+        d, p = arrangement_test(np.array([mine[g] for g in shared]), np.array([theirs[g] for g in shared]), rng,
+                                permutations)
+        class_d.append(d), class_p.append(p), neuron_d.append(matched_disparity(features, positions, other, final))
+    return Retrained(seeds, np.array(class_d), np.array(class_p), np.array(neuron_d))

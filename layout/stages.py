@@ -114,6 +114,9 @@ def check_fits_data(cfg: RunConfig, dataset: Dataset) -> None:
                           "structure.enabled=true")
     if cfg.render.color_by == "spread" and cfg.structure.stability_seeds < 2:
         raise ConfigError("render.color_by = spread needs structure.stability_seeds >= 2")
+    if cfg.render.halo and (not cfg.structure.enabled or cfg.structure.stability_seeds < 2):
+        raise ConfigError("render.halo = true needs the stability layouts: set structure.enabled=true and "
+                          "structure.stability_seeds >= 2")
     n_test = len(dataset.test.labels)
     if cfg.render.color_by == "image" and cfg.render.image_index >= n_test:
         raise ConfigError(f"render.image_index = {cfg.render.image_index} is out of range: the test set has "
@@ -319,7 +322,9 @@ def scene_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult,
     labels = laid.labels or tuple(f"step {s}   energy {e:.4g}" for s, e in zip(t.step, t.energy.sum(1)))
     return make_scene_data(t.positions, labels, laid.particles.group, laid.particles.is_anchor,
                            laid.features.output_vectors, laid.features.class_names, cfg.name,
-                           cfg.render.edges, cfg.render.size_by, colorings_for(cfg, trained, laid, structure))
+                           cfg.render.edges, cfg.render.size_by, colorings_for(cfg, trained, laid, structure),
+                           spread=structure.stability.spread if cfg.render.halo and structure and structure.stability
+                           else None)
 
 
 def render_stage(data: SceneData, cfg: RunConfig, out: Path, formats: tuple[str, ...]) -> tuple[Path, ...]:

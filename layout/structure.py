@@ -330,7 +330,12 @@ def layer_structure(x: LayerInputs, permutations_count: int, k: int, seed: int) 
 def verdict(tests: list[NullTest]) -> str:
     """'real structure' when every null is beaten at p < 0.01, 'consistent with chance' when any null
     gives p >= 0.05, 'weak evidence' otherwise; the weakest null decides."""
-    ps = [t.p for t in tests if np.isfinite(t.p)]
+    return p_verdict([t.p for t in tests])
+
+
+def p_verdict(ps: list[float]) -> str:
+    """verdict's rule for bare p-values (NaN ones left out)."""
+    ps = [p for p in ps if np.isfinite(p)]
     if not ps:
         return "undetermined"
     worst = max(ps)

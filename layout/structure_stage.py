@@ -19,6 +19,7 @@ class StructureResult:
     layers: tuple  # LayerStructure per hidden layer
     ablation: object  # Ablation or None
     stability: object  # report.Stability or None
+    retrained: object  # stability.Retrained or None
     verdicts: tuple[str, ...]
     seconds: float
     written: tuple[Path, ...]
@@ -30,7 +31,7 @@ def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, ou
     from layout.ablation import ablate
     from layout.features import hidden_activations
     from layout.report import Stability, verdicts, write_report
-    from layout.stability import relayout, stability
+    from layout.stability import relayout, retrained_stability, stability
     from layout.structure import LayerInputs, layer_structure, shuffled_columns, untrained
 
     start = time.perf_counter()
@@ -60,12 +61,16 @@ def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, ou
     if sc.stability_seeds >= 2:
         disparity, spread, _ = stability(laid.particles, cfg.layout, sc.stability_seeds)
         stable = Stability(sc.stability_seeds, disparity, spread[:f.n_neurons])
-    written = write_report(out, cfg.name, layers, ablation, stable, f.class_names)
+    retrained = None
+    if sc.retrain_runs:
+        retrained = retrained_stability(cfg, trained.dataset, f, positions, sc.retrain_runs, sc.permutations, sc.seed)
+    written = write_report(out, cfg.name, layers, ablation, stable, retrained, f.class_names)
     extra = {"ablation_drop": ablation.drop, "ablation_own_class_drop": ablation.class_drop[np.arange(f.n_neurons), f.dominant]}
     if stable is not None:
         extra["spread"] = stable.spread
     write_neurons_csv(out / "neurons.csv", f, positions, laid.distortion, net.classes, extra)
-    return StructureResult(layers, ablation, stable, tuple(verdicts(layers)), time.perf_counter() - start, written)
+    return StructureResult(layers, ablation, stable, retrained, tuple(verdicts(layers, retrained)),
+                           time.perf_counter() - start, written)
 
 
 def shuffled_label_vectors(cfg: RunConfig, trained: TrainResult, runs: int) -> np.ndarray | None:

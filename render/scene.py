@@ -14,6 +14,8 @@ import pyvista as pv
 
 from render import style
 
+HALO_OPACITY = 0.3
+
 
 @dataclass(frozen=True)
 class SceneData:
@@ -36,6 +38,7 @@ class SceneData:
     edges: np.ndarray
     edge_sign: np.ndarray
     colorings: tuple[tuple[str, np.ndarray], ...] = ()  # (caption, neuron rgb [N, 3]); () = by class
+    halo: np.ndarray | None = None  # [N] radius of a translucent halo around each neuron (None: no halos)
 
     @property
     def n_frames(self) -> int:
@@ -55,11 +58,13 @@ def activation_colorings(activations: np.ndarray, captions: tuple[str, ...]) -> 
 
 def make_scene_data(positions: np.ndarray, labels: tuple[str, ...], group: np.ndarray, is_anchor: np.ndarray,
                     vectors: np.ndarray, class_names: tuple[str, ...], name: str, edges_per_neuron: int,
-                    size_by: str, colorings: tuple[tuple[str, np.ndarray], ...] = ()) -> SceneData:
+                    size_by: str, colorings: tuple[tuple[str, np.ndarray], ...] = (),
+                    spread: np.ndarray | None = None) -> SceneData:
     """SceneData from a trajectory's frames and the neurons' output vectors [N, C].
 
     Sizes follow the output-vector norm, scaled to the final layout's spacing; with anchors present,
-    each neuron gets lines to the `edges_per_neuron` outputs with the largest |weight|."""
+    each neuron gets lines to the `edges_per_neuron` outputs with the largest |weight|. `spread` [N]
+    (positional spread in units of the layout's RMS radius) becomes a halo of that radius."""
     from scipy.spatial import cKDTree
 
     n = int((~is_anchor).sum())
@@ -73,9 +78,13 @@ def make_scene_data(positions: np.ndarray, labels: tuple[str, ...], group: np.nd
         top = np.argsort(-np.abs(vectors), axis=1)[:, :k]
         edges = np.column_stack([np.repeat(np.arange(n), k), n + top.ravel()])
         sign = np.sign(np.take_along_axis(vectors, top, 1)).ravel()
+    halo = None
+    if spread is not None:
+        rms_radius = float(np.sqrt(((final - final.mean(0)) ** 2).sum(1).mean())) or 1.0
+        halo = (np.asarray(spread, np.float32) * rms_radius).astype(np.float32)
     return SceneData(positions=np.asarray(positions, np.float32), labels=tuple(labels), group=np.asarray(group),
                      is_anchor=np.asarray(is_anchor, bool), radius=radius, class_names=tuple(class_names),
-                     name=name, edges=edges, edge_sign=sign, colorings=tuple(colorings))
+                     name=name, edges=edges, edge_sign=sign, colorings=tuple(colorings), halo=halo)
 
 
 @dataclass
@@ -84,6 +93,7 @@ class Scene:
 
     plotter: pv.Plotter
     neurons: pv.PolyData
+    halos: pv.PolyData | None
     anchors: pv.PolyData | None
     labels: list | None  # the anchors' text actors
     edges: pv.PolyData | None
@@ -97,10 +107,11 @@ def point_cloud(points: np.ndarray, groups: np.ndarray, radius: np.ndarray) -> p
     return cloud
 
 
-def add_spheres(plotter: pv.Plotter, cloud: pv.PolyData):
-    """All points of `cloud` as shaded spheres of their own radius and colour, in one actor."""
+def add_spheres(plotter: pv.Plotter, cloud: pv.PolyData, spheres: bool = True, opacity: float = 1.0):
+    """All points of `cloud` as shaded spheres of their own radius and colour, in one actor; or, with
+    spheres=False, as gaussian glows whose sd is that radius."""
     actor = plotter.add_points(cloud, style="points_gaussian", scalars="rgb", rgb=True, emissive=False,
-                               render_points_as_spheres=True, show_scalar_bar=False)
+                               render_points_as_spheres=spheres, show_scalar_bar=False, opacity=opacity)
     actor.mapper.scale_array = "radius"
     actor.mapper.scale_factor = 1.0
     return actor
@@ -121,6 +132,10 @@ def build_scene(plotter: pv.Plotter, data: SceneData) -> Scene:
     neuron = ~data.is_anchor
     neurons = point_cloud(first[neuron], data.group[neuron], data.radius[neuron])
     add_spheres(plotter, neurons)
+    halos = None
+    if data.halo is not None:  # soft translucent glows in the neuron's class colour
+        halos = point_cloud(first[neuron], data.group[neuron], data.halo / 2)  # VTK's splat: sd = the scale
+        add_spheres(plotter, halos, spheres=False, opacity=HALO_OPACITY)
     anchors = labels = None
     if data.is_anchor.any():
         anchors = point_cloud(first[data.is_anchor], data.group[data.is_anchor], data.radius[data.is_anchor])
@@ -146,7 +161,7 @@ def build_scene(plotter: pv.Plotter, data: SceneData) -> Scene:
     title = plotter.add_text(style.frame_title(data.name, data.labels[0]), position=(8, height - 26),
                              font_size=12, color=style.TEXT_COLOR)
     frame_camera(plotter, data.positions)
-    scene = Scene(plotter, neurons, anchors, labels, edges, title)
+    scene = Scene(plotter, neurons, halos, anchors, labels, edges, title)
     if anchors is not None:  # labels follow their anchors through frames, orbits and mouse moves
         plotter.renderer.AddObserver("StartEvent", lambda *_: place_labels(scene, np.asarray(anchors.points)))
     return scene
@@ -170,6 +185,8 @@ def show_frame(scene: Scene, data: SceneData, t: int, coloring: int = 0) -> None
     is added or removed."""
     points = data.positions[t]
     scene.neurons.points = points[~data.is_anchor]
+    if scene.halos is not None:
+        scene.halos.points = points[~data.is_anchor]
     caption = ""
     if data.colorings:
         caption, rgb = data.colorings[coloring % len(data.colorings)]

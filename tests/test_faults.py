@@ -277,6 +277,18 @@ def test_an_image_index_beyond_the_test_set_fails_before_training(tmp_path, shar
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("settings, message", [
+    (("render.halo=true", "structure.stability_seeds=0"), "render.halo = true needs the stability layouts"),
+    (("render.color_by=spread", "structure.enabled=false"), "render.color_by = spread needs the structure tests"),
+])
+def test_halos_or_spread_colours_without_stability_layouts_fail_before_training(tmp_path, shared_data, settings,
+                                                                                 message):
+    code, out, err = run_with("--out", str(tmp_path / "out"), *(a for s in settings for a in ("--set", s)),
+                              shared_data=shared_data)
+    assert code == 2 and out == [] and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the limit is set between fork and exec
 def test_a_full_disk_during_export_removes_the_partial_movie_and_keeps_the_earlier_one(tmp_path, shared_data):
     """A real write failure: the process may write at most 60 kB per file (RLIMIT_FSIZE), as on a

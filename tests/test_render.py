@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = RenderConfig(width=320, height=240, fps=10, settle_seconds=1.0, orbit_seconds=1.0)
 
 
-def tiny_data(n_frames: int = 6, seed: int = 0):
+def tiny_data(n_frames: int = 6, seed: int = 0, spread=None):
     """12 neurons of 3 classes drifting apart, and 3 free anchors."""
     rng = np.random.default_rng(seed)
     start = rng.normal(scale=0.3, size=(15, 3))
@@ -34,7 +34,7 @@ def tiny_data(n_frames: int = 6, seed: int = 0):
     group = np.concatenate([np.repeat(np.arange(3), 4), np.arange(3)])
     return make_scene_data(positions.astype(np.float32), tuple(f"step {i}" for i in range(n_frames)), group,
                            np.arange(15) >= 12, vectors, ("zero", "one", "two"), "tiny", edges_per_neuron=1,
-                           size_by="norm")
+                           size_by="norm", spread=spread)
 
 
 def decode_mp4(path: Path) -> list[np.ndarray]:
@@ -68,6 +68,28 @@ def test_offscreen_render_is_not_blank_and_shows_the_legend_colours(scene):
     for color in style.CLASS_COLORS[:3]:
         assert has_color(image, color), color
     assert not has_color(image, style.CLASS_COLORS[4])  # only the classes present are in the legend
+
+
+def drawn(image: np.ndarray) -> np.ndarray:
+    return np.abs(image.astype(int) - style.hex_to_rgb("#FFFFFF")).max(-1) > 8
+
+
+def test_halos_show_each_neurons_spread_and_move_with_it():
+    images = {}
+    for name, spread in (("none", None), ("zero", np.zeros(12)), ("wide", np.full(12, 0.25))):
+        data = tiny_data(spread=spread)
+        s = offscreen_scene(data, SMALL)
+        images[name] = list(render_shots(s, data, [Shot(0, 0.0), Shot(data.n_frames - 1, 0.0)]))
+        s.plotter.close()
+    covered = {name: drawn(frames[1]).mean() for name, frames in images.items()}
+    assert covered["wide"] > 1.5 * covered["none"]  # halos a quarter of the layout's radius wide
+    assert covered["zero"] < 1.05 * covered["none"]  # no spread, no halo
+    halo_only = drawn(images["wide"][1]) & ~drawn(images["none"][1])
+    assert halo_only.sum() > 500
+    pale = images["wide"][1][halo_only].astype(int).min(-1).mean()
+    assert pale > 120  # translucent over the white background, not solid class colours
+    first_halos = drawn(images["wide"][0]) & ~drawn(images["none"][0])
+    assert (first_halos != halo_only).mean() > 0.01  # they follow the neurons from frame to frame
 
 
 def test_moving_points_changes_the_image(scene):

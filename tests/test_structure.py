@@ -3,6 +3,7 @@ tests, ablation of a hand-built network, stability, and the report of a real run
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -175,11 +176,44 @@ def test_stability_of_a_deterministic_layout_and_the_relayout_null():
     assert positions.shape == (2, n, 3) and (labels[1] == vectors[::-1].argmax(1)).all()
 
 
+def test_a_reproduced_arrangement_is_told_from_a_relabelled_one():
+    from scipy.spatial.transform import Rotation
+
+    from layout.stability import arrangement_test, matched_disparity
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(10, 3))
+    turned = 2.5 * a @ Rotation.random(random_state=1).as_matrix() + 1.0  # same arrangement, moved and scaled
+    d, p = arrangement_test(a, turned + 0.05 * rng.normal(size=a.shape), rng, 999)
+    assert d < 0.01 and p == 0.001
+    d, p = arrangement_test(a, rng.normal(size=(10, 3)), rng, 999)
+    assert d > 0.3 and p > 0.05
+    # the same network with its neurons in another order, laid out turned: matching undoes both
+    features = inputs_features(planted_vectors(40, 0))
+    order = rng.permutation(40)
+    shuffled = dataclasses.replace(features, output_vectors=features.output_vectors[order], layer=features.layer[order])
+    positions = rng.normal(size=(40, 3))
+    assert matched_disparity(features, positions, shuffled, turned_positions := positions[order] @ Rotation.random(
+        random_state=2).as_matrix()) < 1e-6
+    assert matched_disparity(features, positions, shuffled, rng.permutation(turned_positions)) > 0.3
+
+
+def inputs_features(vectors: np.ndarray):
+    from layout.features import NeuronFeatures
+
+    n, c = vectors.shape
+    return NeuronFeatures(output_vectors=vectors, dominant=vectors.argmax(1), activation_dominant=vectors.argmax(1),
+                          class_activation=np.zeros((n, c), np.float32), receptive_fields=np.zeros((n, 1, 1)),
+                          layer=np.zeros(n, int), index=np.arange(n), class_names=tuple(map(str, range(c))),
+                          influence="weights")
+
+
 @pytest.fixture(scope="module")
 def euclid_run(tmp_path_factory, shared_data):
     out = tmp_path_factory.mktemp("euclid")
     result = subprocess.run([sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window", "--export",
-                             "none", "--out", str(out), "--data-dir", str(shared_data)], cwd=REPO, capture_output=True,
+                             "none", "--out", str(out), "--data-dir", str(shared_data),
+                             "--set", "structure.retrain_runs=1"], cwd=REPO, capture_output=True,
                             text=True, timeout=600, env={**os.environ})
     assert result.returncode == 0, result.stderr
     return out, result.stdout
@@ -200,3 +234,8 @@ def test_the_euclid_run_reports_its_nulls_p_values_and_verdict(euclid_run):
     assert (out / "structure_layer1.png").stat().st_size > 10_000
     header = (out / "neurons.csv").read_text().splitlines()[0].split(",")
     assert header[-3:] == ["ablation_drop", "ablation_own_class_drop", "spread"]
+    retrained = summary["retrained"]  # structure.retrain_runs=1: one more network, train seed 1
+    assert retrained["train_seeds"] == [1] and 0 < retrained["class_p"][0] <= 1
+    assert 0 <= retrained["class_disparity"][0] <= 1 and 0 <= retrained["neuron_disparity"][0] <= 1
+    assert summary["verdicts"][-1].startswith("class arrangement in 3D across 1 retraining (train seed 1)")
+    assert summary["verdicts"][-1] in stdout and "## Stability across retraining" in report
