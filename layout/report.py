@@ -10,7 +10,7 @@ import numpy as np
 
 from layout.ablation import Ablation
 from layout.stability import Retrained
-from layout.files import atomic_path, write_json, write_text
+from layout.files import atomic_path, write_atomic, write_json, write_text
 from layout.structure import LayerStructure, clean, headline, p_text, p_verdict, verdict
 
 NULL_WORDS = {
@@ -171,8 +171,17 @@ def plot_layer(path: Path, layer: LayerStructure) -> Path:
     return path
 
 
-def write_report(out: Path, name: str, layers, ablation, stability, retrained, class_names) -> tuple[Path, ...]:
-    plots = [plot_layer(out / f"structure_layer{l.layer + 1}.png", l) for l in layers if l.tests]
+def write_report(out: Path, name: str, layers, ablation, stability, retrained, class_names,
+                 plots_png: dict[int, bytes] | None = None) -> tuple[Path, ...]:
+    """structure.json, report.md and a plot per tested layer; `plots_png` (layer -> PNG bytes, from an
+    earlier run of the same tests) is written instead of plotting again."""
+    def plot(layer: LayerStructure) -> Path:
+        path = out / f"structure_layer{layer.layer + 1}.png"
+        if plots_png and layer.layer in plots_png:
+            return write_atomic(path, lambda f: f.write(plots_png[layer.layer]))
+        return plot_layer(path, layer)
+
+    plots = [plot(l) for l in layers if l.tests]
     summary = structure_json(layers, ablation, stability, retrained, class_names)
     return (write_json(out / "structure.json", summary),
             write_text(out / "report.md", markdown(summary, name, [p.name for p in plots])), *plots)

@@ -88,9 +88,11 @@ def pipeline(args: argparse.Namespace) -> int:
     print(training_summary(trained))
     laid = layout_stage(cfg, trained, out, relayout=args.retrain, trajectory_file=args.trajectory)
     print(layout_summary(laid))
-    structure = structure_stage(cfg, trained, laid, out) if cfg.structure.enabled else None
+    structure = structure_stage(cfg, trained, laid, out, retest=args.retrain) if cfg.structure.enabled else None
     if structure is not None:
-        print(f"structure tests ({structure.seconds:.1f} s, details in report.md):\n  " + "\n  ".join(structure.verdicts))
+        how = "reused from cache, " if structure.reused else ""
+        print(f"structure tests ({how}{structure.seconds:.1f} s, details in report.md):\n  "
+              + "\n  ".join(structure.verdicts))
     metrics = write_json(out / "metrics.json", run_figures(trained, laid, structure))
     scene = scene_for(cfg, trained, laid, structure)  # built once for the exports and the window
     exported = render_stage(scene, cfg, out, formats) if formats else ()
@@ -108,7 +110,8 @@ def run_figures(trained, laid, structure) -> dict:
     """metrics.json of a run: the training figures, "layout" and (when tested) "structure"."""
     figures = {**trained.figures, "layout": laid.figures}
     if structure is not None:
-        figures["structure"] = {"verdicts": list(structure.verdicts), "seconds": structure.seconds}
+        figures["structure"] = {"verdicts": list(structure.verdicts), "seconds": structure.seconds,
+                                "reused": structure.reused}
     return figures
 
 

@@ -1,9 +1,11 @@
 """The structure stage: after the layout, test the class structure against nulls, ablate, check the
-layout's stability, and write report.md, structure.json, the null plots and neurons.csv again with the
-per-neuron results. Nothing here prints."""
+layout's stability (or reuse the results of an earlier run of the same layout), and write report.md,
+structure.json, the null plots and neurons.csv again with the per-neuron results. Nothing here prints."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +25,56 @@ class StructureResult:
     verdicts: tuple[str, ...]
     seconds: float
     written: tuple[Path, ...]
+    reused: bool = False  # the results came from the cache
 
 
-def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: Path) -> StructureResult:
+def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: Path, *,
+                    retest: bool = False) -> StructureResult:
     """Test the network's class structure against nulls, ablate, check the layout's stability; write
-    structure.json, report.md, the null plots, and neurons.csv again with the per-neuron results."""
-    from layout.ablation import ablate
-    from layout.features import hidden_activations
-    from layout.report import Stability, verdicts, write_report
-    from layout.stability import relayout, retrained_stability, stability
-    from layout.structure import LayerInputs, layer_structure, shuffled_columns, untrained
+    structure.json, report.md, the null plots, and neurons.csv again with the per-neuron results.
+
+    The results are reused from <cache>/structure/ when the network, its layout and the structure
+    settings are unchanged (unless `retest`)."""
+    from layout.config import fingerprint
+    from layout.files import cache_dir
+    from layout.report import verdicts, write_report
+    from layout.structure_cache import load_tested, save_tested
 
     start = time.perf_counter()
+    f = laid.features
+    positions = laid.trajectory.final[:f.n_neurons]
+    key = fingerprint({"version": 1, "network": trained.figures["network_key"], "layout": laid.figures["layout_key"],
+                       "positions": hashlib.sha256(np.ascontiguousarray(positions).tobytes()).hexdigest(),
+                       "structure": cfg.structure})[:20]
+    cached = cache_dir() / "structure" / f"{key}.npz"
+    tested = None if retest else load_tested(cached)
+    reused = tested is not None
+    if tested is None:
+        tested = run_structure_tests(cfg, trained, laid)
+    written = write_report(out, cfg.name, tested.layers, tested.ablation, tested.stability, tested.retrained,
+                           f.class_names, tested.plots_png)
+    if not reused or not tested.plots_png:  # (an entry without its plots gets them)
+        plots = {l.layer: (out / f"structure_layer{l.layer + 1}.png").read_bytes() for l in tested.layers if l.tests}
+        save_tested(cached, dataclasses.replace(tested, plots_png=plots))
+    a = tested.ablation
+    extra = {"ablation_drop": a.drop, "ablation_own_class_drop": a.class_drop[np.arange(f.n_neurons), f.dominant]}
+    if tested.stability is not None:
+        extra["spread"] = tested.stability.spread
+    write_neurons_csv(out / "neurons.csv", f, positions, laid.distortion, trained.network.classes, extra)
+    return StructureResult(tested.layers, a, tested.stability, tested.retrained,
+                           tuple(verdicts(tested.layers, tested.retrained)), time.perf_counter() - start, written,
+                           reused)
+
+
+def run_structure_tests(cfg: RunConfig, trained: TrainResult, laid: LayoutResult):
+    """Every structure test of the network and its layout (structure_cache.Tested)."""
+    from layout.ablation import ablate
+    from layout.features import hidden_activations
+    from layout.report import Stability
+    from layout.stability import relayout, retrained_stability, stability
+    from layout.structure import LayerInputs, layer_structure, shuffled_columns, untrained
+    from layout.structure_cache import Tested
+
     sc, f, net = cfg.structure, laid.features, trained.network
     test = trained.dataset.test
     activations = hidden_activations(net, test.images)
@@ -64,13 +104,7 @@ def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, ou
     retrained = None
     if sc.retrain_runs:
         retrained = retrained_stability(cfg, trained.dataset, f, positions, sc.retrain_runs, sc.permutations, sc.seed)
-    written = write_report(out, cfg.name, layers, ablation, stable, retrained, f.class_names)
-    extra = {"ablation_drop": ablation.drop, "ablation_own_class_drop": ablation.class_drop[np.arange(f.n_neurons), f.dominant]}
-    if stable is not None:
-        extra["spread"] = stable.spread
-    write_neurons_csv(out / "neurons.csv", f, positions, laid.distortion, net.classes, extra)
-    return StructureResult(layers, ablation, stable, retrained, tuple(verdicts(layers, retrained)),
-                           time.perf_counter() - start, written)
+    return Tested(layers, ablation, stable, retrained)
 
 
 def shuffled_label_vectors(cfg: RunConfig, trained: TrainResult, runs: int) -> np.ndarray | None:

@@ -185,7 +185,7 @@ def run_point(cfg: RunConfig, out: Path, retrain: bool) -> tuple[list[dict], Pat
 
     trained = training_stage(cfg, out, retrain=retrain)
     laid = layout_stage(cfg, trained, out, relayout=retrain)
-    structure = structure_stage(cfg, trained, laid, out)
+    structure = structure_stage(cfg, trained, laid, out, retest=retrain)
     write_json(out / "metrics.json", run_figures(trained, laid, structure))
     snapshot = render_stage(scene_for(cfg, trained, laid, structure), cfg, out, ("png",))
     net, f = trained.network, laid.features
