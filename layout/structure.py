@@ -100,6 +100,7 @@ def clean(x: float) -> float | None:
 # Statistics (jax, one sample; vmapped over null samples)
 
 
+@jax.jit
 def pairwise_distances(points: jax.Array) -> jax.Array:
     """[n, n] Euclidean distances, zero diagonal."""
     sq = (points * points).sum(1)
@@ -192,8 +193,13 @@ def _label_nulls(d, near, labels, orders, n_classes):
 
 
 def observed_statistics(points: np.ndarray, labels: np.ndarray, n_classes: int, k: int) -> np.ndarray:
-    d = pairwise_distances(jnp.asarray(points, jnp.float32))
-    return np.asarray(class_statistics(d, nearest(d, k), jnp.asarray(labels), n_classes))
+    return np.asarray(_observed_statistics(jnp.asarray(points, jnp.float32), jnp.asarray(labels), n_classes, k))
+
+
+@partial(jax.jit, static_argnames=("n_classes", "k"))
+def _observed_statistics(points, labels, n_classes, k):  # compiled once per shape: called once per relayout
+    d = pairwise_distances(points)
+    return class_statistics(d, nearest(d, k), labels, n_classes)
 
 
 # ---------------------------------------------------------------------------------------------
