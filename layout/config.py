@@ -180,8 +180,8 @@ class StructureConfig:
     enabled: bool = option(True, "test the structure against nulls and write report.md and structure.json")
     permutations: int = option(1000, "null samples per permutation test (shuffles and random initialisations)",
                                ge=19)
-    layout_nulls: int = option(19, "null networks laid out again by the same simulation, for the 3D tests "
-                                   "(p >= 1 / (n + 1))", ge=0)
+    layout_nulls: int = option(99, "null networks laid out again by the same simulation, for the 3D tests "
+                                   "(p >= 1 / (n + 1): 99 can show p = 0.01)", ge=0)
     k: int = option(10, "neighbours for the neighbourhood hit", ge=1)
     stability_seeds: int = option(5, "layouts from random starts (seeds 0..n-1) aligned by Procrustes "
                                      "(0 or 1: no stability)", ge=0)

@@ -333,10 +333,21 @@ def layer_structure(x: LayerInputs, permutations_count: int, k: int, seed: int) 
 # Verdicts
 
 
+REAL_P, CHANCE_P = 0.01, 0.05
+NULL_SETTING = {"relayout_shuffled_columns": "layout_nulls", "relayout_untrained": "layout_nulls",
+                "shuffled_labels": "shuffled_label_runs"}  # the structure key that sets each null's count
+
+
+def decisive(tests: list[NullTest]) -> list[NullTest]:
+    """The tests with enough null samples to decide at all: at least 19, so that p can reach 0.05 (a
+    null of 3 networks trained on shuffled labels gives p >= 0.25 however extreme the observation)."""
+    return [t for t in tests if t.n and 1 / (t.n + 1) <= CHANCE_P]
+
+
 def verdict(tests: list[NullTest]) -> str:
-    """'real structure' when every null is beaten at p < 0.01, 'consistent with chance' when any null
-    gives p >= 0.05, 'weak evidence' otherwise; the weakest null decides."""
-    return p_verdict([t.p for t in tests])
+    """'real structure' when every null is beaten at p <= 0.01, 'consistent with chance' when any null
+    gives p > 0.05, 'weak evidence' otherwise; the weakest null with enough samples decides."""
+    return p_verdict([t.p for t in decisive(tests)])
 
 
 def p_verdict(ps: list[float]) -> str:
@@ -345,7 +356,7 @@ def p_verdict(ps: list[float]) -> str:
     if not ps:
         return "undetermined"
     worst = max(ps)
-    return "real structure" if worst < 0.01 else "consistent with chance" if worst >= 0.05 else "weak evidence"
+    return "real structure" if worst <= REAL_P else "consistent with chance" if worst > CHANCE_P else "weak evidence"
 
 
 def p_text(p: float, n: int) -> str:
@@ -358,12 +369,17 @@ def p_text(p: float, n: int) -> str:
 
 def headline(layer: LayerStructure, space: str) -> str:
     """One sentence on dominance clustering in one space, e.g. 'dominance clustering in 3D: silhouette
-    0.31, null 0.02 +/- 0.03 (untrained), p <= 0.001: real structure'."""
-    tests = layer.find("silhouette", space)
+    0.31, null 0.02 +/- 0.03 (untrained), p <= 0.001: real structure'; when the weakest null beat by
+    every sample has too few samples to reach p <= 0.01, it says which setting to raise."""
+    tests = decisive(layer.find("silhouette", space))
     where = "3D" if space == "layout" else "output-vector space"
     if not tests:
-        return f"dominance clustering in {where}: not tested"
+        return f"dominance clustering in {where}: not tested (no null with at least 19 samples)"
     weakest = max(tests, key=lambda t: (t.p if np.isfinite(t.p) else 2))
-    return (f"dominance clustering in {where}: silhouette {weakest.observed:.3f}, null {weakest.null_mean:.3f} "
+    text = (f"dominance clustering in {where}: silhouette {weakest.observed:.3f}, null {weakest.null_mean:.3f} "
             f"+/- {weakest.null_sd:.3f} ({weakest.null}, the weakest of {len(tests)} nulls), "
             f"{p_text(weakest.p, weakest.n)}: {verdict(tests)}")
+    if weakest.p <= 1 / (weakest.n + 1) and weakest.p > REAL_P:
+        text += (f" (every one of its {weakest.n} samples is beaten, the most they can show: raise "
+                 f"structure.{NULL_SETTING.get(weakest.null, 'permutations')} for a firmer verdict)")
+    return text

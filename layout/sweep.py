@@ -157,7 +157,7 @@ TESTS = {  # column -> (statistic, space, labels) of the test; the p is the weak
 def layer_rows(layer_structures, activations: list[np.ndarray], network, vectors: list[np.ndarray]) -> list[dict]:
     """A row per hidden layer: its size, dead fraction, sparsity of the weights into it, dedication, and
     each test's observed value with the weakest null's p-value."""
-    from layout.structure import verdict
+    from layout.structure import decisive, verdict
 
     rows = []
     for s in layer_structures:
@@ -166,7 +166,7 @@ def layer_rows(layer_structures, activations: list[np.ndarray], network, vectors
                "weight_sparsity_in": weight_sparsity(network.weights[l]), "dedication": dedication(vectors[l])}
         for column, (statistic, space, labels) in TESTS.items():
             tests = [t for t in s.tests if (t.statistic, t.space, t.labels) == (statistic, space, labels)]
-            weakest = max(tests, key=lambda t: t.p if np.isfinite(t.p) else 2, default=None)
+            weakest = max(decisive(tests) or tests, key=lambda t: t.p if np.isfinite(t.p) else 2, default=None)
             row[column] = weakest.observed if weakest else float("nan")
             row[f"{column}_p"] = weakest.p if weakest else float("nan")
         row["verdict_output"] = verdict(s.find("silhouette", "output"))

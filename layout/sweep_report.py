@@ -75,7 +75,7 @@ def markdown(name: str, keys: tuple[str, ...], rows: list[dict]) -> str:
              "networks; see each point's report.md).", "", per_point, ""]
     if SEED_KEY in keys and len({r[SEED_KEY] for r in rows}) > 1:
         parts += [f"## Over {SEED_KEY}", "", "Mean +/- sd over the seeds; 'real' counts the seeds whose dominance "
-                  "clustering beats every null at p < 0.01.", "", seed_summary(keys, rows), ""]
+                  "clustering beats every null at p <= 0.01.", "", seed_summary(keys, rows), ""]
     parts += ["## Columns", "", *(f"- `{k}`: {v}" for k, v in MEANINGS.items()), ""]
     return "\n".join(parts)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layout.structure import (LayerInputs, NullTest, class_statistics, layer_structure, mantel, nearest,
-                              pairwise_distances, permutations, verdict)
+from layout.structure import (LayerInputs, LayerStructure, NullTest, class_statistics, headline, layer_structure,
+                              mantel, nearest, pairwise_distances, permutations, verdict)
 
 REPO = Path(__file__).resolve().parents[1]
 C = 10
@@ -97,6 +97,21 @@ def test_activation_labels_from_another_source_are_tested_by_label_permutation()
     agreement = {t.statistic: t for t in planted.tests}["agreement"]
     assert agreement.observed == 1.0 and agreement.p < 0.01
     assert planted.confusion.trace() == 100
+
+
+def test_a_verdict_needs_null_samples_enough_to_decide():
+    def beaten(null: str, n: int) -> NullTest:  # every null sample below the observed silhouette
+        return NullTest("silhouette", "layout", "dominant", null, 0.5, np.linspace(-0.1, 0.1, n))
+
+    assert beaten("relayout_untrained", 99).p == 0.01 and verdict([beaten("relayout_untrained", 99)]) == "real structure"
+    assert beaten("relayout_untrained", 19).p == 0.05 and verdict([beaten("relayout_untrained", 19)]) == "weak evidence"
+    few = beaten("shuffled_labels", 3)  # p = 0.25 at best: it cannot decide, so it does not
+    assert verdict([beaten("untrained", 999), few]) == "real structure" and verdict([few]) == "undetermined"
+    line = headline(LayerStructure(0, 40, (beaten("relayout_untrained", 19), few), None), "layout")
+    assert line.endswith("weak evidence (every one of its 19 samples is beaten, the most they can show: raise "
+                         "structure.layout_nulls for a firmer verdict)")
+    chance = NullTest("silhouette", "layout", "dominant", "untrained", 0.0, np.linspace(-0.1, 0.1, 99))
+    assert verdict([beaten("relayout_untrained", 99), chance]) == "consistent with chance"  # the weakest decides
 
 
 def test_mantel_finds_a_planted_correlation_and_not_an_absent_one():
