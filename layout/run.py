@@ -106,6 +106,27 @@ def pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def sweep_pipeline(args: argparse.Namespace) -> int:
+    """`python -m layout.sweep`: every point's config checked first, then one line per finished point."""
+    from layout.config import RunConfig
+    from layout.sweep import point_configs, point_summary, read_sweep, run_points, write_sweep
+
+    sweep = read_sweep(args.config)
+    configs = point_configs(sweep, tuple(args.set), args.data_dir)
+    out = output_dir(argparse.Namespace(out=args.out), RunConfig(name=sweep.name))
+    results = []
+    for result in run_points(sweep, configs, out, args.retrain):
+        results.append(result)
+        print(point_summary(result, len(configs)), flush=True)
+    print("wrote " + ", ".join(map(str, write_sweep(out, sweep, results))))
+    return 0
+
+
+def sweep_main(argv: list[str] | None = None) -> int:
+    return run_command(sweep_pipeline, argv, prog="python -m layout.sweep",
+                       description="Run the pipeline over a grid of configs; compare accuracy, sparsity and structure.")
+
+
 def run_figures(trained, laid, structure) -> dict:
     """metrics.json of a run: the training figures, "layout" and (when tested) "structure"."""
     figures = {**trained.figures, "layout": laid.figures}

@@ -17,12 +17,12 @@ layout). Every point's config is checked before the first one runs.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -203,40 +203,48 @@ def sheet_title(i: int, point: dict, rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The command
+# The whole sweep (layout/run.py's sweep command prints as it goes)
 
 
-def sweep_command(args: argparse.Namespace) -> int:
-    from layout.cli import output_dir
-    from layout.sweep_report import contact_sheet, write_tables
+@dataclass(frozen=True)
+class PointResult:
+    index: int
+    point: dict
+    rows: list  # its layer rows, each with the point's grid values
+    snapshot: Path | None
 
-    sweep = read_sweep(args.config)
-    configs = point_configs(sweep, tuple(args.set), args.data_dir)
+
+def run_points(sweep: Sweep, configs: list[RunConfig], out: Path, retrain: bool) -> Iterator[PointResult]:
+    """Run every point into <out>/points/<id>/, yielding each result as it finishes."""
     if not all(cfg.structure.enabled for cfg in configs):
         raise ConfigError("a sweep compares structure statistics: leave structure.enabled true")
-    out = output_dir(argparse.Namespace(out=args.out), RunConfig(name=sweep.name))
-    points = sweep.points()
-    rows, snapshots, titles = [], [], []
-    for i, (point, cfg) in enumerate(zip(points, configs)):
-        point_rows, snapshot = run_point(cfg, out / "points" / f"{i:02d}", args.retrain)
-        rows += [{"point": i, **point, **row} for row in point_rows]
-        snapshots.append(snapshot)
-        titles.append(sheet_title(i, point, point_rows))
-        print(f"point {i + 1}/{len(points)} ({point_label(point)}): test accuracy "
-              f"{point_rows[0]['test_accuracy']:.4f}; " + "; ".join(
-                  f"layer {r['layer']}: 3D {r['verdict_3d']}, output space {r['verdict_output']}" for r in point_rows),
-              flush=True)
-    written = write_tables(out, sweep.name, sweep.keys, rows)
-    written += (contact_sheet(out / "contact_sheet.png", snapshots, titles, SHEET_COLUMNS),)
-    print("wrote " + ", ".join(map(str, written)))
-    return 0
+    for i, (point, cfg) in enumerate(zip(sweep.points(), configs)):
+        rows, snapshot = run_point(cfg, out / "points" / f"{i:02d}", retrain)
+        yield PointResult(i, point, [{"point": i, **point, **row} for row in rows], snapshot)
+
+
+def point_summary(result: PointResult, total: int) -> str:
+    """One line per finished point: its values, accuracy and verdicts."""
+    rows = result.rows
+    return (f"point {result.index + 1}/{total} ({point_label(result.point)}): test accuracy "
+            f"{rows[0]['test_accuracy']:.4f}; " + "; ".join(
+                f"layer {r['layer']}: 3D {r['verdict_3d']}, output space {r['verdict_output']}" for r in rows))
+
+
+def write_sweep(out: Path, sweep: Sweep, results: list[PointResult]) -> tuple[Path, ...]:
+    """sweep.csv, sweep.md and contact_sheet.png."""
+    from layout.sweep_report import contact_sheet, write_tables
+
+    rows = [row for r in results for row in r.rows]
+    sheet = contact_sheet(out / "contact_sheet.png", [r.snapshot for r in results],
+                          [sheet_title(r.index, r.point, r.rows) for r in results], SHEET_COLUMNS)
+    return write_tables(out, sweep.name, sweep.keys, rows) + (sheet,)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from layout.run import run_command
+    from layout.run import sweep_main
 
-    return run_command(sweep_command, argv, prog="python -m layout.sweep",
-                       description="Run the pipeline over a grid of configs; compare accuracy, sparsity and structure.")
+    return sweep_main(argv)
 
 
 if __name__ == "__main__":
