@@ -26,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-from layout.config import RunConfig, load_config, read_yaml_mapping, valid_paths
+from layout.config import RunConfig, load_config, read_yaml_mapping, unknown_key_message, valid_paths
 from layout.errors import ConfigError
 
 DEAD_SD = 1e-3  # a hidden neuron is dead when its activation varies less than this over the test set
@@ -84,8 +84,6 @@ def mapping(raw, path: Path, section: str) -> dict:
     known = set(valid_paths())
     for key in raw:
         if str(key) not in known:
-            from layout.config import unknown_key_message
-
             raise ConfigError(f"sweep file '{path}': {section}: {unknown_key_message(str(key))}")
     return {str(k): v for k, v in raw.items()}
 
