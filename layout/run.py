@@ -119,6 +119,11 @@ def sweep_pipeline(args: argparse.Namespace) -> int:
         results.append(result)
         print(point_summary(result, len(configs)), flush=True)
     print("wrote " + ", ".join(map(str, write_sweep(out, sweep, results))))
+    failed = [r for r in results if r.error]
+    if failed:
+        print(f"error: {len(failed)} of {len(results)} points failed (listed in sweep.md); the others are in the "
+              "table", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from layout.config import RunConfig, load_config, read_yaml_mapping, unknown_key_message, valid_paths
-from layout.errors import ConfigError
+from layout.errors import ConfigError, UserError
 
 DEAD_SD = 1e-3  # a hidden neuron is dead when its activation varies less than this over the test set
 SPARSE_FRACTION = 0.01  # a weight counts as zero when |w| < this x the largest |w| of its matrix
@@ -194,8 +194,11 @@ def run_point(cfg: RunConfig, out: Path, retrain: bool) -> tuple[list[dict], Pat
     return rows, snapshot[0] if snapshot else None
 
 
-def sheet_title(i: int, point: dict, rows: list[dict]) -> str:
-    """A contact-sheet caption: the point, its accuracy and each layer's 3D silhouette with its p."""
+def sheet_title(i: int, point: dict, rows: list[dict], error: str | None = None) -> str:
+    """A contact-sheet caption: the point, its accuracy and each layer's 3D silhouette with its p (or
+    why it failed)."""
+    if error:
+        return f"{i:02d}: {point_label(point)}\nfailed: {error}"
     layers = ", ".join(f"L{r['layer']} {r['silhouette_3d']:.2f} (p {r['silhouette_3d_p']:.2g})" for r in rows)
     return f"{i:02d}: {point_label(point)}\naccuracy {rows[0]['test_accuracy']:.3f}; 3D silhouette {layers}"
 
@@ -208,8 +211,9 @@ def sheet_title(i: int, point: dict, rows: list[dict]) -> str:
 class PointResult:
     index: int
     point: dict
-    rows: list  # its layer rows, each with the point's grid values
+    rows: list  # its layer rows, each with the point's grid values (empty if it failed)
     snapshot: Path | None
+    error: str | None = None  # why the point failed (a diverging training, say); the sweep goes on
 
 
 def run_points(sweep: Sweep, configs: list[RunConfig], out: Path, retrain: bool) -> Iterator[PointResult]:
@@ -217,13 +221,19 @@ def run_points(sweep: Sweep, configs: list[RunConfig], out: Path, retrain: bool)
     if not all(cfg.structure.enabled for cfg in configs):
         raise ConfigError("a sweep compares structure statistics: leave structure.enabled true")
     for i, (point, cfg) in enumerate(zip(sweep.points(), configs)):
-        rows, snapshot = run_point(cfg, out / "points" / f"{i:02d}", retrain)
+        try:
+            rows, snapshot = run_point(cfg, out / "points" / f"{i:02d}", retrain)
+        except UserError as e:  # one point's failure (a diverging training, say) does not end the sweep
+            yield PointResult(i, point, [], None, str(e))
+            continue
         yield PointResult(i, point, [{"point": i, **point, **row} for row in rows], snapshot)
 
 
 def point_summary(result: PointResult, total: int) -> str:
     """One line per finished point: its values, accuracy and verdicts."""
     rows = result.rows
+    if result.error:
+        return f"point {result.index + 1}/{total} ({point_label(result.point)}): failed: {result.error}"
     return (f"point {result.index + 1}/{total} ({point_label(result.point)}): test accuracy "
             f"{rows[0]['test_accuracy']:.4f}; " + "; ".join(
                 f"layer {r['layer']}: 3D {r['verdict_3d']}, output space {r['verdict_output']}" for r in rows))
@@ -234,9 +244,10 @@ def write_sweep(out: Path, sweep: Sweep, results: list[PointResult]) -> tuple[Pa
     from layout.sweep_report import contact_sheet, write_tables
 
     rows = [row for r in results for row in r.rows]
+    failed = [{"point": r.index, **r.point, "error": r.error} for r in results if r.error]
     sheet = contact_sheet(out / "contact_sheet.png", [r.snapshot for r in results],
-                          [sheet_title(r.index, r.point, r.rows) for r in results], SHEET_COLUMNS)
-    return write_tables(out, sweep.name, sweep.keys, rows) + (sheet,)
+                          [sheet_title(r.index, r.point, r.rows, r.error) for r in results], SHEET_COLUMNS)
+    return write_tables(out, sweep.name, sweep.keys, rows, failed) + (sheet,)
 
 
 def main(argv: list[str] | None = None) -> int:

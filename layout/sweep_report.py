@@ -42,13 +42,20 @@ def value_text(v) -> str:
     return str(v).replace(" ", "") if isinstance(v, (list, tuple)) else str(v)
 
 
-def write_tables(out: Path, name: str, keys: tuple[str, ...], rows: list[dict]) -> tuple[Path, ...]:
-    columns = list(rows[0])
+def write_tables(out: Path, name: str, keys: tuple[str, ...], rows: list[dict],
+                 failed: list[dict] | None = None) -> tuple[Path, ...]:
+    """sweep.csv and sweep.md from the finished points' layer rows; `failed` (dicts with point, the
+    grid values and error) become rows with only their values and the error."""
+    failed = failed or []
+    columns = list(rows[0]) if rows else ["point", *keys]
+    columns += ["error"] if failed else []
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(columns)
-    writer.writerows([[value_text(row[c]) for c in columns] for row in rows])
-    return write_text(out / "sweep.csv", text.getvalue()), write_text(out / "sweep.md", markdown(name, keys, rows))
+    writer.writerows([[value_text(row.get(c, "")) for c in columns]
+                      for row in sorted(rows + failed, key=lambda r: r["point"])])
+    return (write_text(out / "sweep.csv", text.getvalue()),
+            write_text(out / "sweep.md", markdown(name, keys, rows, failed)))
 
 
 def with_p(row: dict, column: str) -> str:
@@ -65,7 +72,7 @@ def table(header: list[str], lines: list[list[str]]) -> str:
                      + ["| " + " | ".join(line) + " |" for line in lines])
 
 
-def markdown(name: str, keys: tuple[str, ...], rows: list[dict]) -> str:
+def markdown(name: str, keys: tuple[str, ...], rows: list[dict], failed: list[dict]) -> str:
     per_point = table(["point", *keys, "layer", *FIGURES, *TESTED],
                       [[str(r["point"]), *(value_text(r[k]) for k in keys), str(r["layer"]),
                         *(value_text(r[c]) for c in FIGURES), *(with_p(r, c) for c in TESTED)] for r in rows])
@@ -76,6 +83,9 @@ def markdown(name: str, keys: tuple[str, ...], rows: list[dict]) -> str:
     if SEED_KEY in keys and len({r[SEED_KEY] for r in rows}) > 1:
         parts += [f"## Over {SEED_KEY}", "", "Mean +/- sd over the seeds; 'real' counts the seeds whose dominance "
                   "clustering beats every null at p <= 0.01.", "", seed_summary(keys, rows), ""]
+    if failed:
+        parts += ["## Failed points", "", *(f"- point {f['point']} ({', '.join(f'{k} = {value_text(f[k])}' for k in keys)}): "
+                                           f"{f['error']}" for f in failed), ""]
     parts += ["## Columns", "", *(f"- `{k}`: {v}" for k, v in MEANINGS.items()), ""]
     return "\n".join(parts)
 
@@ -116,7 +126,7 @@ def contact_sheet(path: Path, snapshots: list[Path | None], titles: list[str], c
     for ax, snapshot, title in zip(axes.ravel(), snapshots, titles):
         if snapshot is not None:
             ax.imshow(iio.imread(snapshot))
-        ax.set_title(title, fontsize=7)
+        ax.set_title(title, fontsize=7, wrap=True)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -87,6 +87,21 @@ def test_a_sweep_runs_every_point_and_writes_its_table_and_contact_sheet(tmp_pat
     assert sheet.shape[1] > 4 * 320 * 0.8 and sheet.std() > 10  # four tiles side by side, not blank
 
 
+def test_a_failing_point_is_reported_and_the_sweep_goes_on(tmp_path, shared_data, capsys):
+    sweep = write_sweep(tmp_path, "  train.l2: [0, 1000]\n", extra="set: {train.optimizer: sgd, train.learning_rate: 0.1}\n")
+    out = tmp_path / "out"
+    assert main([str(sweep), "--out", str(out), "--data-dir", str(shared_data)]) == 1
+    captured = capsys.readouterr()
+    assert "point 1/2 (l2=0): test accuracy" in captured.out
+    assert "point 2/2 (l2=1000): failed: the training loss became nan" in captured.out
+    assert captured.err.strip() == "error: 1 of 2 points failed (listed in sweep.md); the others are in the table"
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [(r["point"], r["train.l2"], r["layer"], bool(r["error"])) for r in rows] == [("0", "0", "1", False),
+                                                                                            ("1", "1000", "", True)]
+    assert float(rows[0]["test_accuracy"]) > 0.5 and "lower train.learning_rate" in rows[1]["error"]
+    assert "## Failed points" in (out / "sweep.md").read_text() and (out / "contact_sheet.png").is_file()
+
+
 @pytest.mark.parametrize("grid, extra, message", [
     ("  train.l1: 0.001\n", "", "grid.train.l1 must be a non-empty list"),
     ("  train.lr: [0.1]\n", "", "unknown key 'train.lr'"),
