@@ -254,3 +254,29 @@ def test_the_euclid_run_reports_its_nulls_p_values_and_verdict(euclid_run):
     assert 0 <= retrained["class_disparity"][0] <= 1 and 0 <= retrained["neuron_disparity"][0] <= 1
     assert summary["verdicts"][-1].startswith("class arrangement in 3D across 1 retraining (train seed 1)")
     assert summary["verdicts"][-1] in stdout and "## Stability across retraining" in report
+
+
+def test_structure_results_are_reused_until_something_they_depend_on_changes(tmp_path, shared_data, capsys):
+    from layout.run import main
+
+    config = tmp_path / "small.yaml"
+    config.write_text("data: {limit: 1000}\nmodel: {hidden: [12]}\ntrain: {epochs: 3}\n"
+                      "structure: {permutations: 99, layout_nulls: 19, stability_seeds: 2, ablation_groups: 10}\n")
+
+    def run(name: str, *extra: str) -> tuple[Path, str]:
+        out = tmp_path / name
+        assert main([str(config), "--no-window", "--export", "none", "--out", str(out), "--data-dir", str(shared_data),
+                     *extra]) == 0
+        return out, capsys.readouterr().out
+
+    first, said = run("first")
+    assert "structure tests (" in said and "reused from cache" not in said.split("structure tests")[1].splitlines()[0]
+    again, said = run("again", "--set", "render.edges=1")  # a render setting: nothing to test again
+    assert "structure tests (reused from cache, " in said
+    for name in ("structure.json", "report.md", "structure_layer1.png", "neurons.csv"):
+        assert (again / name).read_bytes() == (first / name).read_bytes(), name
+    _, said = run("more", "--set", "structure.permutations=199")  # a structure setting: tested again
+    assert "structure tests (reused" not in said
+    assert json.loads((tmp_path / "more" / "structure.json").read_text())["layers"][0]["tests"][0]["n_null"] == 199
+    _, said = run("retest", "--retrain")
+    assert "structure tests (reused" not in said
