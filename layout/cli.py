@@ -50,10 +50,12 @@ def add_view_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    cfg = load_config(args.config, args.set)
-    if args.data_dir:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=args.data_dir))
-    return cfg
+    return with_data_dir(load_config(args.config, args.set), args.data_dir)
+
+
+def with_data_dir(cfg: RunConfig, data_dir: str | None) -> RunConfig:
+    """cfg with `--data-dir`, when given, as data.dir."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=data_dir)) if data_dir else cfg
 
 
 def output_dir(args: argparse.Namespace, cfg: RunConfig) -> Path:

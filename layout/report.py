@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from layout.ablation import Ablation
-from layout.stability import Retrained
 from layout.files import atomic_path, write_atomic, write_json, write_text
+from layout.stability import Retrained
 from layout.structure import LayerStructure, clean, headline, p_text, p_verdict, verdict
 
 NULL_WORDS = {

@@ -125,14 +125,16 @@ def retrained_stability(cfg, dataset, features: NeuronFeatures, positions: np.nd
                            cfg.layout.sim, starts)[:, :features.n_neurons]
     rng = np.random.default_rng([seed, 7])
     mine = group_centroids(positions, features.layer, features.dominant)
-    class_d, class_p, neuron_d = [], [], []
-    for other, final in zip(others, finals):
+
+    def compare(other: NeuronFeatures, final: np.ndarray) -> tuple[float, float, float]:
+        """(class-arrangement disparity, its p, matched-neuron disparity); NaN for a failed layout."""
         if not np.isfinite(final).all():
-            class_d.append(np.nan), class_p.append(np.nan), neuron_d.append(np.nan)
-            continue
+            return np.nan, np.nan, np.nan
         theirs = group_centroids(final, other.layer, other.dominant)
         shared = sorted(set(mine) & set(theirs))
         d, p = arrangement_test(np.array([mine[g] for g in shared]), np.array([theirs[g] for g in shared]), rng,
                                 permutations)
-        class_d.append(d), class_p.append(p), neuron_d.append(matched_disparity(features, positions, other, final))
-    return Retrained(seeds, np.array(class_d), np.array(class_p), np.array(neuron_d))
+        return d, p, matched_disparity(features, positions, other, final)
+
+    class_d, class_p, neuron_d = (np.array(column) for column in zip(*map(compare, others, finals)))
+    return Retrained(seeds, class_d, class_p, neuron_d)

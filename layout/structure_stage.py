@@ -18,14 +18,23 @@ from layout.stages import LayoutResult, TrainResult, write_neurons_csv
 
 @dataclass(frozen=True)
 class StructureResult:
-    layers: tuple  # LayerStructure per hidden layer
-    ablation: object  # Ablation or None
-    stability: object  # report.Stability or None
-    retrained: object  # stability.Retrained or None
+    tested: object  # structure_cache.Tested: the layers' tests, ablation, stability, retraining
     verdicts: tuple[str, ...]
     seconds: float
     written: tuple[Path, ...]
     reused: bool = False  # the results came from the cache
+
+    @property
+    def layers(self) -> tuple:
+        return self.tested.layers
+
+    @property
+    def ablation(self):
+        return self.tested.ablation
+
+    @property
+    def stability(self):
+        return self.tested.stability
 
 
 def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: Path, *,
@@ -61,9 +70,8 @@ def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, ou
     if tested.stability is not None:
         extra["spread"] = tested.stability.spread
     write_neurons_csv(out / "neurons.csv", f, positions, laid.distortion, trained.network.classes, extra)
-    return StructureResult(tested.layers, a, tested.stability, tested.retrained,
-                           tuple(verdicts(tested.layers, tested.retrained)), time.perf_counter() - start, written,
-                           reused)
+    return StructureResult(tested, tuple(verdicts(tested.layers, tested.retrained)), time.perf_counter() - start,
+                           written, reused)
 
 
 def run_structure_tests(cfg: RunConfig, trained: TrainResult, laid: LayoutResult):
@@ -72,7 +80,12 @@ def run_structure_tests(cfg: RunConfig, trained: TrainResult, laid: LayoutResult
     from layout.features import hidden_activations
     from layout.report import Stability
     from layout.stability import relayout, retrained_stability, stability
-    from layout.structure import LayerInputs, layer_structure, shuffled_columns, untrained
+    from layout.structure import (
+        LayerInputs,
+        layer_structure,
+        shuffled_columns,
+        untrained,
+    )
     from layout.structure_cache import Tested
 
     sc, f, net = cfg.structure, laid.features, trained.network
@@ -109,8 +122,6 @@ def run_structure_tests(cfg: RunConfig, trained: TrainResult, laid: LayoutResult
 
 def shuffled_label_vectors(cfg: RunConfig, trained: TrainResult, runs: int) -> np.ndarray | None:
     """[runs, N, C] output vectors of networks trained like this one on shuffled training labels."""
-    import dataclasses
-
     from layout.features import downstream_products
     from models.train import train
 

@@ -17,7 +17,6 @@ layout). Every point's config is checked before the first one runs.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 from dataclasses import dataclass
@@ -26,7 +25,14 @@ from typing import Iterator
 
 import numpy as np
 
-from layout.config import RunConfig, load_config, read_yaml_mapping, unknown_key_message, valid_paths
+from layout.cli import with_data_dir
+from layout.config import (
+    RunConfig,
+    load_config,
+    read_yaml_mapping,
+    unknown_key_message,
+    valid_paths,
+)
 from layout.errors import ConfigError, UserError
 
 DEAD_SD = 1e-3  # a hidden neuron is dead when its activation varies less than this over the test set
@@ -103,9 +109,7 @@ def point_configs(sweep: Sweep, extra: tuple[str, ...], data_dir: str | None) ->
             cfg = load_config(sweep.base, sweep.settings + values + extra + (f"name={sweep.name}_{i:02d}",))
         except ConfigError as e:
             raise ConfigError(f"sweep point {i} ({point_label(point)}): {e}") from None
-        if data_dir:
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=data_dir))
-        configs.append(cfg)
+        configs.append(with_data_dir(cfg, data_dir))
     return configs
 
 
