@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Callable
 
+from layout import ctrl_c
 from layout.cli import add_view_options, config_from_args, make_parser, output_dir
 from layout.errors import UserError
 from layout.files import write_json
@@ -24,7 +25,8 @@ def run_command(command: Callable[[argparse.Namespace], int], argv: list[str] | 
     parser = make_parser(prog, description)
     args = (add_view_options(parser) if view_options else parser).parse_args(argv)
     try:
-        return command(args)
+        with ctrl_c.watched():
+            return command(args)
     except UserError as e:
         if args.debug:
             raise

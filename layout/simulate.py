@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from layout import ctrl_c
 from layout.config import SimConfig
 from layout.errors import UserError
 from layout.forces import Energy, PairTerm, Particles, Term, pair_energy
@@ -152,6 +153,7 @@ def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key
     state = State(jnp.asarray(x0), jnp.zeros_like(jnp.asarray(x0)), jnp.int32(0), jnp.int32(-1), jnp.bool_(False))
     positions, energies = [], []
     while True:
+        ctrl_c.check()
         state, (xs, values) = run(state)
         positions.append(np.asarray(xs))
         energies.append(np.asarray(values))
@@ -187,6 +189,7 @@ def simulate_many(terms: list[dict[str, Energy]], movable: np.ndarray, cfg: SimC
     x0 = jnp.asarray(starts, jnp.float32)
     state = State(x0, jnp.zeros_like(x0), jnp.zeros(b, jnp.int32), jnp.full(b, -1, jnp.int32), jnp.zeros(b, bool))
     while bool((state.stop < 0).any()):
+        ctrl_c.check()
         state = _run_many(state, stacked, movable, cfg, frames)
     return np.where(np.asarray(state.failed)[:, None, None], np.nan, np.asarray(state.x))
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from layout import ctrl_c
 from layout.config import ModelConfig, TrainConfig
 from layout.errors import DataError, UserError
 from models.data import Dataset
@@ -212,6 +213,7 @@ def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
     snapshots = [(0, jax.tree.map(np.asarray, params))]
     history = []
     for epoch in range(cfg.epochs):
+        ctrl_c.check()
         params, opt_state, out = run_epoch(params, opt_state, order_key, epoch, x, y, x_test, y_test)
         stats = EpochStats(epoch + 1, float(out.train_loss), float(out.test_loss), float(out.test_accuracy))
         if not np.isfinite(stats.train_loss):

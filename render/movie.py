@@ -7,9 +7,6 @@ Every file is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pyvista as pv
 
+from layout import ctrl_c
 from layout.config import RenderConfig
 from layout.errors import UserError
 from layout.files import atomic_path
@@ -64,37 +62,17 @@ def fast_plotter(plotter: pv.Plotter) -> pv.Plotter:
     return plotter
 
 
-@contextlib.contextmanager
-def interrupt_between_frames() -> Iterator[Callable[[], None]]:
-    """Ctrl-C during rendering would land inside a VTK callback, which swallows it; instead, note it
-    and raise KeyboardInterrupt from Python between frames (yields the check to call)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
-        return
-    pressed = []
-    previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
-
-    def check() -> None:
-        if pressed:
-            raise KeyboardInterrupt
-
-    try:
-        yield check
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def render_shots(scene: Scene, data: SceneData, shots: list[Shot]) -> Iterator[np.ndarray]:
     """Yield each shot as an RGB image [height, width, 3] uint8."""
-    with interrupt_between_frames() as check:
-        yield from _render(scene, data, shots, check)
+    with ctrl_c.deferred():  # Ctrl-C during a render lands in a VTK callback, which would swallow it
+        yield from _render(scene, data, shots)
 
 
-def _render(scene: Scene, data: SceneData, shots: list[Shot], check: Callable[[], None]) -> Iterator[np.ndarray]:
+def _render(scene: Scene, data: SceneData, shots: list[Shot]) -> Iterator[np.ndarray]:
     camera = scene.plotter.camera
     start = camera.azimuth
     for shot in shots:
-        check()
+        ctrl_c.check()
         show_frame(scene, data, shot.frame, shot.coloring)
         camera.azimuth = start + shot.azimuth
         scene.plotter.render()  # (PyVista renders by itself only for the first screenshot)

@@ -10,9 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
-from layout.config import DataConfig, ModelConfig, TrainConfig
+from layout import ctrl_c
+from layout.config import AnchorsConfig, DataConfig, ForcesConfig, ModelConfig, SimConfig, TrainConfig
+from layout.features import neuron_features
+from layout.forces import build_energy, make_particles
+from layout.simulate import simulate
 from models.data import load_dataset
 from models.train import TrainingError, train
 
@@ -142,6 +148,39 @@ def interrupt_when(process: subprocess.Popen, ready, what: str, settle: float = 
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     return err
+
+
+def press_ctrl_c_and_swallow_it(calls: list):
+    """A progress callback that presses Ctrl-C the first time and catches the KeyboardInterrupt, as
+    JAX's garbage-collector callback or a VTK callback does with one that lands inside it."""
+    def callback(*_):
+        calls.append(len(calls) + 1)
+        if len(calls) == 1:
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:
+                pass
+    return callback
+
+
+def test_a_swallowed_ctrl_c_still_stops_training_after_that_epoch(shared_data):
+    data = load_dataset(DataConfig(dir=str(shared_data), limit=256))
+    epochs = []
+    with ctrl_c.watched(), pytest.raises(KeyboardInterrupt):
+        train(ModelConfig(hidden=(8,)), TrainConfig(epochs=4, batch_size=64), data,
+              on_epoch=press_ctrl_c_and_swallow_it(epochs))
+    assert epochs == [1]
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_simulation_after_that_chunk(shared_data):
+    data = load_dataset(DataConfig(dir=str(shared_data), limit=256))
+    network = train(ModelConfig(hidden=(8,)), TrainConfig(epochs=1, batch_size=64), data)
+    particles = make_particles(neuron_features(network, data.test), AnchorsConfig())
+    chunks = []
+    with ctrl_c.watched(), pytest.raises(KeyboardInterrupt):
+        simulate(build_energy(particles, ForcesConfig()), particles, SimConfig(steps=400, chunk=100, settle=0),
+                 jax.random.key(0), on_chunk=press_ctrl_c_and_swallow_it(chunks))
+    assert chunks == [1]
 
 
 def leftovers(*folders: Path) -> list[str]:
