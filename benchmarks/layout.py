@@ -7,7 +7,10 @@ trained on ../shared/data's 5k MNIST subset with this project's own training), a
 a 10-cluster Gaussian mixture. Figures:
 
   steps_per_s_<n>               exact all-pairs steps/s, full force set (euclid, dominance, repulsion,
-                                centering, 10 free anchors), median over the three sources
+                                centering, 10 free anchors), median over the three sources; the pair
+                                terms run on the native kernel (layout/native.py)
+  jax_steps_per_s_<n>           the same on the Gaussian vectors with the pair terms in JAX, as without
+                                a C++ compiler or with NEURON_LAYOUT_NATIVE=0
   naive_steps_per_s_1k          the same energies written with N x N x 3 broadcasting and jax.grad
   stress_sklearn_1k, stress_ours_1k   scale-free stress of scikit-learn's SMACOF (metric MDS, 3-d)
                                 and of `euclid` alone, on the real vectors
@@ -26,8 +29,10 @@ cache on first use); neither is a project dependency.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -118,6 +123,20 @@ def steps_per_second(vectors: np.ndarray, forces: ForcesConfig, steps: int, repe
         state = jax.block_until_ready(run(state))[0]
         times.append(time.perf_counter() - start)
     return steps / statistics.median(times)
+
+
+@contextlib.contextmanager
+def native_off():
+    """The pair terms in JAX instead of the native kernel, for the side-by-side figure."""
+    before = os.environ.get("NEURON_LAYOUT_NATIVE")
+    os.environ["NEURON_LAYOUT_NATIVE"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["NEURON_LAYOUT_NATIVE"]
+        else:
+            os.environ["NEURON_LAYOUT_NATIVE"] = before
 
 
 def naive_steps_per_second(vectors: np.ndarray, steps: int = 20) -> float:
@@ -270,6 +289,8 @@ def measure(sizes: list[int], steps_10k: int) -> dict:
         result[f"steps_per_s_{label}_by_source"] = per_source
         result[f"steps_per_s_{label}"] = statistics.median(per_source.values())
         result[f"gpairs_per_s_{label}"] = result[f"steps_per_s_{label}"] * (n + 10) ** 2 / 1e9
+        with native_off():
+            result[f"jax_steps_per_s_{label}"] = steps_per_second(sets["gaussian"], FULL, steps)
         if n == 1000:
             result["naive_steps_per_s_1k"] = naive_steps_per_second(sets["real"])
             for name, v in sets.items():
@@ -303,8 +324,9 @@ def report(r: dict) -> str:
     for key, target in TARGETS.items():
         if key in r and r[key] is not None:
             lines.append(f"{key:32s}{r[key]:12.2f}   target >= {target}: {'met' if r[key] >= target else 'MISSED'}")
-    for key in ("tt_quality_ratio_sklearn_1k_warm", "tt_quality_ratio_sklearn_1k_session", "naive_steps_per_s_1k", "gpairs_per_s_1k", "gpairs_per_s_10k", "d3_steps_per_s_10k",
-                "stress_sklearn_1k", "stress_ours_1k", "peak_rss_mb_10k"):
+    for key in ("tt_quality_ratio_sklearn_1k_warm", "tt_quality_ratio_sklearn_1k_session", "jax_steps_per_s_1k",
+                "jax_steps_per_s_10k", "naive_steps_per_s_1k", "gpairs_per_s_1k", "gpairs_per_s_10k",
+                "d3_steps_per_s_10k", "stress_sklearn_1k", "stress_ours_1k", "peak_rss_mb_10k"):
         if key in r:
             lines.append(f"{key:32s}{r[key]:12.3f}" + ("   target < 1024" if key == "peak_rss_mb_10k" else ""))
     for key in sorted(k for k in r if k.startswith("quality_1k_")):

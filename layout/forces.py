@@ -12,6 +12,8 @@ above ONE_BLOCK).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,8 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from layout.config import AnchorsConfig, ForcesConfig
+from layout.config import WEIGHTINGS, AnchorsConfig, ForcesConfig
 from layout.features import NeuronFeatures
+from layout.native import REST_TARGET as NATIVE_REST_TARGET
+from layout.native import TARGET as NATIVE_TARGET
+from layout.native import available
 
 TILE = 256  # rows per tile: a [TILE, P] block stays in this CPU's caches (1024 rows was ~20% slower at 10k)
 ONE_BLOCK = 2048  # up to this many particles all pairs are one block; XLA then keeps the pair data that
@@ -126,18 +131,35 @@ class PairTerm:
     data: tuple
     scale: float
     options: tuple = ()
+    rest: jax.Array | None = None  # euclid's rest lengths [P, P] for the native kernel (with_rest_lengths)
 
     def __call__(self, positions: jax.Array) -> jax.Array:
         return pair_energy((self,), positions)
 
 
 jax.tree_util.register_dataclass(Term, data_fields=["data"], meta_fields=["fn", "options"])
-jax.tree_util.register_dataclass(PairTerm, data_fields=["data", "scale"], meta_fields=["pair", "options"])
+jax.tree_util.register_dataclass(PairTerm, data_fields=["data", "scale", "rest"], meta_fields=["pair", "options"])
 
 
 def pair_energy(terms: tuple[PairTerm, ...], positions: jax.Array, tile: int = TILE,
-                one_block: int = ONE_BLOCK) -> jax.Array:
-    """The summed energy of several pair terms, evaluated together in one pass over the pairs.
+                one_block: int = ONE_BLOCK, native: bool | None = None) -> jax.Array:
+    """The summed energy of several pair terms, evaluated together in one pass over the pairs."""
+    return pair_energy_function(terms, tile, one_block, native)(positions)
+
+
+def pair_energy_function(terms: tuple[PairTerm, ...], tile: int = TILE, one_block: int = ONE_BLOCK,
+                         native: bool | None = None) -> Callable[[jax.Array], jax.Array]:
+    """positions -> pair_energy(terms, positions): by the native kernel (layout/native.py) where it
+    can (`native` None: when it is available), else by JAX. What does not change from call to call
+    (the kernel's rest lengths) is made here, once: make this outside a loop of steps."""
+    if native is not False and native_kernel_fits(terms) and (native or available()):
+        return native_pair_energy(terms)
+    return functools.partial(jax_pair_energy, terms, tile=tile, one_block=one_block)
+
+
+def jax_pair_energy(terms: tuple[PairTerm, ...], positions: jax.Array, tile: int = TILE,
+                    one_block: int = ONE_BLOCK) -> jax.Array:
+    """pair_energy in JAX: the definition, and the fallback for the native kernel.
 
     Its gradient is jax's derivative of the pair functions with respect to d2, reduced without ever
     materialising more than one [tile, P] block: dE/dx_i = 2 sum_j e'(d2_ij) (x_i - x_j)
@@ -150,8 +172,7 @@ def pair_energy(terms: tuple[PairTerm, ...], positions: jax.Array, tile: int = T
     # everyone's data with particles on the last axis, made once, outside the tile loop
     cols = jax.tree.map(lambda a: a.T if a.ndim == 2 else a, data)
 
-    @jax.custom_vjp
-    def energy(x):
+    def value(x):
         xt = x.T
         return _tiled(lambda rows, ids: _block_energy(pair, cols, xt, rows, ids), x.shape[0], tile,
                       (x, data), one_block).sum() / 2
@@ -162,8 +183,69 @@ def pair_energy(terms: tuple[PairTerm, ...], positions: jax.Array, tile: int = T
                                 (x, data), one_block)
         return partial.sum() / 2, grads.reshape(-1, 3)[: x.shape[0]]
 
+    return with_gradient(forward, value)(positions)
+
+
+@jax.jit
+def rest_lengths(vectors: jax.Array) -> jax.Array:
+    """[..., P, C] -> [..., P, P]: |v_i - v_j| for i < j (0 elsewhere), by the native kernel (XLA's
+    own code takes 0.4 s at P = 10,000)."""
+    n = vectors.shape[-2]
+    return jax.ffi.ffi_call(NATIVE_REST_TARGET, jax.ShapeDtypeStruct(vectors.shape[:-1] + (n,), jnp.float32),
+                            vmap_method="broadcast_all")(vectors.astype(jnp.float32))
+
+
+def with_rest_lengths(terms: tuple, native: bool) -> tuple:
+    """The terms, the euclid PairTerm carrying its rest lengths when the native kernel will run it:
+    made once per simulation instead of once per compiled chunk of steps (a fresh [P, P] array, 400 MB
+    at P = 10,000, costs more than the steps of a chunk)."""
+    pairs = tuple(t for t in terms if isinstance(t, PairTerm))
+    if not (native and pairs and native_kernel_fits(pairs)):
+        return terms
+    return tuple(dataclasses.replace(t, rest=rest_lengths(t.data[0]))
+                 if isinstance(t, PairTerm) and t.pair is euclid_pair else t for t in terms)
+
+
+def with_gradient(forward: Callable, value: Callable | None = None) -> Callable:
+    """x -> energy whose derivative is the gradient that forward(x) -> (energy, gradient) computes
+    with it (value(x): the energy alone, where that is cheaper than forward)."""
+    energy = jax.custom_vjp(value or (lambda x: forward(x)[0]))
     energy.defvjp(forward, lambda grads, cotangent: (cotangent * grads,))
-    return energy(positions)
+    return energy
+
+
+def native_kernel_fits(terms: tuple[PairTerm, ...]) -> bool:
+    """Whether the native kernel computes these terms: euclid and repulsion, each at most once."""
+    pairs = [t.pair for t in terms]
+    return bool(pairs) and set(pairs) <= {euclid_pair, repulsion_pair} and len(set(pairs)) == len(pairs)
+
+
+def native_pair_energy(terms: tuple[PairTerm, ...]) -> Callable[[jax.Array], jax.Array]:
+    """positions -> pair_energy by the native kernel: energy and gradient from one pass over the
+    unordered pairs. The rest lengths [P, P] are made here, once, from the output vectors."""
+    by_pair = {t.pair: t for t in terms}
+    euclid, repulsion = by_pair.get(euclid_pair), by_pair.get(repulsion_pair)
+    if euclid is not None:
+        rest = rest_lengths(euclid.data[0]) if euclid.rest is None else euclid.rest
+        include = euclid.data[1].astype(jnp.float32)
+    scales = jnp.stack([jnp.float32(0.0) if t is None else jnp.asarray(t.scale, jnp.float32)
+                        for t in (euclid, repulsion)])
+    attributes = dict(
+        weighting=np.int32(WEIGHTINGS.index(dict(euclid.options)["weighting"]) if euclid else 0),
+        euclid=euclid is not None, repulsion=repulsion is not None,
+        softening=np.float32(dict(repulsion.options)["softening"] if repulsion else 1.0),
+        euclid_softening=np.float32(EUCLID_SOFTENING), distance_floor=np.float32(DISTANCE_FLOOR))
+
+    def forward(x):
+        n = x.shape[0]
+        call = jax.ffi.ffi_call(
+            NATIVE_TARGET, (jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((n, 3), jnp.float32)),
+            vmap_method="broadcast_all")
+        if euclid is None:  # unread by the kernel
+            return call(x.astype(jnp.float32), jnp.zeros((1, 1)), jnp.zeros(n), scales, **attributes)
+        return call(x.astype(jnp.float32), rest, include, scales, **attributes)
+
+    return with_gradient(forward)
 
 
 def _tiled(fn: Callable, n: int, tile: int, arrays: tuple, one_block: int) -> jax.Array:

@@ -20,7 +20,8 @@ import numpy as np
 from layout import ctrl_c
 from layout.config import SimConfig
 from layout.errors import UserError
-from layout.forces import Energy, PairTerm, Particles, Term, pair_energy
+from layout.forces import Energy, PairTerm, Particles, Term, pair_energy_function, with_rest_lengths
+from layout.native import available
 
 
 class SimulationError(UserError):
@@ -75,31 +76,35 @@ def as_term(fn: Energy) -> Term | PairTerm:
     return fn if isinstance(fn, (Term, PairTerm)) else Term(lambda x, fn=fn: fn(x))
 
 
-def total_energy(terms: tuple[Energy, ...]) -> Callable:
-    """positions -> the sum of the terms, with all pair terms evaluated together in one pass."""
+def total_energy(terms: tuple[Energy, ...], native: bool | None = None) -> Callable:
+    """positions -> the sum of the terms, with all pair terms evaluated together in one pass (by the
+    native kernel or not: see pair_energy_function)."""
     pairs = tuple(fn for fn in terms if isinstance(fn, PairTerm))
     others = [fn for fn in terms if not isinstance(fn, PairTerm)]
+    pair_energy = pair_energy_function(pairs, native=native) if pairs else None
 
     def energy(x):
-        total = pair_energy(pairs, x) if pairs else jnp.zeros((), x.dtype)
+        total = pair_energy(x) if pairs else jnp.zeros((), x.dtype)
         return total + sum(fn(x) for fn in others)
 
     return energy
 
 
-def term_energies(terms: tuple[Energy, ...]) -> Callable:
+def term_energies(terms: tuple[Energy, ...], native: bool | None = None) -> Callable:
     """positions -> [n_terms], each term on its own (for the frames' energy record)."""
-    return lambda x: jnp.stack([fn(x) for fn in terms]) if terms else jnp.zeros(0)
+    alone = [pair_energy_function((fn,), native=native) if isinstance(fn, PairTerm) else fn for fn in terms]
+    return lambda x: jnp.stack([fn(x) for fn in alone]) if terms else jnp.zeros(0)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "n_frames", "alpha_start"))
+@functools.partial(jax.jit, static_argnames=("cfg", "n_frames", "alpha_start", "native"))
 def run_chunk(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, n_frames: int,
-              alpha_start: float) -> tuple[State, tuple[jax.Array, jax.Array]]:
+              alpha_start: float, native: bool) -> tuple[State, tuple[jax.Array, jax.Array]]:
     """n_frames x record_every steps from `state`; returns the new State and, per frame, the positions
     and each term's energy at the frame's first step. Steps take only the gradient; energies are
-    evaluated once per frame. Compiled once per shape and settings: terms are traced data."""
-    grad = jax.grad(total_energy(terms))
-    energies = term_energies(terms)
+    evaluated once per frame. Compiled once per shape and settings: terms are traced data. native:
+    whether the pair terms run on the native kernel (layout/native.py)."""
+    grad = jax.grad(total_energy(terms, native))
+    energies = term_energies(terms, native)
     movable = movable[:, None]
     last = max(cfg.steps - 1, 1)
 
@@ -137,9 +142,10 @@ def run_chunk(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, n_
 def make_chunk(terms: dict[str, Energy], movable: np.ndarray, cfg: SimConfig, n_frames: int,
                alpha_start: float = 1.0) -> Callable:
     """state -> run_chunk(state, ...) for these terms."""
-    bound = tuple(as_term(fn) for fn in terms.values())
+    native = available()
+    bound = with_rest_lengths(tuple(as_term(fn) for fn in terms.values()), native)
     movable = jnp.asarray(movable)
-    return lambda state: run_chunk(state, bound, movable, cfg, n_frames, alpha_start)
+    return lambda state: run_chunk(state, bound, movable, cfg, n_frames, alpha_start, native)
 
 
 def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key: jax.Array,
@@ -166,7 +172,7 @@ def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key
         raise SimulationError(diagnose(terms, np.asarray(state.x), stop))
     steps = np.arange(sum(len(p) for p in positions)) * cfg.record_every
     keep = steps < stop
-    final_values = np.asarray(jax.jit(term_energies(tuple(terms.values())))(state.x))
+    final_values = np.asarray(jax.jit(term_energies(tuple(terms.values()), available()))(state.x))
     return Trajectory(
         positions=np.concatenate([np.concatenate(positions)[keep], np.asarray(state.x)[None]]).astype(np.float32),
         energy=np.concatenate([np.concatenate(energies)[keep], final_values[None]]).astype(np.float32),
@@ -182,7 +188,8 @@ def simulate_many(terms: list[dict[str, Energy]], movable: np.ndarray, cfg: SimC
     terms terms[b] (same names and shapes, other data) from starts[b]; no frames are kept. A run that
     blows up gives NaN positions instead of an error (a null sample that is then left out)."""
     bound = [tuple(as_term(fn) for fn in t.values()) for t in terms]
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *bound)
+    native = available()
+    stacked = with_rest_lengths(jax.tree.map(lambda *leaves: jnp.stack(leaves), *bound), native)
     frames = max(1, cfg.chunk // cfg.record_every)
     movable = jnp.asarray(movable)
     b = len(terms)
@@ -190,13 +197,13 @@ def simulate_many(terms: list[dict[str, Energy]], movable: np.ndarray, cfg: SimC
     state = State(x0, jnp.zeros_like(x0), jnp.zeros(b, jnp.int32), jnp.full(b, -1, jnp.int32), jnp.zeros(b, bool))
     while bool((state.stop < 0).any()):
         ctrl_c.check()
-        state = _run_many(state, stacked, movable, cfg, frames)
+        state = _run_many(state, stacked, movable, cfg, frames, native)
     return np.where(np.asarray(state.failed)[:, None, None], np.nan, np.asarray(state.x))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "frames"))
-def _run_many(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, frames: int) -> State:
-    return jax.vmap(lambda s, t: run_chunk(s, t, movable, cfg, frames, 1.0)[0])(state, terms)
+@functools.partial(jax.jit, static_argnames=("cfg", "frames", "native"))
+def _run_many(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, frames: int, native: bool) -> State:
+    return jax.vmap(lambda s, t: run_chunk(s, t, movable, cfg, frames, 1.0, native)[0])(state, terms)
 
 
 def diagnose(terms: dict[str, Energy], x: np.ndarray, step: int) -> str:

@@ -1,0 +1,130 @@
+"""The native pair-force kernel computes the same energies and gradients as their JAX definition."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from layout import native
+from layout.config import AnchorsConfig, ForcesConfig, SimConfig
+from layout.forces import (build_energy, euclid_term, make_particles, pair_energy, repulsion_term,
+                           with_rest_lengths)
+from layout.simulate import simulate, simulate_many
+from tests.test_layout import synthetic_features
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pair_terms(n: int, weighting: str, which: str, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, 10)).astype(np.float32)
+    vectors[1] = vectors[0]  # two identical output vectors: rest length 0
+    include = rng.random(n) > 0.2  # some particles take no part in euclid (fixed anchors)
+    terms = {"euclid": euclid_term(vectors, include, weighting, 1.3), "repulsion": repulsion_term(n, 0.05, 0.02)}
+    return tuple(terms[name] for name in which.split("+"))
+
+
+def positions(n: int, seed: int = 1) -> jax.Array:
+    x = np.random.default_rng(seed).normal(size=(n, 3)).astype(np.float32)
+    if n > 3:
+        x[3] = x[2]  # two coincident particles
+    return jnp.asarray(x)
+
+
+def test_the_kernel_builds_here_and_is_what_the_simulation_uses():
+    assert native.available(), "g++ is on every machine of this project; the kernel should build"
+    terms = pair_terms(40, "uniform", "euclid+repulsion")
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: pair_energy(terms, x)))(positions(40)))
+    assert native.TARGET in jaxpr
+
+
+@pytest.mark.parametrize("n", [2, 15, 16, 17, 100, 301])  # under, at and over one vector of 16 columns
+@pytest.mark.parametrize("which, weighting", [("euclid+repulsion", "uniform"), ("euclid+repulsion", "inverse"),
+                                              ("euclid", "inverse_square"), ("euclid", "uniform"),
+                                              ("repulsion", "uniform")])
+def test_kernel_energy_and_gradient_match_the_jax_definition(n, which, weighting):
+    terms, x = pair_terms(n, weighting, which), positions(n)
+    value, grad = jax.jit(jax.value_and_grad(lambda p: pair_energy(terms, p, native=True)))(x)
+    expected, expected_grad = jax.jit(jax.value_and_grad(lambda p: pair_energy(terms, p, native=False)))(x)
+    assert float(value) == pytest.approx(float(expected), rel=1e-5)
+    # (the JAX gradient, x_i sum_j g_ij - sum_j g_ij x_j, loses some digits to cancellation)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-4,
+                               atol=1e-4 * float(jnp.abs(expected_grad).max()))
+    assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_rest_lengths_made_once_give_the_same_energy():
+    terms, x = pair_terms(50, "inverse", "euclid+repulsion"), positions(50)
+    prepared = with_rest_lengths(terms, native=True)
+    assert prepared[0].rest.shape == (50, 50) and prepared[1].rest is None
+    np.testing.assert_allclose(np.asarray(jax.grad(lambda p: pair_energy(prepared, p))(x)),
+                               np.asarray(jax.grad(lambda p: pair_energy(terms, p, native=False))(x)), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_vmapped_systems_each_get_their_own_forces():
+    systems = [pair_terms(33, "uniform", "euclid+repulsion", seed=s) for s in range(3)]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *systems)
+    xs = jnp.stack([positions(33, seed=s) for s in range(3)])
+    grads = jax.vmap(lambda t, x: jax.grad(lambda p: pair_energy(t, p, native=True))(x))(stacked, xs)
+    for terms, x, grad in zip(systems, xs, grads):
+        np.testing.assert_allclose(np.asarray(grad), np.asarray(jax.grad(lambda p: pair_energy(terms, p, native=False))(x)),
+                                   rtol=1e-4, atol=1e-6)
+
+
+def particles_and_terms(n: int = 60):
+    vectors = np.random.default_rng(4).normal(size=(n, 10))
+    particles = make_particles(synthetic_features(vectors), AnchorsConfig(mode="free"))
+    cfg = dataclasses.replace(ForcesConfig(), dominance=dataclasses.replace(ForcesConfig().dominance, strength=0.3))
+    return particles, build_energy(particles, cfg)
+
+
+def test_a_simulation_follows_the_same_path_with_either_implementation(monkeypatch):
+    particles, terms = particles_and_terms()
+    cfg = SimConfig(steps=60, settle=0, record_every=10, chunk=20)
+    fast = simulate(terms, particles, cfg, jax.random.key(0))
+    monkeypatch.setenv("NEURON_LAYOUT_NATIVE", "0")
+    slow = simulate(terms, particles, cfg, jax.random.key(0))
+    np.testing.assert_allclose(fast.positions, slow.positions, atol=1e-3 * np.abs(slow.positions).max())
+    np.testing.assert_allclose(fast.energy, slow.energy, rtol=1e-4, atol=1e-6)
+
+
+def test_side_by_side_simulations_match_with_either_implementation(monkeypatch):
+    particles, terms = particles_and_terms(40)
+    cfg = SimConfig(steps=40, settle=0, chunk=20)
+    starts = np.random.default_rng(0).normal(size=(2, particles.n_particles, 3)).astype(np.float32)
+    fast = simulate_many([terms, terms], particles.movable, cfg, starts)
+    monkeypatch.setenv("NEURON_LAYOUT_NATIVE", "0")
+    slow = simulate_many([terms, terms], particles.movable, cfg, starts)
+    np.testing.assert_allclose(fast, slow, atol=1e-3 * np.abs(slow).max())
+
+
+def test_turned_off_the_jax_definition_runs(monkeypatch):
+    monkeypatch.setenv("NEURON_LAYOUT_NATIVE", "0")
+    terms = pair_terms(20, "uniform", "euclid+repulsion")
+    assert native.TARGET not in str(jax.make_jaxpr(jax.grad(lambda x: pair_energy(terms, x)))(positions(20)))
+
+
+def test_without_a_working_compiler_the_layout_falls_back_with_one_note(tmp_path):
+    script = ("import jax, numpy as np\n"
+              "from layout import native\n"
+              "from tests.test_native import pair_terms, positions\n"
+              "from layout.forces import pair_energy\n"
+              "print(native.available())\n"
+              "print(bool(np.isfinite(jax.grad(lambda x: pair_energy(pair_terms(20, 'uniform', 'euclid'), x))"
+              "(positions(20))).all()))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "CXX": "/bin/false", "NEURON_LAYOUT_CACHE": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
+    (note,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert note.startswith("note: the native pair-force kernel could not be built") and "slower JAX" in note
+    assert not list(tmp_path.rglob("*.part")) and not list((REPO / "layout" / "_native").glob("*.part"))
