@@ -5,15 +5,12 @@ and moves particles along `-jax.grad(total)`. The particles are the N hidden neu
 C output anchors (when anchors are on). Every term is scaled so that one particle feels a force of
 order one at unit strength, whatever N is, so strengths mean the same for small and large networks.
 
-All-pairs terms (euclid, repulsion) are PairTerms: the simulation evaluates them together, one pass
-over row tiles of TILE rows above ONE_BLOCK particles, and never builds an N x N x 3 array (nor N x N
-above ONE_BLOCK).
+All-pairs terms (euclid, repulsion) are PairTerms (layout/pairs.py), which the simulation evaluates
+together in one pass over the pairs, by the native kernel where it can.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,13 +20,8 @@ import numpy as np
 
 from layout.config import WEIGHTINGS, AnchorsConfig, ForcesConfig
 from layout.features import NeuronFeatures
-from layout.native import REST_TARGET as NATIVE_REST_TARGET
-from layout.native import TARGET as NATIVE_TARGET
-from layout.native import available
+from layout.pairs import TILE, PairTerm, squared_distances
 
-TILE = 256  # rows per tile: a [TILE, P] block stays in this CPU's caches (1024 rows was ~20% slower at 10k)
-ONE_BLOCK = 2048  # up to this many particles all pairs are one block; XLA then keeps the pair data that
-# does not change (rest lengths, masks) from step to step instead of making it again (about 2x at 1k)
 DISTANCE_FLOOR = 1e-3  # added to output-vector distances in 1/d weights, so identical vectors stay finite
 EUCLID_SOFTENING = 1e-3  # 3D distances are sqrt(d^2 + this^2): smooth, finite gradients at d = 0
 
@@ -90,14 +82,7 @@ def make_particles(features: NeuronFeatures, cfg: AnchorsConfig) -> Particles:
 
 
 # ---------------------------------------------------------------------------------------------
-# All-pairs terms
-
-
-def squared_distances(a: jax.Array, columns: jax.Array) -> jax.Array:
-    """|a_i - b_j|^2 for rows a [T, k] and points b given by their coordinates, columns = b.T [k, P]:
-    [T, P], one broadcast per coordinate (fused by XLA into one loop, never an [T, P, k] array; the
-    columns are contiguous, so every coordinate is read with unit stride)."""
-    return sum((a[:, k:k + 1] - columns[k][None, :]) ** 2 for k in range(a.shape[1]))
+# Terms
 
 
 @dataclass(frozen=True)
@@ -116,177 +101,7 @@ class Term:
         return self.fn(positions, *self.data, **dict(self.options))
 
 
-@dataclass(frozen=True)
-class PairTerm:
-    """An all-pairs energy: scale x sum over unordered pairs {i, j} of pair(d2_ij, data_i, data_j).
-
-    `pair(d2 [T, P], rows, cols, **options) -> [T, P]` gets the squared 3D distances between a tile of
-    rows and all particles, the rows' entries of `data` (a tuple of per-particle arrays, particles on
-    the first axis) and everyone's, with particles on the last axis (2-d data transposed, [k, P]). It
-    must be elementwise in d2 and symmetric in i and j. Calling a PairTerm gives its energy. A pytree
-    like Term: data and scale are leaves, pair and options static.
-    """
-
-    pair: Callable
-    data: tuple
-    scale: float
-    options: tuple = ()
-    rest: jax.Array | None = None  # euclid's rest lengths [P, P] for the native kernel (with_rest_lengths)
-
-    def __call__(self, positions: jax.Array) -> jax.Array:
-        return pair_energy((self,), positions)
-
-
 jax.tree_util.register_dataclass(Term, data_fields=["data"], meta_fields=["fn", "options"])
-jax.tree_util.register_dataclass(PairTerm, data_fields=["data", "scale", "rest"], meta_fields=["pair", "options"])
-
-
-def pair_energy(terms: tuple[PairTerm, ...], positions: jax.Array, tile: int = TILE,
-                one_block: int = ONE_BLOCK, native: bool | None = None) -> jax.Array:
-    """The summed energy of several pair terms, evaluated together in one pass over the pairs."""
-    return pair_energy_function(terms, tile, one_block, native)(positions)
-
-
-def pair_energy_function(terms: tuple[PairTerm, ...], tile: int = TILE, one_block: int = ONE_BLOCK,
-                         native: bool | None = None) -> Callable[[jax.Array], jax.Array]:
-    """positions -> pair_energy(terms, positions): by the native kernel (layout/native.py) where it
-    can (`native` None: when it is available), else by JAX. What does not change from call to call
-    (the kernel's rest lengths) is made here, once: make this outside a loop of steps."""
-    if native is not False and native_kernel_fits(terms) and (native or available()):
-        return native_pair_energy(terms)
-    return functools.partial(jax_pair_energy, terms, tile=tile, one_block=one_block)
-
-
-def jax_pair_energy(terms: tuple[PairTerm, ...], positions: jax.Array, tile: int = TILE,
-                    one_block: int = ONE_BLOCK) -> jax.Array:
-    """pair_energy in JAX: the definition, and the fallback for the native kernel.
-
-    Its gradient is jax's derivative of the pair functions with respect to d2, reduced without ever
-    materialising more than one [tile, P] block: dE/dx_i = 2 sum_j e'(d2_ij) (x_i - x_j)
-    = 2 (x_i rowsum(G) - G x), one matrix product per tile.
-    """
-    def pair(d2, rows, cols):
-        return sum(t.scale * t.pair(d2, r, c, **dict(t.options)) for t, r, c in zip(terms, rows, cols))
-
-    data = tuple(t.data for t in terms)
-    # everyone's data with particles on the last axis, made once, outside the tile loop
-    cols = jax.tree.map(lambda a: a.T if a.ndim == 2 else a, data)
-
-    def value(x):
-        xt = x.T
-        return _tiled(lambda rows, ids: _block_energy(pair, cols, xt, rows, ids), x.shape[0], tile,
-                      (x, data), one_block).sum() / 2
-
-    def forward(x):  # energy and gradient from the same pass over the pairs
-        xt = x.T
-        partial, grads = _tiled(lambda rows, ids: _block_gradient(pair, cols, xt, rows, ids), x.shape[0], tile,
-                                (x, data), one_block)
-        return partial.sum() / 2, grads.reshape(-1, 3)[: x.shape[0]]
-
-    return with_gradient(forward, value)(positions)
-
-
-@jax.jit
-def rest_lengths(vectors: jax.Array) -> jax.Array:
-    """[..., P, C] -> [..., P, P]: |v_i - v_j| for i < j (0 elsewhere), by the native kernel (XLA's
-    own code takes 0.4 s at P = 10,000)."""
-    n = vectors.shape[-2]
-    return jax.ffi.ffi_call(NATIVE_REST_TARGET, jax.ShapeDtypeStruct(vectors.shape[:-1] + (n,), jnp.float32),
-                            vmap_method="broadcast_all")(vectors.astype(jnp.float32))
-
-
-def with_rest_lengths(terms: tuple, native: bool) -> tuple:
-    """The terms, the euclid PairTerm carrying its rest lengths when the native kernel will run it:
-    made once per simulation instead of once per compiled chunk of steps (a fresh [P, P] array, 400 MB
-    at P = 10,000, costs more than the steps of a chunk)."""
-    pairs = tuple(t for t in terms if isinstance(t, PairTerm))
-    if not (native and pairs and native_kernel_fits(pairs)):
-        return terms
-    return tuple(dataclasses.replace(t, rest=rest_lengths(t.data[0]))
-                 if isinstance(t, PairTerm) and t.pair is euclid_pair else t for t in terms)
-
-
-def with_gradient(forward: Callable, value: Callable | None = None) -> Callable:
-    """x -> energy whose derivative is the gradient that forward(x) -> (energy, gradient) computes
-    with it (value(x): the energy alone, where that is cheaper than forward)."""
-    energy = jax.custom_vjp(value or (lambda x: forward(x)[0]))
-    energy.defvjp(forward, lambda grads, cotangent: (cotangent * grads,))
-    return energy
-
-
-def native_kernel_fits(terms: tuple[PairTerm, ...]) -> bool:
-    """Whether the native kernel computes these terms: euclid and repulsion, each at most once."""
-    pairs = [t.pair for t in terms]
-    return bool(pairs) and set(pairs) <= {euclid_pair, repulsion_pair} and len(set(pairs)) == len(pairs)
-
-
-def native_pair_energy(terms: tuple[PairTerm, ...]) -> Callable[[jax.Array], jax.Array]:
-    """positions -> pair_energy by the native kernel: energy and gradient from one pass over the
-    unordered pairs. The rest lengths [P, P] are made here, once, from the output vectors."""
-    by_pair = {t.pair: t for t in terms}
-    euclid, repulsion = by_pair.get(euclid_pair), by_pair.get(repulsion_pair)
-    if euclid is not None:
-        rest = rest_lengths(euclid.data[0]) if euclid.rest is None else euclid.rest
-        include = euclid.data[1].astype(jnp.float32)
-    scales = jnp.stack([jnp.float32(0.0) if t is None else jnp.asarray(t.scale, jnp.float32)
-                        for t in (euclid, repulsion)])
-    attributes = dict(
-        weighting=np.int32(WEIGHTINGS.index(dict(euclid.options)["weighting"]) if euclid else 0),
-        euclid=euclid is not None, repulsion=repulsion is not None,
-        softening=np.float32(dict(repulsion.options)["softening"] if repulsion else 1.0),
-        euclid_softening=np.float32(EUCLID_SOFTENING), distance_floor=np.float32(DISTANCE_FLOOR))
-
-    def forward(x):
-        n = x.shape[0]
-        call = jax.ffi.ffi_call(
-            NATIVE_TARGET, (jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((n, 3), jnp.float32)),
-            vmap_method="broadcast_all")
-        if euclid is None:  # unread by the kernel
-            return call(x.astype(jnp.float32), jnp.zeros((1, 1)), jnp.zeros(n), scales, **attributes)
-        return call(x.astype(jnp.float32), rest, include, scales, **attributes)
-
-    return with_gradient(forward)
-
-
-def _tiled(fn: Callable, n: int, tile: int, arrays: tuple, one_block: int) -> jax.Array:
-    """fn(rows, row_ids) over row tiles of at most `tile` rows, where rows holds each of `arrays`
-    sliced to the tile (the last tile padded with copies of the last row; its ids run past n); all
-    rows at once when n <= one_block."""
-    if n <= max(tile, one_block):
-        return fn(arrays, jnp.arange(n))
-    n_tiles = -(-n // tile)
-    padded = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], n_tiles * tile - n, axis=0)]), arrays)
-
-    def one(i):
-        return fn(jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, i * tile, tile), padded),
-                  i * tile + jnp.arange(tile))
-
-    return jax.lax.map(one, jnp.arange(n_tiles))
-
-
-def _pair_mask(row_ids: jax.Array, n: int) -> jax.Array:
-    """[T, P]: False on the diagonal and on padding rows."""
-    return (row_ids[:, None] != jnp.arange(n)[None, :]) & (row_ids < n)[:, None]
-
-
-def _block_energy(pair, cols, xt, rows, row_ids):
-    """The pair energies of one tile of rows (rows = (their positions, their data)), summed; xt is
-    every position, transposed [3, P]."""
-    xr, dr = rows
-    d2 = squared_distances(xr, xt)
-    return jnp.where(_pair_mask(row_ids, xt.shape[1]), pair(d2, dr, cols), 0.0).sum()
-
-
-def _block_gradient(pair, cols, xt, rows, row_ids):
-    """(summed pair energies, their gradient with respect to the rows' positions) for one tile."""
-    xr, dr = rows
-    d2 = squared_distances(xr, xt)
-    ones = jnp.ones_like(d2)
-    values, slope = jax.jvp(lambda d: pair(d, dr, cols), (d2,), (ones,))  # e and de / d(d2)
-    keep = _pair_mask(row_ids, xt.shape[1])
-    slope = jnp.where(keep, slope, 0.0)
-    sums = slope @ jnp.concatenate([xt.T, jnp.ones((xt.shape[1], 1), xt.dtype)], 1)  # [T, 4]: G x, rowsum G
-    return jnp.where(keep, values, 0.0).sum(), 2 * (xr * sums[:, 3:] - sums[:, :3])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +126,9 @@ def euclid_term(vectors, include, weighting, strength) -> PairTerm:
     scale, mean_w = rest_statistics(vectors, include, weighting)
     n = max(int(include.sum()), 1)
     data = (jnp.asarray(vectors * scale, jnp.float32), jnp.asarray(include))
-    return PairTerm(euclid_pair, data, jnp.float32(strength / (n * mean_w)), (("weighting", weighting),))
+    native = (("term", "euclid"), ("weighting", WEIGHTINGS.index(weighting)), ("softening", EUCLID_SOFTENING),
+              ("floor", DISTANCE_FLOOR))
+    return PairTerm(euclid_pair, data, jnp.float32(strength / (n * mean_w)), (("weighting", weighting),), native)
 
 
 def pair_weight(r, weighting: str):
@@ -331,7 +148,8 @@ def repulsion_pair(d2, rows, cols, softening):
 
 def repulsion_term(n_particles, softening, strength) -> PairTerm:
     """All particles repel; the sum over pairs is divided by the number of particles."""
-    return PairTerm(repulsion_pair, (), jnp.float32(strength / n_particles), (("softening", softening),))
+    return PairTerm(repulsion_pair, (), jnp.float32(strength / n_particles), (("softening", softening),),
+                    (("term", "repulsion"), ("softening", softening)))
 
 
 def dominance_energy(positions, group, is_anchor, anchor_weight, strength, *, n_classes, use_anchors):

@@ -90,6 +90,7 @@ def pipeline(args: argparse.Namespace) -> int:
     print(training_summary(trained))
     laid = layout_stage(cfg, trained, out, relayout=args.retrain, trajectory_file=args.trajectory)
     print(layout_summary(laid))
+    say_why_not_native()
     structure = structure_stage(cfg, trained, laid, out, retest=args.retrain) if cfg.structure.enabled else None
     if structure is not None:
         how = "reused from cache, " if structure.reused else ""
@@ -120,6 +121,7 @@ def sweep_pipeline(args: argparse.Namespace) -> int:
     for result in run_points(sweep, configs, out, args.retrain):
         results.append(result)
         print(point_summary(result, len(configs)), flush=True)
+    say_why_not_native()
     print("wrote " + ", ".join(map(str, write_sweep(out, sweep, results))))
     failed = [r for r in results if r.error]
     if failed:
@@ -132,6 +134,14 @@ def sweep_pipeline(args: argparse.Namespace) -> int:
 def sweep_main(argv: list[str] | None = None) -> int:
     return run_command(sweep_pipeline, argv, prog="python -m layout.sweep",
                        description="Run the pipeline over a grid of configs; compare accuracy, sparsity and structure.")
+
+
+def say_why_not_native() -> None:
+    """One note if the layout had to run its pair terms in JAX because the native kernel failed."""
+    from layout.native import unavailable_reason
+
+    if why := unavailable_reason():
+        print(f"note: {why}", file=sys.stderr)
 
 
 def run_figures(trained, laid, structure) -> dict:

@@ -20,7 +20,8 @@ import numpy as np
 from layout import ctrl_c
 from layout.config import SimConfig
 from layout.errors import UserError
-from layout.forces import Energy, PairTerm, Particles, Term, pair_energy_function, with_rest_lengths
+from layout.forces import Energy, Particles, Term
+from layout.pairs import PairTerm, pair_energy_function, with_rest_lengths
 from layout.native import available
 
 

@@ -11,9 +11,9 @@ import pytest
 
 from layout.config import AnchorsConfig, ForcesConfig, SimConfig
 from layout.features import NeuronFeatures, neuron_features
-from layout.forces import (PairTerm, anchor_positions, build_energy, make_particles, pair_energy,
-                           squared_distances)
+from layout.forces import anchor_positions, build_energy, make_particles
 from layout.metrics import layout_metrics, silhouette, trustworthiness, distances, off_diagonal
+from layout.pairs import PairTerm, pair_energy, squared_distances
 from layout.simulate import SimulationError, simulate
 from models.data import Split
 from models.train import History, Network, Snapshots

@@ -15,8 +15,8 @@ import pytest
 
 from layout import native
 from layout.config import AnchorsConfig, ForcesConfig, SimConfig
-from layout.forces import (build_energy, euclid_term, make_particles, pair_energy, repulsion_term,
-                           with_rest_lengths)
+from layout.forces import build_energy, euclid_term, make_particles, repulsion_term
+from layout.pairs import pair_energy, with_rest_lengths
 from layout.simulate import simulate, simulate_many
 from tests.test_layout import synthetic_features
 
@@ -113,18 +113,27 @@ def test_turned_off_the_jax_definition_runs(monkeypatch):
     assert native.TARGET not in str(jax.make_jaxpr(jax.grad(lambda x: pair_energy(terms, x)))(positions(20)))
 
 
-def test_without_a_working_compiler_the_layout_falls_back_with_one_note(tmp_path):
+def test_without_a_working_compiler_the_layout_falls_back_with_one_note(tmp_path, shared_data):
+    env = {**os.environ, "CXX": "/bin/false", "NEURON_LAYOUT_CACHE": str(tmp_path / "cache")}
     script = ("import jax, numpy as np\n"
               "from layout import native\n"
               "from tests.test_native import pair_terms, positions\n"
-              "from layout.forces import pair_energy\n"
+              "from layout.pairs import pair_energy\n"
               "print(native.available())\n"
               "print(bool(np.isfinite(jax.grad(lambda x: pair_energy(pair_terms(20, 'uniform', 'euclid'), x))"
-              "(positions(20))).all()))\n")
+              "(positions(20))).all()))\n"
+              "print(native.unavailable_reason())\n")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "CXX": "/bin/false", "NEURON_LAYOUT_CACHE": str(tmp_path)})
+                            env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "True"]
-    (note,) = [line for line in result.stderr.splitlines() if line.strip()]
-    assert note.startswith("note: the native pair-force kernel could not be built") and "slower JAX" in note
+    available, finite, reason = result.stdout.splitlines()
+    assert (available, finite) == ("False", "True") and result.stderr.strip() == ""  # the library says nothing
+    assert reason.startswith("the native pair-force kernel could not be built") and "slower JAX" in reason
+    # the command says it, once
+    result = subprocess.run([sys.executable, "-m", "layout.run", "configs/binary01.yaml", "--no-window", "--export",
+                             "none", "--out", str(tmp_path / "run"), "--data-dir", str(shared_data), "--set",
+                             "train.epochs=1", "--set", "layout.sim.steps=30"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [f"note: {reason}"]
     assert not list(tmp_path.rglob("*.part")) and not list((REPO / "layout" / "_native").glob("*.part"))
