@@ -30,7 +30,7 @@ TARGET = "neuron_layout_pair_forces"
 REST_TARGET = "neuron_layout_rest_lengths"
 SOURCE = Path(__file__).with_name("pair_forces.cc")
 FALLBACK = "the layout runs on the slower JAX pair forces"
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=c++17")
 
 
 def enabled() -> bool:

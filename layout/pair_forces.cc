@@ -2,15 +2,18 @@
 // over the unordered pairs i < j, as an XLA FFI handler. The definitions are the JAX pair functions
 // euclid_pair and repulsion_pair; tests/test_native.py checks this against jax.grad of them.
 //
-// Per unordered pair, with d2 = |x_i - x_j|^2 and slope = dE/d(d2), both particles get their force
-// at once: grad_i += 2 slope (x_i - x_j), grad_j -= 2 slope (x_i - x_j). Each row i runs over the
-// columns j > i sixteen at a time (GCC vector extensions: one AVX-512 register, or two AVX ones);
-// rows are shared out among OpenMP threads, each adding into its own gradient buffer.
-#include <omp.h>
-
+// Per unordered pair, with s2 = |x_i - x_j|^2 + softening^2 and slope = dE/d(s2), both particles get
+// their force at once: grad_i += 2 slope (x_i - x_j), grad_j -= 2 slope (x_i - x_j). Each row i runs
+// over the columns j > i sixteen at a time (GCC vector extensions: one AVX-512 register, or two AVX
+// ones). The rows are dealt into chunks, which run on XLA's own intra-op thread pool; each chunk adds
+// into its own gradient buffer, and the chunks' sums are added in chunk order, so the same input
+// gives the same bits whichever thread ran which chunk (same seed, same trajectory).
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #if defined(__AVX512F__) || defined(__AVX__)
@@ -24,16 +27,62 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int L = 16;  // lanes per vector
+constexpr int ROWS = 4;  // rows dealt to a chunk at a time
+#ifndef CHUNKS_PER_THREAD
+#define CHUNKS_PER_THREAD 4
+#endif
 typedef float V __attribute__((vector_size(4 * L)));
 typedef int32_t Vi __attribute__((vector_size(4 * L)));
 
 enum Weighting { UNIFORM = 0, INVERSE = 1, INVERSE_SQUARE = 2 };
 
-struct Settings {
-  float euclid_scale, repulsion_scale, softening2, euclid_softening2, distance_floor;
+inline V splat(float a) { return V{} + a; }
+
+inline void pause() {
+#if defined(__AVX__) || defined(__SSE2__)
+  _mm_pause();
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Work on XLA's thread pool
+
+// Runs work(0) .. work(n - 1), each exactly once, on the caller and on XLA's intra-op threads: every
+// thread claims the next chunk nobody has taken. The caller takes chunks too, so nothing waits for a
+// pool thread that is busy elsewhere, and returns when all chunks are done. Tasks that start after
+// that find nothing left to claim and touch only the shared counters, which they keep alive.
+struct Claims {
+  std::atomic<int64_t> next{0}, done{0};
 };
 
-inline V splat(float a) { return V{} + a; }
+// Claims and runs chunks until none is left.
+template <typename Work>
+void claim_chunks(Claims& claims, int64_t n, const Work* work) {
+  for (int64_t c; (c = claims.next.fetch_add(1)) < n;) {
+    (*work)(c);
+    claims.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+template <typename Work>
+void run_chunks(ffi::ThreadPool& pool, int64_t n, const Work& work) {
+  auto claims = std::make_shared<Claims>();
+  const Work* w = &work;  // alive until every chunk is done; a task that starts later claims none
+  for (int64_t h = 0; h < std::min<int64_t>(pool.num_threads() - 1, n - 1); ++h)
+    pool.Schedule([claims, n, w] { claim_chunks(*claims, n, w); });
+  claim_chunks(*claims, n, w);
+  while (claims->done.load(std::memory_order_acquire) < n) pause();
+}
+
+// Chunks of rows: chunk c gets rows ROWS * (c + k * chunks) ... + ROWS - 1, so every chunk has about
+// the same number of pairs.
+int64_t chunk_count(ffi::ThreadPool& pool, int64_t P) {
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  return std::max<int64_t>(1, std::min<int64_t>(CHUNKS_PER_THREAD * threads, (P + ROWS - 1) / ROWS));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vector arithmetic
 
 // 1 / sqrt(x) to float precision: the hardware estimate and one Newton step.
 inline V rsqrt(V x) {
@@ -58,6 +107,8 @@ inline V load(const float* p) {
   return v;
 }
 
+inline void store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+
 // The floats from p up to n (at most L), zeros after them: a row's last block never reads past its end.
 inline V load_first(const float* p, int64_t n) {
   V v{};
@@ -74,167 +125,279 @@ inline V lanes_between(int64_t j0, int64_t lo, int64_t hi) {
   return (V)(ok & (Vi)splat(1.0f));
 }
 
-struct Row {
-  V x0, x1, x2, include;
-  V g0{}, g1{}, g2{}, energy{};
+// The sum of the lanes, pairwise (a serial sum of 16 lanes costs as much as a row's dozen blocks).
+inline float sum(V v) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_add_ps((__m512)v);
+#else
+  for (int width = L / 2; width > 0; width /= 2)
+    for (int k = 0; k < width; ++k) v[k] += v[k + width];
+  return v[0];
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pair loop
+
+struct Settings {
+  float euclid_scale, repulsion_scale, softening2, euclid_softening2, distance_floor;
 };
 
-// Columns j0 .. j0 + 15 of row i: their pair energies into row.energy, the gradient into row.g* (for
-// i) and f (for the columns). mask: which lanes are pairs (1) or not (0).
-template <int W, bool EU, bool REP, bool MASKED>
-inline void block(Row& row, const float* x, const float* rest_row, const float* include, float* f,
-                  int64_t P, int64_t PP, int64_t j0, V mask, const Settings& s) {
-  const V d0 = row.x0 - load(x + j0), d1 = row.x1 - load(x + PP + j0), d2 = row.x2 - load(x + 2 * PP + j0);
-  const V r2 = d0 * d0 + d1 * d1 + d2 * d2;
-  V energy{}, slope{};  // slope: dE / d(r2)
-  if (EU) {
-    const V rest = MASKED ? load_first(rest_row + j0, P - j0) : load(rest_row + j0);
-    const V s2 = r2 + s.euclid_softening2;
-    const V inv_d = rsqrt(s2);
-    V w = s.euclid_scale * row.include * load(include + j0);
-    if (MASKED) w *= mask;
-    if (W == INVERSE) w /= rest + s.distance_floor;
-    if (W == INVERSE_SQUARE) w /= (rest + s.distance_floor) * (rest + s.distance_floor);
-    const V gap = s2 * inv_d - rest;  // d - r, d = sqrt(r2 + softening^2)
-    energy += w * gap * gap;
-    slope += w * gap * inv_d;  // d/d(r2) of w (d - r)^2 = w (d - r) / d
+// One system's particles as columns, each padded with zeros to S floats (S: `stride`): x [3, S];
+// spring [S]: 2 x euclid's scale where a particle takes part in euclid, else 0. rest: row i of the
+// rest lengths starts at rest + i * R.
+struct Columns {
+  const float* x;
+  const float* spring;
+  const float* rest;
+  int64_t P, S, R;
+};
+
+// NR rows i, i + 1, ... at once: the columns' loads and stores are shared, and the rows' independent
+// arithmetic keeps the vector units busy while one row waits on its square roots. The rows' gradients
+// g*, their energies summed: springs (2 x euclid energy / scale) and repulsion (sum of 1 / d).
+template <int NR>
+struct Rows {
+  V x0[NR], x1[NR], x2[NR], mask[NR];
+  V g0[NR]{}, g1[NR]{}, g2[NR]{};
+  V springs{}, repulsion{};
+  const float* rest[NR];
+};
+
+// Columns j0 .. j0 + 15 of the rows. mask: which lanes are pairs (1) or not (0), when MASKED. EU:
+// whether the rows take part in euclid. f: the chunk's gradient buffer [3, S].
+template <int W, bool EU, bool REP, bool MASKED, int NR>
+inline void block(Rows<NR>& rows, const Columns& c, float* f, int64_t j0, const Settings& s) {
+  const V x0 = load(c.x + j0), x1 = load(c.x + c.S + j0), x2 = load(c.x + 2 * c.S + j0);
+  const V spring = EU ? load(c.spring + j0) : V{};  // 2 x scale where j takes part in euclid
+  V f0 = load(f + j0), f1 = load(f + c.S + j0), f2 = load(f + 2 * c.S + j0);
+#pragma GCC unroll 4
+  for (int r = 0; r < NR; ++r) {
+    const V d0 = rows.x0[r] - x0, d1 = rows.x1[r] - x1, d2 = rows.x2[r] - x2;
+    const V s2 = d0 * d0 + d1 * d1 + (d2 * d2 + s.euclid_softening2);
+    V slope{};  // 2 dE / d(s2)
+    if (EU) {
+      const V rest = MASKED ? load_first(rows.rest[r] + j0, c.P - j0) : load(rows.rest[r] + j0);
+      const V inv_d = rsqrt(s2);  // d = sqrt(r^2 + softening^2)
+      V w = MASKED ? spring * rows.mask[r] : spring;  // 2 x scale x w_ij
+      if (W == INVERSE) w /= rest + s.distance_floor;
+      if (W == INVERSE_SQUARE) w /= (rest + s.distance_floor) * (rest + s.distance_floor);
+      const V gap = s2 * inv_d - rest;  // d - r
+      const V t = w * gap;
+      rows.springs += t * gap;  // 2 x w (d - r)^2
+      slope = t * inv_d;  // 2 d/d(s2) of w (d - r)^2 = w (d - r) / d
+    }
+    if (REP) {
+      V inv = rsqrt(s2 + (s.softening2 - s.euclid_softening2));
+      if (MASKED) inv *= rows.mask[r];
+      rows.repulsion += inv;
+      slope -= s.repulsion_scale * (inv * inv * inv);  // 2 d/d(s2) of scale / sqrt(s2') = -scale / s2'^1.5
+    }
+    rows.g0[r] += slope * d0;
+    rows.g1[r] += slope * d1;
+    rows.g2[r] += slope * d2;
+    f0 -= slope * d0;
+    f1 -= slope * d1;
+    f2 -= slope * d2;
   }
-  if (REP) {
-    V inv = rsqrt(r2 + s.softening2);
-    if (MASKED) inv *= mask;
-    energy += s.repulsion_scale * inv;
-    slope -= (0.5f * s.repulsion_scale) * inv * inv * inv;
-  }
-  const V twice = slope + slope;
-  const V a0 = twice * d0, a1 = twice * d1, a2 = twice * d2;
-  row.g0 += a0;
-  row.g1 += a1;
-  row.g2 += a2;
-  row.energy += energy;
-  float* f0 = f + j0;
-  float* f1 = f + PP + j0;
-  float* f2 = f + 2 * PP + j0;
-  const V n0 = load(f0) - a0, n1 = load(f1) - a1, n2 = load(f2) - a2;
-  std::memcpy(f0, &n0, sizeof(V));
-  std::memcpy(f1, &n1, sizeof(V));
-  std::memcpy(f2, &n2, sizeof(V));
+  store(f + j0, f0);
+  store(f + c.S + j0, f1);
+  store(f + 2 * c.S + j0, f2);
 }
 
-inline float sum(V v) {
-  float total = 0.0f;
-  for (int k = 0; k < L; ++k) total += v[k];
-  return total;
+// Rows i .. i + NR - 1 against the columns after them: their pair energies and the gradient into f.
+// The first and last blocks are masked (pairs j > row, j < P).
+template <int W, bool EU, bool REP, int NR>
+Rows<NR> rows_pairs(const Columns& c, float* __restrict__ f, int64_t i, const Settings& s) {
+  Rows<NR> rows;
+  for (int r = 0; r < NR; ++r) {
+    rows.x0[r] = splat(c.x[i + r]);
+    rows.x1[r] = splat(c.x[c.S + i + r]);
+    rows.x2[r] = splat(c.x[2 * c.S + i + r]);
+    rows.rest[r] = EU ? c.rest + (i + r) * c.R : nullptr;
+  }
+  const int64_t first = (i + 1) / L * L, last = (c.P - 1) / L * L;
+  for (int r = 0; r < NR; ++r) rows.mask[r] = lanes_between(first, i + r, c.P);
+  block<W, EU, REP, true>(rows, c, f, first, s);
+  for (int64_t j0 = first + L; j0 < last; j0 += L) block<W, EU, REP, false>(rows, c, f, j0, s);
+  if (last > first) {
+    for (int r = 0; r < NR; ++r) rows.mask[r] = lanes_between(last, i + r, c.P);
+    block<W, EU, REP, true>(rows, c, f, last, s);
+  }
+  return rows;
 }
 
-// One system: x [P, 3], rest [P, P] (rest lengths, read above the diagonal only), include [P];
-// writes grad [P, 3] and returns the energy.
+// Rows i .. i + NR - 1: the pairs, then each row's gradient into f and the energies into the sums.
+template <int W, bool EU, bool REP, int NR>
+void add_rows(const Columns& c, float* f, int64_t i, const Settings& s, double& springs, double& repulsion) {
+  const Rows<NR> rows = rows_pairs<W, EU, REP, NR>(c, f, i, s);
+  for (int r = 0; r < NR; ++r) {
+    f[i + r] += sum(rows.g0[r]);
+    f[c.S + i + r] += sum(rows.g1[r]);
+    f[2 * c.S + i + r] += sum(rows.g2[r]);
+  }
+  springs += sum(rows.springs);
+  repulsion += sum(rows.repulsion);
+}
+
+#ifndef GROUP_ROWS
+#define GROUP_ROWS 2
+#endif
+constexpr int GROUP = GROUP_ROWS;  // rows at once
+
+// One chunk's rows: energies (euclid, repulsion) and gradient into f [3, S] (zeroed here). Rows that
+// take no part in euclid (spring 0) go one at a time without it.
 template <int W, bool EU, bool REP>
-double system(const float* x_in, const float* rest, const float* include_in, int64_t P, const Settings s,
-              float* grad) {
-  const int64_t PP = (P + L - 1) / L * L;  // columns padded to whole vectors
-  std::vector<float> x(3 * PP, 0.0f), include(PP, 0.0f);
+void chunk_pairs(const Columns& c, const Settings& s, int64_t chunk, int64_t chunks, float* f, double* energy) {
+  std::memset(f, 0, sizeof(float) * 3 * c.S);
+  double springs = 0.0, repulsion = 0.0;
+  for (int64_t start = ROWS * chunk; start < c.P - 1; start += ROWS * chunks) {
+    const int64_t end = std::min(start + ROWS, c.P - 1);
+    int64_t i = start;
+    for (; i + GROUP <= end && (!EU || std::all_of(c.spring + i, c.spring + i + GROUP, [](float w) { return w != 0; }));
+         i += GROUP)
+      add_rows<W, EU, REP, GROUP>(c, f, i, s, springs, repulsion);
+    for (; i < end; ++i) {
+      if (EU && c.spring[i] != 0.0f)
+        add_rows<W, true, REP, 1>(c, f, i, s, springs, repulsion);
+      else if (REP)
+        add_rows<W, false, REP, 1>(c, f, i, s, springs, repulsion);
+    }
+  }
+  *energy = 0.5 * springs + s.repulsion_scale * repulsion;
+}
+
+using Chunk = void (*)(const Columns&, const Settings&, int64_t, int64_t, float*, double*);
+
+Chunk pick(int weighting, bool euclid, bool repulsion) {
+  static const Chunk with_euclid[3][2] = {
+      {chunk_pairs<UNIFORM, true, false>, chunk_pairs<UNIFORM, true, true>},
+      {chunk_pairs<INVERSE, true, false>, chunk_pairs<INVERSE, true, true>},
+      {chunk_pairs<INVERSE_SQUARE, true, false>, chunk_pairs<INVERSE_SQUARE, true, true>}};
+  if (euclid) return with_euclid[weighting][repulsion];
+  return chunk_pairs<UNIFORM, false, true>;
+}
+
+// Where the arrays of the pair loop lie. A load from an address that equals a recent store's modulo
+// 4096 bytes waits for that store ("4K aliasing"; about 20% of the loop's time here, where a stride of
+// 1024 particles puts x_j and f_j of all three coordinates at one offset). So every array read or
+// written in the loop (rest row, x0, x1, x2, spring, f0, f1, f2) starts STEP floats after the previous
+// one modulo a PAGE: their offsets are 1344 bytes apart, and no load is within 64 bytes of a store
+// of the last dozen blocks.
+constexpr int64_t PAGE = 1024, STEP = 336;  // floats: 4096 and 1344 bytes
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// The stride S >= P, whole vectors, with S = STEP modulo PAGE.
+int64_t stream_stride(int64_t P) {
+  const int64_t whole = round_up(P, L);
+  return whole + ((STEP - whole % PAGE) % PAGE + PAGE) % PAGE;
+}
+
+// The rest lengths' row stride R >= P, a whole number of pages, so that every row starts at the same
+// offset modulo a page (RestLengths writes [P, R]; PairForces reads it).
+int64_t rest_stride(int64_t P) { return round_up(P, PAGE); }
+
+// Scratch kept between calls, one per calling thread: columns, then the chunks' gradient buffers.
+struct Scratch {
+  std::vector<float> storage;
+  std::vector<double> energies;
+};
+
+// One system: x [P, 3], rest [P, R] (rest lengths, read above the diagonal only), include [P] (0 or
+// 1); writes grad [P, 3] and returns the energy.
+double system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* rest, const float* include, int64_t P,
+              bool euclid, const Settings& s, float* grad) {
+  thread_local Scratch scratch;
+  const int64_t S = stream_stride(P), chunks = chunk_count(pool, P);
+  const int64_t per_chunk = round_up(3 * S, PAGE);  // every chunk's f0 at the same offset modulo a page
+  scratch.storage.resize(4 * S + chunks * per_chunk + PAGE);
+  scratch.energies.assign(chunks, 0.0);
+  // x0 one STEP after the rest rows modulo a page (rest is aligned to 64 bytes or more)
+  const uintptr_t anchor = rest ? uintptr_t(rest) : 0, here = uintptr_t(scratch.storage.data());
+  float* columns = scratch.storage.data() + ((anchor + 4 * STEP - here) % (4 * PAGE)) / 4;
+  float* buffers = columns + 4 * S;
+  std::fill(columns, buffers, 0.0f);
   for (int64_t i = 0; i < P; ++i) {
-    for (int k = 0; k < 3; ++k) x[k * PP + i] = x_in[i * 3 + k];
-    include[i] = EU ? include_in[i] : 0.0f;
+    for (int k = 0; k < 3; ++k) columns[k * S + i] = x[i * 3 + k];
+    columns[3 * S + i] = euclid && include[i] != 0.0f ? 2.0f * s.euclid_scale : 0.0f;
   }
-  // Rows go to the threads in a fixed round-robin order, and the threads' sums are added in thread
-  // order: the same input gives the same bits (same seed, same trajectory).
-  const int threads = omp_get_max_threads();
-  std::vector<float> buffers(size_t(threads) * 3 * PP, 0.0f);
-  std::vector<double> energies(threads, 0.0);
-#pragma omp parallel num_threads(threads)
-  {
-    const int t = omp_get_thread_num();
-    float* f = buffers.data() + size_t(t) * 3 * PP;
-#pragma omp for schedule(static, 4)
-    for (int64_t i = 0; i < P - 1; ++i) {
-      Row row{splat(x[i]), splat(x[PP + i]), splat(x[2 * PP + i]), splat(include[i])};
-      const float* rest_row = EU ? rest + i * P : nullptr;
-      const int64_t first = (i + 1) / L * L, last = (P - 1) / L * L;
-      for (int64_t j0 = first; j0 <= last; j0 += L) {
-        if (j0 == first || j0 == last)
-          block<W, EU, REP, true>(row, x.data(), rest_row, include.data(), f, P, PP, j0,
-                                  lanes_between(j0, i, P), s);
-        else
-          block<W, EU, REP, false>(row, x.data(), rest_row, include.data(), f, P, PP, j0, V{}, s);
-      }
-      f[i] += sum(row.g0);
-      f[PP + i] += sum(row.g1);
-      f[2 * PP + i] += sum(row.g2);
-      energies[t] += sum(row.energy);
-    }
-  }
+  const Columns c{columns, columns + 3 * S, rest, P, S, rest_stride(P)};
+  double* energies = scratch.energies.data();
+  run_chunks(pool, chunks, [&](int64_t k) { run(c, s, k, chunks, buffers + k * per_chunk, energies + k); });
   double energy = 0.0;
-  for (int t = 0; t < threads; ++t) energy += energies[t];
+  for (int64_t k = 0; k < chunks; ++k) energy += energies[k];
+  for (int64_t b = 1; b < chunks; ++b)  // into chunk 0's buffer, in chunk order
+    for (int64_t i = 0; i < 3 * S; ++i) buffers[i] += buffers[b * per_chunk + i];
   for (int64_t i = 0; i < P; ++i)
-    for (int k = 0; k < 3; ++k) {
-      float total = 0.0f;
-      for (int t = 0; t < threads; ++t) total += buffers[size_t(t) * 3 * PP + k * PP + i];
-      grad[i * 3 + k] = total;
-    }
+    for (int k = 0; k < 3; ++k) grad[i * 3 + k] = buffers[k * S + i];
   return energy;
 }
 
-using System = double (*)(const float*, const float*, const float*, int64_t, const Settings, float*);
-
-System pick(int weighting, bool euclid, bool repulsion) {
-  static const System with_euclid[3][2] = {
-      {system<UNIFORM, true, false>, system<UNIFORM, true, true>},
-      {system<INVERSE, true, false>, system<INVERSE, true, true>},
-      {system<INVERSE_SQUARE, true, false>, system<INVERSE_SQUARE, true, true>}};
-  if (euclid) return with_euclid[weighting][repulsion];
-  return repulsion ? system<UNIFORM, false, true> : system<UNIFORM, false, false>;
-}
-
-// x [..., P, 3], rest [..., P, P] (unread without euclid), include [..., P], scales [..., 2] (euclid,
-// repulsion) -> energy [...], grad [..., P, 3]; leading axes are independent systems (jax.vmap).
-ffi::Error PairForcesImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> rest, ffi::Buffer<ffi::F32> include,
-                          ffi::Buffer<ffi::F32> scales, ffi::ResultBuffer<ffi::F32> energy,
-                          ffi::ResultBuffer<ffi::F32> grad, int32_t weighting, bool euclid, bool repulsion,
-                          float softening, float euclid_softening, float distance_floor) {
+// x [..., P, 3], rest [..., P, R] (R = rest_stride(P); unread without euclid), include [..., P],
+// scales [..., 2] (euclid, repulsion) -> energy [...], grad [..., P, 3]; leading axes are independent
+// systems (jax.vmap).
+ffi::Error PairForcesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> rest,
+                          ffi::Buffer<ffi::F32> include, ffi::Buffer<ffi::F32> scales,
+                          ffi::ResultBuffer<ffi::F32> energy, ffi::ResultBuffer<ffi::F32> grad, int32_t weighting,
+                          bool euclid, bool repulsion, float softening, float euclid_softening,
+                          float distance_floor) {
   const auto dims = x.dimensions();
   if (dims.size() < 2 || dims.back() != 3) return ffi::Error::InvalidArgument("pair_forces: x must be [..., P, 3]");
   if (weighting < 0 || weighting > 2) return ffi::Error::InvalidArgument("pair_forces: weighting must be 0, 1 or 2");
   const int64_t P = dims[dims.size() - 2];
   if (P == 0) return ffi::Error::Success();
   const int64_t B = x.element_count() / (P * 3);
-  if (euclid && rest.element_count() != B * P * P)
-    return ffi::Error::InvalidArgument("pair_forces: rest must be [..., P, P]");
-  const System run = pick(weighting, euclid, repulsion);
+  const int64_t R = rest_stride(P);
+  if (euclid && rest.element_count() != B * P * R)
+    return ffi::Error::InvalidArgument("pair_forces: rest must be [..., P, P rounded up to 1024]");
+  const Chunk run = pick(weighting, euclid, repulsion);
   for (int64_t b = 0; b < B; ++b) {
     const float* sc = scales.typed_data() + 2 * b;
     const Settings s{sc[0], sc[1], softening * softening, euclid_softening * euclid_softening, distance_floor};
-    energy->typed_data()[b] = float(run(x.typed_data() + b * P * 3, euclid ? rest.typed_data() + b * P * P : nullptr,
-                                        include.typed_data() + b * P, P, s, grad->typed_data() + b * P * 3));
+    float* g = grad->typed_data() + b * P * 3;
+    if (!euclid && !repulsion) {
+      std::fill(g, g + P * 3, 0.0f);
+      energy->typed_data()[b] = 0.0f;
+      continue;
+    }
+    energy->typed_data()[b] = float(system(pool, run, x.typed_data() + b * P * 3,
+                                           euclid ? rest.typed_data() + b * P * R : nullptr,
+                                           include.typed_data() + b * P, P, euclid, s, g));
   }
   return ffi::Error::Success();
 }
 
-// vectors [..., P, C] -> rest [..., P, P]: |v_i - v_j| above the diagonal (the pairs PairForces reads),
-// 0 on and below it. Made once per call of a simulation chunk, so multi-threaded like the forces.
-ffi::Error RestLengthsImpl(ffi::Buffer<ffi::F32> vectors, ffi::ResultBuffer<ffi::F32> rest) {
+// vectors [..., P, C] -> rest [..., P, R]: |v_i - v_j| above the diagonal (the pairs PairForces reads),
+// 0 elsewhere. Made once per simulation, on the thread pool like the forces.
+ffi::Error RestLengthsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> vectors, ffi::ResultBuffer<ffi::F32> rest) {
   const auto dims = vectors.dimensions();
   if (dims.size() < 2) return ffi::Error::InvalidArgument("rest_lengths: vectors must be [..., P, C]");
   const int64_t P = dims[dims.size() - 2], C = dims.back();
   if (P == 0) return ffi::Error::Success();
-  const int64_t B = vectors.element_count() / (P * C);
+  const int64_t B = vectors.element_count() / (P * C), R = rest_stride(P);
+  if (rest->element_count() != B * P * R)
+    return ffi::Error::InvalidArgument("rest_lengths: rest must be [..., P, P rounded up to 1024]");
   std::vector<float> columns(C * P);  // [C, P]: one coordinate of every particle, contiguous
   for (int64_t b = 0; b < B; ++b) {
     const float* v = vectors.typed_data() + b * P * C;
-    float* out = rest->typed_data() + b * P * P;
+    float* out = rest->typed_data() + b * P * R;
     for (int64_t i = 0; i < P; ++i)
       for (int64_t k = 0; k < C; ++k) columns[k * P + i] = v[i * C + k];
-#pragma omp parallel for schedule(dynamic, 16)
-    for (int64_t i = 0; i < P; ++i) {
-      float* row = out + i * P;
-      for (int64_t j = 0; j < P; ++j) row[j] = 0.0f;
-      for (int64_t k = 0; k < C; ++k) {
-        const float vik = v[i * C + k];
-        const float* column = columns.data() + k * P;
-        for (int64_t j = i + 1; j < P; ++j) row[j] += (vik - column[j]) * (vik - column[j]);
-      }
-      for (int64_t j = i + 1; j < P; ++j) row[j] = std::sqrt(row[j]);
-    }
+    const int64_t chunks = chunk_count(pool, P);
+    run_chunks(pool, chunks, [&](int64_t chunk) {
+      for (int64_t start = ROWS * chunk; start < P; start += ROWS * chunks)
+        for (int64_t i = start; i < std::min(start + ROWS, P); ++i) {
+          float* row = out + i * R;
+          std::fill(row, row + R, 0.0f);
+          for (int64_t k = 0; k < C; ++k) {
+            const float vik = v[i * C + k];
+            const float* column = columns.data() + k * P;
+            for (int64_t j = i + 1; j < P; ++j) row[j] += (vik - column[j]) * (vik - column[j]);
+          }
+          for (int64_t j = i + 1; j < P; ++j) row[j] = std::sqrt(row[j]);
+        }
+    });
   }
   return ffi::Error::Success();
 }
@@ -242,10 +405,14 @@ ffi::Error RestLengthsImpl(ffi::Buffer<ffi::F32> vectors, ffi::ResultBuffer<ffi:
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RestLengths, RestLengthsImpl,
-                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PairForces, PairForcesImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -53,7 +53,7 @@ class PairTerm:
     scale: float
     options: tuple = ()
     native: tuple = ()  # the native kernel's version of this energy: (name, value) pairs, "term" first
-    rest: jax.Array | None = None  # euclid's rest lengths [P, P] for the native kernel (with_rest_lengths)
+    rest: jax.Array | None = None  # euclid's rest lengths [P, R] for the native kernel (with_rest_lengths)
 
     def __call__(self, positions: jax.Array) -> jax.Array:
         return pair_energy((self,), positions)
@@ -107,12 +107,16 @@ def jax_pair_energy(terms: tuple[PairTerm, ...], positions: jax.Array, tile: int
     return with_gradient(forward, value)(positions)
 
 
+REST_ROW = 1024  # the kernel's rest-length rows are padded to a multiple of this (pair_forces.cc: rest_stride)
+
+
 @jax.jit
 def rest_lengths(vectors: jax.Array) -> jax.Array:
-    """[..., P, C] -> [..., P, P]: |v_i - v_j| for i < j (0 elsewhere), by the native kernel (XLA's
-    own code takes 0.4 s at P = 10,000)."""
+    """[..., P, C] -> [..., P, R]: |v_i - v_j| for i < j (0 elsewhere), rows padded to R, a multiple of
+    REST_ROW, for the native kernel, which makes them (XLA's own code takes 0.4 s at P = 10,000)."""
     n = vectors.shape[-2]
-    return jax.ffi.ffi_call(NATIVE_REST_TARGET, jax.ShapeDtypeStruct(vectors.shape[:-1] + (n,), jnp.float32),
+    row = -(-n // REST_ROW) * REST_ROW
+    return jax.ffi.ffi_call(NATIVE_REST_TARGET, jax.ShapeDtypeStruct(vectors.shape[:-1] + (row,), jnp.float32),
                             vmap_method="broadcast_all")(vectors.astype(jnp.float32))
 
 
@@ -121,7 +125,7 @@ def with_rest_lengths(terms: tuple, native: bool) -> tuple:
     made once per simulation instead of once per compiled chunk of steps (a fresh [P, P] array, 400 MB
     at P = 10,000, costs more than the steps of a chunk)."""
     pairs = tuple(t for t in terms if isinstance(t, PairTerm))
-    if not (native and pairs and native_kernel_fits(pairs)):
+    if not (native and pairs and native_kernel_fits(pairs) and available()):
         return terms
     return tuple(dataclasses.replace(t, rest=rest_lengths(t.data[0])) if native_name(t) == "euclid" else t
                  for t in terms)
@@ -148,7 +152,7 @@ def native_kernel_fits(terms: tuple[PairTerm, ...]) -> bool:
 
 def native_pair_energy(terms: tuple[PairTerm, ...]) -> Callable[[jax.Array], jax.Array]:
     """positions -> pair_energy by the native kernel: energy and gradient from one pass over the
-    unordered pairs. The rest lengths [P, P] come with the term (with_rest_lengths) or are made here,
+    unordered pairs. The rest lengths [P, R] come with the term (with_rest_lengths) or are made here,
     once, from the output vectors."""
     by_name = {native_name(t): t for t in terms}
     euclid, repulsion = by_name.get("euclid"), by_name.get("repulsion")

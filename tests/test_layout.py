@@ -11,7 +11,7 @@ import pytest
 
 from layout.config import AnchorsConfig, ForcesConfig, SimConfig
 from layout.features import NeuronFeatures, neuron_features
-from layout.forces import anchor_positions, build_energy, make_particles
+from layout.forces import anchor_positions, build_energy, dominance_energy, make_particles
 from layout.metrics import layout_metrics, silhouette, trustworthiness, distances, off_diagonal
 from layout.pairs import PairTerm, pair_energy, squared_distances
 from layout.simulate import SimulationError, simulate
@@ -207,6 +207,33 @@ def test_energy_falls_under_plain_gradient_descent(terms, particles):
         energies.append(float(total(x)))
     assert all(b <= a + 1e-6 for a, b in zip(energies, energies[1:]))
     assert energies[-1] < 0.7 * energies[0]
+
+
+@pytest.mark.parametrize("anchor", [0.0, 0.7])
+def test_dominance_is_seed_003s_same_class_attraction_written_plainly(anchor):
+    rng = np.random.default_rng(9)
+    group = np.concatenate([rng.integers(0, 4, 30), np.arange(4)])  # 30 neurons, then 4 anchors
+    is_anchor = np.arange(34) >= 30
+    x = jnp.asarray(rng.normal(size=(34, 3)), jnp.float32)
+
+    def plain(p):  # same-class pairs pull with 1 / (2 n_g) each; every neuron toward its class anchor
+        total = 0.0
+        for i in range(30):
+            n_g = (group[:30] == group[i]).sum()
+            for j in range(i + 1, 30):
+                if group[i] == group[j]:
+                    total += ((p[i] - p[j]) ** 2).sum() / (2 * n_g)
+            total += anchor * ((p[i] - p[30 + group[i]]) ** 2).sum() / 2
+        return 0.3 * total
+
+    def ours(p):
+        return dominance_energy(p, jnp.asarray(group), jnp.asarray(is_anchor), anchor, 0.3, n_classes=4,
+                                use_anchors=anchor > 0)
+
+    expected, expected_grad = jax.value_and_grad(plain)(x)
+    value, grad = jax.jit(jax.value_and_grad(ours))(x)
+    assert float(value) == pytest.approx(float(expected), rel=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-4, atol=1e-5)
 
 
 def test_pair_energy_matches_a_plain_double_loop_tiled_or_not():

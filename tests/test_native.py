@@ -16,7 +16,7 @@ import pytest
 from layout import native
 from layout.config import AnchorsConfig, ForcesConfig, SimConfig
 from layout.forces import build_energy, euclid_term, make_particles, repulsion_term
-from layout.pairs import pair_energy, with_rest_lengths
+from layout.pairs import REST_ROW, pair_energy, with_rest_lengths
 from layout.simulate import simulate, simulate_many
 from tests.test_layout import synthetic_features
 
@@ -64,7 +64,7 @@ def test_kernel_energy_and_gradient_match_the_jax_definition(n, which, weighting
 def test_rest_lengths_made_once_give_the_same_energy():
     terms, x = pair_terms(50, "inverse", "euclid+repulsion"), positions(50)
     prepared = with_rest_lengths(terms, native=True)
-    assert prepared[0].rest.shape == (50, 50) and prepared[1].rest is None
+    assert prepared[0].rest.shape == (50, REST_ROW) and prepared[1].rest is None  # rows padded for the kernel
     np.testing.assert_allclose(np.asarray(jax.grad(lambda p: pair_energy(prepared, p))(x)),
                                np.asarray(jax.grad(lambda p: pair_energy(terms, p, native=False))(x)), rtol=1e-4,
                                atol=1e-6)
