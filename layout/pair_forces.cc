@@ -174,7 +174,7 @@ inline void block(Rows<NR>& rows, const Columns& c, float* f, int64_t j0, const 
 #pragma GCC unroll 4
   for (int r = 0; r < NR; ++r) {
     const V d0 = rows.x0[r] - x0, d1 = rows.x1[r] - x1, d2 = rows.x2[r] - x2;
-    const V s2 = d0 * d0 + d1 * d1 + (d2 * d2 + s.euclid_softening2);
+    const V s2 = d0 * d0 + (d1 * d1 + (d2 * d2 + s.euclid_softening2));  // three fused multiply-adds
     V slope{};  // 2 dE / d(s2)
     if (EU) {
       const V rest = MASKED ? load_first(rows.rest[r] + j0, c.P - j0) : load(rows.rest[r] + j0);
@@ -191,7 +191,7 @@ inline void block(Rows<NR>& rows, const Columns& c, float* f, int64_t j0, const 
       V inv = rsqrt(s2 + (s.softening2 - s.euclid_softening2));
       if (MASKED) inv *= rows.mask[r];
       rows.repulsion += inv;
-      slope -= s.repulsion_scale * (inv * inv * inv);  // 2 d/d(s2) of scale / sqrt(s2') = -scale / s2'^1.5
+      slope -= (s.repulsion_scale * inv) * (inv * inv);  // 2 d/d(s2) of scale / sqrt(s2') = -scale / s2'^1.5
     }
     rows.g0[r] += slope * d0;
     rows.g1[r] += slope * d1;
