@@ -245,8 +245,8 @@ void add_rows(const Columns& c, float* f, int64_t i, const Settings& s, double& 
 #endif
 constexpr int GROUP = GROUP_ROWS;  // rows at once
 
-// One chunk's rows: energies (euclid, repulsion) and gradient into f [3, S] (zeroed here). Rows that
-// take no part in euclid (spring 0) go one at a time without it.
+// One chunk's rows: energies (euclid, repulsion) into energy [2] and gradient into f [3, S] (zeroed
+// here). Rows that take no part in euclid (spring 0) go one at a time without it.
 template <int W, bool EU, bool REP>
 void chunk_pairs(const Columns& c, const Settings& s, int64_t chunk, int64_t chunks, float* f, double* energy) {
   std::memset(f, 0, sizeof(float) * 3 * c.S);
@@ -264,7 +264,8 @@ void chunk_pairs(const Columns& c, const Settings& s, int64_t chunk, int64_t chu
         add_rows<W, false, REP, 1>(c, f, i, s, springs, repulsion);
     }
   }
-  *energy = 0.5 * springs + s.repulsion_scale * repulsion;
+  energy[0] = 0.5 * springs;
+  energy[1] = s.repulsion_scale * repulsion;
 }
 
 using Chunk = void (*)(const Columns&, const Settings&, int64_t, int64_t, float*, double*);
@@ -305,14 +306,14 @@ struct Scratch {
 };
 
 // One system: x [P, 3], rest [P, R] (rest lengths, read above the diagonal only), include [P] (0 or
-// 1); writes grad [P, 3] and returns the energy.
-double system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* rest, const float* include, int64_t P,
-              bool euclid, const Settings& s, float* grad) {
+// 1); writes grad [P, 3] and the energies of euclid and repulsion, energy [2].
+void system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* rest, const float* include, int64_t P,
+              bool euclid, const Settings& s, float* grad, float* energy) {
   thread_local Scratch scratch;
   const int64_t S = stream_stride(P), chunks = chunk_count(pool, P);
   const int64_t per_chunk = round_up(3 * S, PAGE);  // every chunk's f0 at the same offset modulo a page
   scratch.storage.resize(4 * S + chunks * per_chunk + PAGE);
-  scratch.energies.assign(chunks, 0.0);
+  scratch.energies.assign(2 * chunks, 0.0);
   // x0 one STEP after the rest rows modulo a page (rest is aligned to 64 bytes or more)
   const uintptr_t anchor = rest ? uintptr_t(rest) : 0, here = uintptr_t(scratch.storage.data());
   float* columns = scratch.storage.data() + ((anchor + 4 * STEP - here) % (4 * PAGE)) / 4;
@@ -324,19 +325,21 @@ double system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* res
   }
   const Columns c{columns, columns + 3 * S, rest, P, S, rest_stride(P)};
   double* energies = scratch.energies.data();
-  run_chunks(pool, chunks, [&](int64_t k) { run(c, s, k, chunks, buffers + k * per_chunk, energies + k); });
-  double energy = 0.0;
-  for (int64_t k = 0; k < chunks; ++k) energy += energies[k];
+  run_chunks(pool, chunks, [&](int64_t k) { run(c, s, k, chunks, buffers + k * per_chunk, energies + 2 * k); });
+  for (int t = 0; t < 2; ++t) {
+    double total = 0.0;
+    for (int64_t k = 0; k < chunks; ++k) total += energies[2 * k + t];
+    energy[t] = float(total);
+  }
   for (int64_t b = 1; b < chunks; ++b)  // into chunk 0's buffer, in chunk order
     for (int64_t i = 0; i < 3 * S; ++i) buffers[i] += buffers[b * per_chunk + i];
   for (int64_t i = 0; i < P; ++i)
     for (int k = 0; k < 3; ++k) grad[i * 3 + k] = buffers[k * S + i];
-  return energy;
 }
 
 // x [..., P, 3], rest [..., P, R] (R = rest_stride(P); unread without euclid), include [..., P],
-// scales [..., 2] (euclid, repulsion) -> energy [...], grad [..., P, 3]; leading axes are independent
-// systems (jax.vmap).
+// scales [..., 2] (euclid, repulsion) -> energy [..., 2] (euclid's, repulsion's), grad [..., P, 3];
+// leading axes are independent systems (jax.vmap).
 ffi::Error PairForcesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> rest,
                           ffi::Buffer<ffi::F32> include, ffi::Buffer<ffi::F32> scales,
                           ffi::ResultBuffer<ffi::F32> energy, ffi::ResultBuffer<ffi::F32> grad, int32_t weighting,
@@ -346,7 +349,10 @@ ffi::Error PairForcesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   if (dims.size() < 2 || dims.back() != 3) return ffi::Error::InvalidArgument("pair_forces: x must be [..., P, 3]");
   if (weighting < 0 || weighting > 2) return ffi::Error::InvalidArgument("pair_forces: weighting must be 0, 1 or 2");
   const int64_t P = dims[dims.size() - 2];
-  if (P == 0) return ffi::Error::Success();
+  if (P == 0) {
+    std::fill(energy->typed_data(), energy->typed_data() + energy->element_count(), 0.0f);
+    return ffi::Error::Success();
+  }
   const int64_t B = x.element_count() / (P * 3);
   const int64_t R = rest_stride(P);
   if (euclid && rest.element_count() != B * P * R)
@@ -356,14 +362,14 @@ ffi::Error PairForcesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
     const float* sc = scales.typed_data() + 2 * b;
     const Settings s{sc[0], sc[1], softening * softening, euclid_softening * euclid_softening, distance_floor};
     float* g = grad->typed_data() + b * P * 3;
+    float* e = energy->typed_data() + 2 * b;
     if (!euclid && !repulsion) {
       std::fill(g, g + P * 3, 0.0f);
-      energy->typed_data()[b] = 0.0f;
+      e[0] = e[1] = 0.0f;
       continue;
     }
-    energy->typed_data()[b] = float(system(pool, run, x.typed_data() + b * P * 3,
-                                           euclid ? rest.typed_data() + b * P * R : nullptr,
-                                           include.typed_data() + b * P, P, euclid, s, g));
+    system(pool, run, x.typed_data() + b * P * 3, euclid ? rest.typed_data() + b * P * R : nullptr,
+           include.typed_data() + b * P, P, euclid, s, g, e);
   }
   return ffi::Error::Success();
 }

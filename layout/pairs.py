@@ -152,7 +152,19 @@ def native_kernel_fits(terms: tuple[PairTerm, ...]) -> bool:
 
 def native_pair_energy(terms: tuple[PairTerm, ...]) -> Callable[[jax.Array], jax.Array]:
     """positions -> pair_energy by the native kernel: energy and gradient from one pass over the
-    unordered pairs. The rest lengths [P, R] come with the term (with_rest_lengths) or are made here,
+    unordered pairs."""
+    forward = native_pair_forward(terms)
+
+    def summed(x):
+        energies, grad = forward(x)
+        return energies.sum(), grad
+
+    return with_gradient(summed)
+
+
+def native_pair_forward(terms: tuple[PairTerm, ...]) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
+    """positions -> (each term's energy [len(terms)], the gradient of their sum), by one call of the
+    native kernel. The rest lengths [P, R] come with the term (with_rest_lengths) or are made here,
     once, from the output vectors."""
     by_name = {native_name(t): t for t in terms}
     euclid, repulsion = by_name.get("euclid"), by_name.get("repulsion")
@@ -166,17 +178,31 @@ def native_pair_energy(terms: tuple[PairTerm, ...]) -> Callable[[jax.Array], jax
         weighting=np.int32(e.get("weighting", 0)), euclid=euclid is not None, repulsion=repulsion is not None,
         softening=np.float32(r.get("softening", 1.0)), euclid_softening=np.float32(e.get("softening", 1.0)),
         distance_floor=np.float32(e.get("floor", 1.0)))
+    order = jnp.asarray([("euclid", "repulsion").index(native_name(t)) for t in terms])  # the kernel's order
 
     def forward(x):
         n = x.shape[0]
         call = jax.ffi.ffi_call(
-            NATIVE_TARGET, (jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((n, 3), jnp.float32)),
+            NATIVE_TARGET, (jax.ShapeDtypeStruct((2,), jnp.float32), jax.ShapeDtypeStruct((n, 3), jnp.float32)),
             vmap_method="broadcast_all")
         if euclid is None:  # unread by the kernel
-            return call(x.astype(jnp.float32), jnp.zeros((1, 1)), jnp.zeros(n), scales, **attributes)
-        return call(x.astype(jnp.float32), rest, include, scales, **attributes)
+            energies, grad = call(x.astype(jnp.float32), jnp.zeros((1, 1)), jnp.zeros(n), scales, **attributes)
+        else:
+            energies, grad = call(x.astype(jnp.float32), rest, include, scales, **attributes)
+        return energies[order], grad
 
-    return with_gradient(forward)
+    return forward
+
+
+def pair_energies_function(terms: tuple[PairTerm, ...], native: bool | None = None
+                           ) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
+    """positions -> (each term's energy [len(terms)], the gradient of their sum): what a frame of the
+    simulation records and the step after it needs, from one pass of the native kernel where it can
+    (`native` as in pair_energy_function); in JAX, each energy and the gradient are separate passes."""
+    if native is not False and native_kernel_fits(terms) and (native or available()):
+        return native_pair_forward(terms)
+    total = pair_energy_function(terms, native=False)
+    return lambda x: (jnp.stack([jax_pair_energy((t,), x) for t in terms]), jax.grad(total)(x))
 
 
 def _tiled(fn: Callable, n: int, tile: int, arrays: tuple, one_block: int) -> jax.Array:

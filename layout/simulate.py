@@ -21,7 +21,7 @@ from layout import ctrl_c
 from layout.config import SimConfig
 from layout.errors import UserError
 from layout.forces import Energy, Particles, Term
-from layout.pairs import PairTerm, pair_energy_function, with_rest_lengths
+from layout.pairs import PairTerm, pair_energies_function, pair_energy_function, with_rest_lengths
 from layout.native import available
 
 
@@ -91,10 +91,32 @@ def total_energy(terms: tuple[Energy, ...], native: bool | None = None) -> Calla
     return energy
 
 
-def term_energies(terms: tuple[Energy, ...], native: bool | None = None) -> Callable:
-    """positions -> [n_terms], each term on its own (for the frames' energy record)."""
-    alone = [pair_energy_function((fn,), native=native) if isinstance(fn, PairTerm) else fn for fn in terms]
-    return lambda x: jnp.stack([fn(x) for fn in alone]) if terms else jnp.zeros(0)
+def energies_and_gradient(terms: tuple[Energy, ...], native: bool | None = None) -> Callable:
+    """positions -> (each term's energy [n_terms], the gradient of their sum): what a frame records and
+    the step that starts there needs, the pair terms' from one pass (see pair_energies_function)."""
+    pairs = [i for i, fn in enumerate(terms) if isinstance(fn, PairTerm)]
+    others = [i for i, fn in enumerate(terms) if not isinstance(fn, PairTerm)]
+    pair_part = pair_energies_function(tuple(terms[i] for i in pairs), native=native) if pairs else None
+
+    def other_part(x):
+        values = jnp.stack([terms[i](x) for i in others])
+        return values.sum(), values
+
+    def both(x):
+        values = [jnp.zeros((), x.dtype)] * len(terms)
+        grad = jnp.zeros_like(x)
+        if pairs:
+            pair_values, grad = pair_part(x)
+            for k, i in enumerate(pairs):
+                values[i] = pair_values[k]
+        if others:
+            (_, other_values), other_grad = jax.value_and_grad(other_part, has_aux=True)(x)
+            grad = grad + other_grad
+            for k, i in enumerate(others):
+                values[i] = other_values[k]
+        return (jnp.stack(values) if terms else jnp.zeros(0)), grad
+
+    return both
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "n_frames", "alpha_start", "native"))
@@ -105,12 +127,11 @@ def run_chunk(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, n_
     evaluated once per frame. Compiled once per shape and settings: terms are traced data. native:
     whether the pair terms run on the native kernel (layout/native.py)."""
     grad = jax.grad(total_energy(terms, native))
-    energies = term_energies(terms, native)
+    measured = energies_and_gradient(terms, native)
     movable = movable[:, None]
     last = max(cfg.steps - 1, 1)
 
-    def step(state: State, _):
-        g = grad(state.x)
+    def advance(state: State, g: jax.Array) -> State:
         alpha = alpha_start * (cfg.alpha_min / alpha_start) ** (state.step / last)
         v = (state.v + alpha * jnp.where(movable, -g, 0.0)) * (1 - cfg.velocity_decay)
         x = state.x + v
@@ -129,13 +150,17 @@ def run_chunk(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, n_
             stop=jnp.where(stop_now, state.step + finite.astype(state.step.dtype), state.stop),
             failed=state.failed | (running & ~finite),
         )
-        return new, None
+        return new
 
-    def frame(state: State, _):
-        x0, values = state.x, energies(state.x)
+    def step(state: State, _):
+        return advance(state, grad(state.x)), None
+
+    def frame(state: State, _):  # the first step's gradient comes with the energies, from the same pass
+        x0 = state.x
+        values, g = measured(x0)
         bad = (state.stop < 0) & ~jnp.isfinite(values).all()  # an energy went bad before the positions did
         state = state._replace(stop=jnp.where(bad, state.step, state.stop), failed=state.failed | bad)
-        state, _ = jax.lax.scan(step, state, None, length=cfg.record_every)
+        state, _ = jax.lax.scan(step, advance(state, g), None, length=cfg.record_every - 1)
         return state, (x0, values)
 
     return jax.lax.scan(frame, state, None, length=n_frames)
@@ -174,7 +199,7 @@ def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key
         raise SimulationError(diagnose(terms, np.asarray(state.x), stop))
     steps = np.arange(sum(len(p) for p in positions)) * cfg.record_every
     keep = steps < stop
-    final_values = np.asarray(jax.jit(term_energies(tuple(terms.values()), available()))(state.x))
+    final_values = np.asarray(_energies(tuple(as_term(fn) for fn in terms.values()), state.x, available()))
     return Trajectory(
         positions=np.concatenate([np.concatenate(positions)[keep], np.asarray(state.x)[None]]).astype(np.float32),
         energy=np.concatenate([np.concatenate(energies)[keep], final_values[None]]).astype(np.float32),
@@ -182,6 +207,11 @@ def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key
         terms=tuple(terms),
         settled_step=stop if stop < cfg.steps else None,
     )
+
+
+@functools.partial(jax.jit, static_argnames=("native",))
+def _energies(terms: tuple, x: jax.Array, native: bool) -> jax.Array:
+    return energies_and_gradient(terms, native)(x)[0]
 
 
 def simulate_many(terms: list[dict[str, Energy]], movable: np.ndarray, cfg: SimConfig,

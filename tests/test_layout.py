@@ -330,6 +330,13 @@ def test_simulation_settles_early_and_energy_falls(terms, particles):
     assert out.energy[-1].sum() < out.energy[0].sum()
 
 
+def test_each_frame_records_every_terms_energy_at_its_positions(terms, particles):
+    out = simulate(terms, particles, SimConfig(steps=40, record_every=4, chunk=20, settle=0), jax.random.key(5))
+    for k in (0, 3, len(out.step) - 1):  # first, middle and final frames
+        expected = [float(fn(jnp.asarray(out.positions[k]))) for fn in terms.values()]
+        np.testing.assert_allclose(out.energy[k], expected, rtol=1e-4, atol=1e-6)
+
+
 def test_fixed_anchors_do_not_move():
     f = synthetic_features(np.random.default_rng(9).normal(size=(20, 4)))
     particles = make_particles(f, AnchorsConfig(mode="fixed"))
