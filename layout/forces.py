@@ -203,17 +203,17 @@ def layer_targets(layer: np.ndarray, shape: str, spacing: float) -> np.ndarray:
 def rest_statistics(vectors: np.ndarray, include: np.ndarray, weighting: str) -> tuple[float, float]:
     """(1 / mean output-vector distance, mean pair weight at that scale) over included pairs; numpy,
     once, in blocks of rows so that memory stays O(TILE x N)."""
-    from scipy.spatial.distance import cdist
-
     v = np.asarray(vectors, np.float64)[include]
     n = len(v)
     if n < 2:
         return 1.0, 1.0
+    norms = (v * v).sum(1)
 
     def mean_over_pairs(value) -> float:
         total = 0.0
         for start in range(0, n, TILE):
-            d = cdist(v[start:start + TILE], v)
+            rows = v[start:start + TILE]  # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b, in float64
+            d = np.sqrt(np.maximum(norms[start:start + TILE, None] + norms[None, :] - 2 * rows @ v.T, 0.0))
             off = np.arange(n)[None, :] != np.arange(start, start + len(d))[:, None]
             total += float(np.broadcast_to(value(d), d.shape)[off].sum())
         return total / (n * (n - 1))
