@@ -102,7 +102,7 @@ def particles_for(vectors: np.ndarray, anchors: str = "free"):
 # Steps per second
 
 
-def steps_per_second(vectors: np.ndarray, forces: ForcesConfig, steps: int, repeats: int = 3) -> float:
+def steps_per_second(vectors: np.ndarray, forces: ForcesConfig, steps: int, repeats: int = 7) -> float:
     """Median steps/s of the compiled simulation step, compilation excluded."""
     import jax
     import jax.numpy as jnp

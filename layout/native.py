@@ -2,9 +2,9 @@
 with ctypes and registered with XLA as the FFI targets "neuron_layout_pair_forces" (energy and
 gradient of the pair terms) and "neuron_layout_rest_lengths" (the euclid springs' rest lengths).
 
-XLA's own code for the all-pairs terms runs 1.8-2.6x slower (its fused loops do not keep the vector
-units busy, and it evaluates every pair twice); the kernel evaluates each unordered pair once,
-sixteen at a time, on every core. It is a faster way to compute the same
+XLA's own code for the all-pairs terms runs several times slower (its fused loops do not keep the
+vector units busy, and it evaluates every pair twice); the kernel evaluates each unordered pair once,
+sixteen at a time, on XLA's own threads. It is a faster way to compute the same
 energies: `layout.pairs.pair_energy` uses it when it can and falls back to the JAX definition when
 there is no compiler, the build fails, or NEURON_LAYOUT_NATIVE=0 (tests/test_native.py checks that the
 two agree).
