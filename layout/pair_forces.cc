@@ -142,6 +142,16 @@ struct Settings {
   float euclid_scale, repulsion_scale, softening2, euclid_softening2, distance_floor;
 };
 
+// The settings the pair loop uses, as vectors held in registers (read through a reference, they would
+// be loaded again after every store to the gradient, which might alias them).
+struct Constants {
+  V euclid_softening2, extra_softening2, repulsion_scale, distance_floor;
+
+  explicit Constants(const Settings& s)
+      : euclid_softening2(splat(s.euclid_softening2)), extra_softening2(splat(s.softening2 - s.euclid_softening2)),
+        repulsion_scale(splat(s.repulsion_scale)), distance_floor(splat(s.distance_floor)) {}
+};
+
 // One system's particles as columns, each padded with zeros to S floats (S: `stride`): x [3, S];
 // spring [S]: 2 x euclid's scale where a particle takes part in euclid, else 0. rest: row i of the
 // rest lengths starts at rest + i * R.
@@ -166,7 +176,7 @@ struct Rows {
 // Columns j0 .. j0 + 15 of the rows. mask: which lanes are pairs (1) or not (0), when MASKED. EU:
 // whether the rows take part in euclid. f: the chunk's gradient buffer [3, S].
 template <int W, bool EU, bool REP, bool MASKED, int NR>
-inline void block(Rows<NR>& rows, const Columns& c, float* f, int64_t j0, const Settings& s) {
+inline void block(Rows<NR>& rows, const Columns& c, float* f, int64_t j0, const Constants& s) {
   const V x0 = load(c.x + j0), x1 = load(c.x + c.S + j0), x2 = load(c.x + 2 * c.S + j0);
   const V spring = EU ? load(c.spring + j0) : V{};  // 2 x scale where j takes part in euclid
   V f0 = load(f + j0), f1 = load(f + c.S + j0), f2 = load(f + 2 * c.S + j0);
@@ -187,7 +197,7 @@ inline void block(Rows<NR>& rows, const Columns& c, float* f, int64_t j0, const 
       slope = t * inv_d;  // 2 d/d(s2) of w (d - r)^2 = w (d - r) / d
     }
     if (REP) {
-      V inv = rsqrt(s2 + (s.softening2 - s.euclid_softening2));
+      V inv = rsqrt(s2 + s.extra_softening2);
       if (MASKED) inv *= rows.mask[r];
       rows.repulsion += inv;
       slope -= (s.repulsion_scale * inv) * (inv * inv);  // 2 d/d(s2) of scale / sqrt(s2') = -scale / s2'^1.5
@@ -207,7 +217,8 @@ inline void block(Rows<NR>& rows, const Columns& c, float* f, int64_t j0, const 
 // Rows i .. i + NR - 1 against the columns after them: their pair energies and the gradient into f.
 // The first and last blocks are masked (pairs j > row, j < P).
 template <int W, bool EU, bool REP, int NR>
-Rows<NR> rows_pairs(const Columns& c, float* __restrict__ f, int64_t i, const Settings& s) {
+Rows<NR> rows_pairs(const Columns& c, float* __restrict__ f, int64_t i, const Settings& settings) {
+  const Constants s(settings);
   Rows<NR> rows;
   for (int r = 0; r < NR; ++r) {
     rows.x0[r] = splat(c.x[i + r]);
