@@ -113,9 +113,13 @@ inline void store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
 
 // The floats from p up to n (at most L), zeros after them: a row's last block never reads past its end.
 inline V load_first(const float* p, int64_t n) {
+#if defined(__AVX512F__)
+  return (V)_mm512_maskz_loadu_ps(__mmask16(n >= L ? 0xFFFF : (1u << n) - 1), p);
+#else
   V v{};
   std::memcpy(&v, p, sizeof(float) * (n < L ? n : L));
   return v;
+#endif
 }
 
 // lanes j0 + k with lo < j0 + k < hi: 1, others 0
