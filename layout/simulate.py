@@ -126,9 +126,10 @@ def energies_and_gradient(terms: tuple[Energy, ...], native: bool | None = None)
 def run_chunk(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, n_frames: int,
               alpha_start: float, native: bool) -> tuple[State, tuple[jax.Array, jax.Array]]:
     """n_frames x record_every steps from `state`; returns the new State and, per frame, the positions
-    and each term's energy at the frame's first step. Steps take only the gradient; energies are
-    evaluated once per frame. Compiled once per shape and settings: terms are traced data. native:
-    whether the pair terms run on the native kernel (layout/native.py)."""
+    and each term's energy at the frame's first step. Steps take only the gradient; the first step of
+    a frame gets the energies with it (from the same pass, on the native kernel). Compiled once per
+    shape and settings: terms are traced data. native: whether the pair terms run on the native kernel
+    (layout/native.py)."""
     grad = jax.grad(total_energy(terms, native))
     measured = energies_and_gradient(terms, native)
     movable = movable[:, None]
