@@ -29,6 +29,7 @@ namespace {
 constexpr int L = 16;  // lanes per vector
 constexpr int ROWS = 4;  // rows dealt to a chunk at a time
 constexpr int CHUNKS_PER_THREAD = 4;  // a thread that starts late takes fewer chunks
+constexpr int64_t PARALLEL_SUM = 1 << 18;  // additions from which the chunks' gradients are summed in parallel
 constexpr int GROUP = 2;  // rows evaluated together (1: 10% slower; 4: no faster)
 // rest lengths are fetched from memory this many floats ahead: the hardware's own prefetching stops at
 // every 4 KiB page of a row (15-20% of the time at N = 10,000, where they do not fit in the caches)
@@ -318,6 +319,24 @@ struct Scratch {
   std::vector<double> energies;
 };
 
+// The chunks' gradient buffers added into chunk 0's, in chunk order (the same bits whichever threads
+// ran them), and written out as grad [P, 3]. Blocks of columns go to the threads when there is enough
+// to add: with many cores there are many chunks, and one thread adding them all would cost more than
+// the pairs.
+void add_chunks(ffi::ThreadPool& pool, float* buffers, int64_t chunks, int64_t per_chunk, int64_t S, int64_t P,
+                float* grad) {
+  const int64_t blocks = (chunks - 1) * 3 * P >= PARALLEL_SUM ? chunks : 1;
+  const int64_t width = round_up((P + blocks - 1) / blocks, L);
+  run_chunks(pool, blocks, [&](int64_t b) {
+    const int64_t lo = b * width, hi = std::min(P, lo + width);
+    for (int k = 0; k < 3; ++k)
+      for (int64_t c = 1; c < chunks; ++c)
+        for (int64_t i = lo; i < hi; ++i) buffers[k * S + i] += buffers[c * per_chunk + k * S + i];
+    for (int64_t i = lo; i < hi; ++i)
+      for (int k = 0; k < 3; ++k) grad[i * 3 + k] = buffers[k * S + i];
+  });
+}
+
 // One system: x [P, 3], rest [P, R] (rest lengths, read above the diagonal only), include [P] (0 or
 // 1); writes grad [P, 3] and the energies of euclid and repulsion, energy [2].
 void system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* rest, const float* include, int64_t P,
@@ -344,10 +363,7 @@ void system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* rest,
     for (int64_t k = 0; k < chunks; ++k) total += energies[2 * k + t];
     energy[t] = float(total);
   }
-  for (int64_t b = 1; b < chunks; ++b)  // into chunk 0's buffer, in chunk order
-    for (int64_t i = 0; i < 3 * S; ++i) buffers[i] += buffers[b * per_chunk + i];
-  for (int64_t i = 0; i < P; ++i)
-    for (int k = 0; k < 3; ++k) grad[i * 3 + k] = buffers[k * S + i];
+  add_chunks(pool, buffers, chunks, per_chunk, S, P, grad);
 }
 
 // x [..., P, 3], rest [..., P, R] (R = rest_stride(P); unread without euclid), include [..., P],

@@ -23,7 +23,7 @@ import numpy as np
 
 from layout.native import REST_TARGET as NATIVE_REST_TARGET
 from layout.native import TARGET as NATIVE_TARGET
-from layout.native import available
+from layout.native import available, load
 
 TILE = 256  # rows per tile: a [TILE, P] block stays in this CPU's caches (1024 rows was ~20% slower at 10k)
 ONE_BLOCK = 2048  # up to this many particles all pairs are one block; XLA then keeps the pair data that
@@ -73,7 +73,7 @@ def pair_energy_function(terms: tuple[PairTerm, ...], tile: int = TILE, one_bloc
     """positions -> pair_energy(terms, positions): by the native kernel (layout/native.py) where it
     can (`native` None: when it is available), else by JAX. What does not change from call to call
     (the kernel's rest lengths) is made here, once: make this outside a loop of steps."""
-    if native is not False and native_kernel_fits(terms) and (native or available()):
+    if runs_native(terms, native):
         return native_pair_energy(terms)
     return functools.partial(jax_pair_energy, terms, tile=tile, one_block=one_block)
 
@@ -144,6 +144,14 @@ def native_name(term) -> str | None:
     return dict(term.native).get("term") if isinstance(term, PairTerm) else None
 
 
+def runs_native(terms: tuple[PairTerm, ...], native: bool | None) -> bool:
+    """Whether the native kernel evaluates these terms: never with `native` False; with None, when it
+    is available; with True, whenever it can be loaded (even if NEURON_LAYOUT_NATIVE turns it off)."""
+    if native is False or not native_kernel_fits(terms):
+        return False
+    return available() if native is None else load() is None
+
+
 def native_kernel_fits(terms: tuple[PairTerm, ...]) -> bool:
     """Whether the native kernel computes these terms: each has a native version, each at most once."""
     names = [native_name(t) for t in terms]
@@ -199,7 +207,7 @@ def pair_energies_function(terms: tuple[PairTerm, ...], native: bool | None = No
     """positions -> (each term's energy [len(terms)], the gradient of their sum): what a frame of the
     simulation records and the step after it needs, from one pass of the native kernel where it can
     (`native` as in pair_energy_function); in JAX, each energy and the gradient are separate passes."""
-    if native is not False and native_kernel_fits(terms) and (native or available()):
+    if runs_native(terms, native):
         return native_pair_forward(terms)
     total = pair_energy_function(terms, native=False)
     return lambda x: (jnp.stack([jax_pair_energy((t,), x) for t in terms]), jax.grad(total)(x))

@@ -61,6 +61,17 @@ def test_kernel_energy_and_gradient_match_the_jax_definition(n, which, weighting
     assert np.isfinite(np.asarray(grad)).all()
 
 
+def test_a_large_system_matches_the_jax_definition():
+    # 13,000 particles: enough chunks x particles that the kernel adds its chunks' gradients on several
+    # threads (pair_forces.cc: PARALLEL_SUM) wherever XLA has two or more
+    terms, x = pair_terms(13_000, "uniform", "euclid+repulsion"), positions(13_000)
+    value, grad = jax.jit(jax.value_and_grad(lambda p: pair_energy(terms, p, native=True)))(x)
+    expected, expected_grad = jax.jit(jax.value_and_grad(lambda p: pair_energy(terms, p, native=False)))(x)
+    assert float(value) == pytest.approx(float(expected), rel=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-4,
+                               atol=1e-4 * float(jnp.abs(expected_grad).max()))
+
+
 def test_rest_lengths_made_once_give_the_same_energy():
     terms, x = pair_terms(50, "inverse", "euclid+repulsion"), positions(50)
     prepared = with_rest_lengths(terms, native=True)
