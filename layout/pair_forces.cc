@@ -84,6 +84,12 @@ int64_t chunk_count(ffi::ThreadPool& pool, int64_t P) {
   return std::max<int64_t>(1, std::min<int64_t>(CHUNKS_PER_THREAD * threads, (P + ROWS - 1) / ROWS));
 }
 
+// Calls rows(start, end) for each run of rows [start, end) of `chunk` among rows 0 .. n - 1.
+template <typename Rows>
+void chunk_rows(int64_t chunk, int64_t chunks, int64_t n, const Rows& rows) {
+  for (int64_t start = ROWS * chunk; start < n; start += ROWS * chunks) rows(start, std::min(start + ROWS, n));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Vector arithmetic
 
@@ -265,8 +271,7 @@ template <int W, bool EU, bool REP>
 void chunk_pairs(const Columns& c, const Settings& s, int64_t chunk, int64_t chunks, float* f, double* energy) {
   std::memset(f, 0, sizeof(float) * 3 * c.S);
   double springs = 0.0, repulsion = 0.0;
-  for (int64_t start = ROWS * chunk; start < c.P - 1; start += ROWS * chunks) {
-    const int64_t end = std::min(start + ROWS, c.P - 1);
+  chunk_rows(chunk, chunks, c.P - 1, [&](int64_t start, int64_t end) {  // the last row has no pairs
     int64_t i = start;
     for (; i + GROUP <= end && (!EU || std::all_of(c.spring + i, c.spring + i + GROUP, [](float w) { return w != 0; }));
          i += GROUP)
@@ -277,7 +282,7 @@ void chunk_pairs(const Columns& c, const Settings& s, int64_t chunk, int64_t chu
       else if (REP)
         add_rows<W, false, REP, 1>(c, f, i, s, springs, repulsion);
     }
-  }
+  });
   energy[0] = 0.5 * springs;
   energy[1] = s.repulsion_scale * repulsion;
 }
@@ -421,8 +426,8 @@ ffi::Error RestLengthsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> vectors, 
       for (int64_t k = 0; k < C; ++k) columns[k * P + i] = v[i * C + k];
     const int64_t chunks = chunk_count(pool, P);
     run_chunks(pool, chunks, [&](int64_t chunk) {
-      for (int64_t start = ROWS * chunk; start < P; start += ROWS * chunks)
-        for (int64_t i = start; i < std::min(start + ROWS, P); ++i) {
+      chunk_rows(chunk, chunks, P, [&](int64_t start, int64_t end) {
+        for (int64_t i = start; i < end; ++i) {
           float* row = out + i * R;
           std::fill(row, row + R, 0.0f);
           for (int64_t k = 0; k < C; ++k) {
@@ -432,6 +437,7 @@ ffi::Error RestLengthsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> vectors, 
           }
           for (int64_t j = i + 1; j < P; ++j) row[j] = std::sqrt(row[j]);
         }
+      });
     });
   }
   return ffi::Error::Success();

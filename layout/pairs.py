@@ -125,7 +125,7 @@ def with_rest_lengths(terms: tuple, native: bool) -> tuple:
     made once per simulation instead of once per compiled chunk of steps (a fresh [P, P] array, 400 MB
     at P = 10,000, costs more than the steps of a chunk)."""
     pairs = tuple(t for t in terms if isinstance(t, PairTerm))
-    if not (native and pairs and native_kernel_fits(pairs) and available()):
+    if not (pairs and runs_native(pairs, bool(native))):
         return terms
     return tuple(dataclasses.replace(t, rest=rest_lengths(t.data[0])) if native_name(t) == "euclid" else t
                  for t in terms)

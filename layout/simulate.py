@@ -80,16 +80,21 @@ def as_term(fn: Energy) -> Term | PairTerm:
     return fn if isinstance(fn, (Term, PairTerm)) else Term(lambda x, fn=fn: fn(x))
 
 
+def split_terms(terms: tuple[Energy, ...]) -> tuple[list[int], list[int]]:
+    """The positions of the pair terms (evaluated together in one pass) and of the others."""
+    pairs = [i for i, fn in enumerate(terms) if isinstance(fn, PairTerm)]
+    return pairs, [i for i in range(len(terms)) if i not in pairs]
+
+
 def total_energy(terms: tuple[Energy, ...], native: bool | None = None) -> Callable:
     """positions -> the sum of the terms, with all pair terms evaluated together in one pass (by the
     native kernel or not: see pair_energy_function)."""
-    pairs = tuple(fn for fn in terms if isinstance(fn, PairTerm))
-    others = [fn for fn in terms if not isinstance(fn, PairTerm)]
-    pair_energy = pair_energy_function(pairs, native=native) if pairs else None
+    pairs, others = split_terms(terms)
+    pair_energy = pair_energy_function(tuple(terms[i] for i in pairs), native=native) if pairs else None
 
     def energy(x):
         total = pair_energy(x) if pairs else jnp.zeros((), x.dtype)
-        return total + sum(fn(x) for fn in others)
+        return total + sum(terms[i](x) for i in others)
 
     return energy
 
@@ -97,8 +102,7 @@ def total_energy(terms: tuple[Energy, ...], native: bool | None = None) -> Calla
 def energies_and_gradient(terms: tuple[Energy, ...], native: bool | None = None) -> Callable:
     """positions -> (each term's energy [n_terms], the gradient of their sum): what a frame records and
     the step that starts there needs, the pair terms' from one pass (see pair_energies_function)."""
-    pairs = [i for i, fn in enumerate(terms) if isinstance(fn, PairTerm)]
-    others = [i for i, fn in enumerate(terms) if not isinstance(fn, PairTerm)]
+    pairs, others = split_terms(terms)
     pair_part = pair_energies_function(tuple(terms[i] for i in pairs), native=native) if pairs else None
 
     def other_part(x):
