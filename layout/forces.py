@@ -28,6 +28,12 @@ EUCLID_SOFTENING = 1e-3  # 3D distances are sqrt(d^2 + this^2): smooth, finite g
 Energy = Callable[[jax.Array], jax.Array]
 
 
+def on_device(value, dtype=None) -> jax.Array:
+    """A term's data as a JAX array, placed without compiling anything (jnp.asarray and jnp.float32
+    cost about 40 ms the first time in a process: a new process's first layout pays it)."""
+    return jax.device_put(np.asarray(value, dtype))
+
+
 @dataclass(frozen=True)
 class Particles:
     """The simulated particles: N neurons, then C anchors (if any). P = N + C.
@@ -125,10 +131,11 @@ def euclid_term(vectors, include, weighting, strength) -> PairTerm:
     """
     scale, mean_w = rest_statistics(vectors, include, weighting)
     n = max(int(include.sum()), 1)
-    data = (jnp.asarray(vectors * scale, jnp.float32), jnp.asarray(include))
+    data = (on_device(vectors * scale, np.float32), on_device(include))
     native = (("term", "euclid"), ("weighting", WEIGHTINGS.index(weighting)), ("softening", EUCLID_SOFTENING),
               ("floor", DISTANCE_FLOOR))
-    return PairTerm(euclid_pair, data, jnp.float32(strength / (n * mean_w)), (("weighting", weighting),), native)
+    per_pair = on_device(strength / (n * mean_w), np.float32)
+    return PairTerm(euclid_pair, data, per_pair, (("weighting", weighting),), native)
 
 
 def pair_weight(r, weighting: str):
@@ -148,7 +155,7 @@ def repulsion_pair(d2, rows, cols, softening):
 
 def repulsion_term(n_particles, softening, strength) -> PairTerm:
     """All particles repel; the sum over pairs is divided by the number of particles."""
-    return PairTerm(repulsion_pair, (), jnp.float32(strength / n_particles), (("softening", softening),),
+    return PairTerm(repulsion_pair, (), on_device(strength / n_particles, np.float32), (("softening", softening),),
                     (("term", "repulsion"), ("softening", softening)))
 
 
@@ -219,6 +226,8 @@ def rest_statistics(vectors: np.ndarray, include: np.ndarray, weighting: str) ->
         return total / (n * (n - 1))
 
     scale = 1.0 / max(mean_over_pairs(lambda d: d), 1e-12)
+    if weighting == "uniform":  # every weight is 1
+        return scale, 1.0
     return scale, mean_over_pairs(lambda d: pair_weight(d * scale, weighting))
 
 
@@ -233,15 +242,15 @@ def build_energy(particles: Particles, cfg: ForcesConfig) -> dict[str, Energy]:
         use_anchors = particles.anchor_mode != "none" and f.dominance.anchor > 0
         terms["dominance"] = Term(
             dominance_energy,
-            (jnp.asarray(particles.group), jnp.asarray(particles.is_anchor), jnp.float32(f.dominance.anchor),
-             jnp.float32(f.dominance.strength)),
+            (on_device(particles.group), on_device(particles.is_anchor), on_device(f.dominance.anchor, np.float32),
+             on_device(f.dominance.strength, np.float32)),
             (("n_classes", particles.vectors.shape[1]), ("use_anchors", use_anchors)))
     if f.repulsion.strength > 0:
         terms["repulsion"] = repulsion_term(particles.n_particles, f.repulsion.softening, f.repulsion.strength)
     if f.centering.strength > 0:
-        terms["centering"] = Term(centering_energy, (jnp.float32(f.centering.strength),))
+        terms["centering"] = Term(centering_energy, (on_device(f.centering.strength, np.float32),))
     if f.layer_plane.strength > 0:
         targets = layer_targets(particles.layer, f.layer_plane.shape, f.layer_plane.spacing)
-        terms["layer_plane"] = Term(layer_plane_energy, (jnp.asarray(targets), jnp.float32(f.layer_plane.strength)),
+        terms["layer_plane"] = Term(layer_plane_energy, (on_device(targets), on_device(f.layer_plane.strength, np.float32)),
                                     (("shape", f.layer_plane.shape),))
     return terms
