@@ -330,6 +330,17 @@ def test_simulation_settles_early_and_energy_falls(terms, particles):
     assert out.energy[-1].sum() < out.energy[0].sum()
 
 
+def test_a_run_that_settles_inside_a_chunk_stays_where_it_settled(terms, particles):
+    # the steps after the settling one, in the same compiled chunk, must leave the state as it was
+    runs = [simulate(terms, particles, SimConfig(steps=5000, settle=1e-4, record_every=5, chunk=chunk),
+                     jax.random.key(0)) for chunk in (5, 400)]
+    assert runs[0].settled_step is not None and runs[0].settled_step % 400 != 0
+    assert runs[0].settled_step == runs[1].settled_step
+    np.testing.assert_array_equal(runs[0].step, runs[1].step)
+    np.testing.assert_array_equal(runs[0].positions, runs[1].positions)
+    np.testing.assert_array_equal(runs[0].energy, runs[1].energy)
+
+
 def test_each_frame_records_every_terms_energy_at_its_positions(terms, particles):
     out = simulate(terms, particles, SimConfig(steps=40, record_every=4, chunk=20, settle=0), jax.random.key(5))
     for k in (0, 3, len(out.step) - 1):  # first, middle and final frames
