@@ -251,6 +251,7 @@ def build_energy(particles: Particles, cfg: ForcesConfig) -> dict[str, Energy]:
         terms["centering"] = Term(centering_energy, (on_device(f.centering.strength, np.float32),))
     if f.layer_plane.strength > 0:
         targets = layer_targets(particles.layer, f.layer_plane.shape, f.layer_plane.spacing)
-        terms["layer_plane"] = Term(layer_plane_energy, (on_device(targets), on_device(f.layer_plane.strength, np.float32)),
+        terms["layer_plane"] = Term(layer_plane_energy,
+                                    (on_device(targets), on_device(f.layer_plane.strength, np.float32)),
                                     (("shape", f.layer_plane.shape),))
     return terms
