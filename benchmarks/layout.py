@@ -125,6 +125,8 @@ def steps_per_second(vectors: np.ndarray, forces: ForcesConfig, steps: int, repe
         start = time.perf_counter()
         state = jax.block_until_ready(run(state))[0]
         times.append(time.perf_counter() - start)
+    if int(state.stop) >= 0:  # a stopped simulation skips most of a step's work: its time would flatter us
+        raise RuntimeError(f"the timed simulation stopped at step {int(state.stop)} (failed: {bool(state.failed)})")
     return steps / statistics.median(times)
 
 

@@ -159,10 +159,17 @@ def repulsion_term(n_particles, softening, strength) -> PairTerm:
                     (("term", "repulsion"), ("softening", softening)))
 
 
-def dominance_energy(positions, group, is_anchor, anchor_weight, strength, *, n_classes, use_anchors):
+def dominance_energy(positions, group, is_anchor, anchor_weight, strength, *, n_classes, use_anchors,
+                     free_anchors=False):
     """Same-dominant-class neurons attract: sum_i |x_i - c_g|^2 / 2 over neurons, c_g the mean position
     of class g's neurons (equal to the sum over same-class pairs of |x_i - x_j|^2 / 2 n_g), plus
-    anchor_weight x |x_i - a_g|^2 / 2, a_g the position of class g's anchor particle (if any)."""
+    anchor_weight x |x_i - a_g|^2 / 2, a_g the position of class g's anchor particle (if any).
+
+    A free anchor is one particle like the others: pulled by each of its class's n_g neurons, it would
+    feel n_g times the force any particle feels (no step size survives that in a large network: 300
+    neurons blew up within 30 steps). So a free anchor and its class's centre attract as two bodies,
+    anchor_weight x |c_g - a_g|^2 / 2 in place of n_g times that: the same resting place, the anchor at
+    its class's centre, reached stably."""
     neuron = (~is_anchor).astype(positions.dtype)
     # per class: the sum of its neurons' positions and their count, in one segment sum (a [P, C] one-hot
     # matrix product and its transpose cost XLA 5x more per step)
@@ -177,7 +184,8 @@ def dominance_energy(positions, group, is_anchor, anchor_weight, strength, *, n_
     if use_anchors:  # anchors are the last n_classes particles, in class order
         # sum_i |x_i - a_g|^2 = spread + n_g |c_g - a_g|^2 (the parallel-axis theorem)
         anchors = positions[-n_classes:]
-        energy = (1 + anchor_weight) * spread + anchor_weight * (counts * ((centroids - anchors) ** 2).sum(1)).sum()
+        bodies = jnp.minimum(counts, 1.0) if free_anchors else counts  # a class without neurons pulls nothing
+        energy = (1 + anchor_weight) * spread + anchor_weight * (bodies * ((centroids - anchors) ** 2).sum(1)).sum()
     return strength * energy / 2
 
 
@@ -244,7 +252,8 @@ def build_energy(particles: Particles, cfg: ForcesConfig) -> dict[str, Energy]:
             dominance_energy,
             (on_device(particles.group), on_device(particles.is_anchor), on_device(f.dominance.anchor, np.float32),
              on_device(f.dominance.strength, np.float32)),
-            (("n_classes", particles.vectors.shape[1]), ("use_anchors", use_anchors)))
+            (("n_classes", particles.vectors.shape[1]), ("use_anchors", use_anchors),
+             ("free_anchors", particles.anchor_mode == "free")))
     if f.repulsion.strength > 0:
         terms["repulsion"] = repulsion_term(particles.n_particles, f.repulsion.softening, f.repulsion.strength)
     if f.centering.strength > 0:

@@ -147,7 +147,8 @@ def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: b
     start = time.perf_counter()
     features = neuron_features(trained.network, trained.dataset.test, cfg.layout.influence)
     particles = make_particles(features, cfg.layout.anchors)
-    key = fingerprint({"version": 1, "network": trained.figures["network_key"], "layout": cfg.layout,
+    # version 2: a free anchor and its class's centre attract as two bodies (forces.dominance_energy)
+    key = fingerprint({"version": 2, "network": trained.figures["network_key"], "layout": cfg.layout,
                        "timeline": cfg.render.timeline})[:20]
     cached = cache_dir() / "layouts" / f"{key}.npz"
     if trajectory_file:

@@ -209,8 +209,8 @@ def test_energy_falls_under_plain_gradient_descent(terms, particles):
     assert energies[-1] < 0.7 * energies[0]
 
 
-@pytest.mark.parametrize("anchor", [0.0, 0.7])
-def test_dominance_is_seed_003s_same_class_attraction_written_plainly(anchor):
+@pytest.mark.parametrize("anchor, free", [(0.0, False), (0.7, False), (0.7, True)])
+def test_dominance_is_seed_003s_same_class_attraction_written_plainly(anchor, free):
     rng = np.random.default_rng(9)
     group = np.concatenate([rng.integers(0, 4, 30), np.arange(4)])  # 30 neurons, then 4 anchors
     is_anchor = np.arange(34) >= 30
@@ -223,17 +223,37 @@ def test_dominance_is_seed_003s_same_class_attraction_written_plainly(anchor):
             for j in range(i + 1, 30):
                 if group[i] == group[j]:
                     total += ((p[i] - p[j]) ** 2).sum() / (2 * n_g)
-            total += anchor * ((p[i] - p[30 + group[i]]) ** 2).sum() / 2
+            if not free:
+                total += anchor * ((p[i] - p[30 + group[i]]) ** 2).sum() / 2
+        if free:  # every neuron toward its class centre, and each class's centre and its anchor together
+            for g in range(4):
+                members = p[:30][group[:30] == g]
+                centre = members.mean(0)
+                total += anchor * (((members - centre) ** 2).sum() + ((centre - p[30 + g]) ** 2).sum()) / 2
         return 0.3 * total
 
     def ours(p):
         return dominance_energy(p, jnp.asarray(group), jnp.asarray(is_anchor), anchor, 0.3, n_classes=4,
-                                use_anchors=anchor > 0)
+                                use_anchors=anchor > 0, free_anchors=free)
 
     expected, expected_grad = jax.value_and_grad(plain)(x)
     value, grad = jax.jit(jax.value_and_grad(ours))(x)
     assert float(value) == pytest.approx(float(expected), rel=1e-5)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-4, atol=1e-5)
+
+
+def test_free_anchors_with_dominance_stay_stable_and_join_their_class():
+    # 300 neurons: pulled by each of its class's neurons, a free anchor blew up within 30 steps
+    vectors = np.random.default_rng(4).normal(size=(300, 10))
+    particles = make_particles(synthetic_features(vectors), AnchorsConfig(mode="free"))
+    base = ForcesConfig()
+    forces = dataclasses.replace(base, dominance=dataclasses.replace(base.dominance, strength=0.3))
+    out = simulate(build_energy(particles, forces), particles, SimConfig(), jax.random.key(0))
+    assert np.isfinite(out.positions).all() and np.isfinite(out.energy).all()
+    x, group = out.final, particles.group
+    centres = np.stack([x[:300][group[:300] == g].mean(0) for g in range(10)])
+    to_centres = np.linalg.norm(x[300:, None] - centres[None], axis=2)  # [anchor, class]
+    assert (to_centres.argmin(1) == np.arange(10)).all()  # each anchor nearest its own class
 
 
 def test_pair_energy_matches_a_plain_double_loop_tiled_or_not():
