@@ -139,8 +139,8 @@ def while_running(state: State, fn: Callable, *args):
     Past the pair kernel, a step is a few dozen tiny XLA operations. XLA's CPU runtime spreads a
     sequence of more than 8 of them over its thread pool, which costs more than they compute; a
     conditional is one operation of the step and runs its own short sequence in order on one thread.
-    Measured at N = 1,000: the whole step 1.1-1.7x faster than with them inline. It also skips the
-    work once the run has stopped."""
+    Measured at N = 1,000 on a running simulation: the whole step 1.16x faster than with them inline
+    (2,419 and 2,799 steps/s, compiled side by side). It also skips the work once the run has stopped."""
     return jax.lax.cond(state.stop < 0, fn, lambda *a: jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, *a)), *args)
 
 
