@@ -202,8 +202,8 @@ def sklearn_mds(vectors: np.ndarray) -> tuple[float, float]:
 
 
 def time_to_quality(vectors: np.ndarray, target: float) -> tuple[float | None, float, int | None]:
-    """(seconds from the start of simulate(), compilation included, to the end of the first chunk
-    whose frames reach `target` stress; final stress; step reached) for `euclid` alone."""
+    """(seconds from build_energy on, compilation included, to the end of the first chunk whose frames
+    reach `target` stress; final stress; step reached) for `euclid` alone."""
     import jax
 
     from layout.forces import build_energy
@@ -212,8 +212,8 @@ def time_to_quality(vectors: np.ndarray, target: float) -> tuple[float | None, f
     particles = particles_for(vectors, anchors="none")
     cfg = SimConfig(steps=600, record_every=5, chunk=10, settle=0)
     stamps = []
-    # JAX's backend started and the seed's key made (0.1-0.2 s in a new process, like the imports a
-    # once-per-process cost; scikit-learn takes its seed as a number)
+    # JAX's backend started and the seed's key made before the clock starts: 0.1-0.2 s once per
+    # process, like the imports (scikit-learn takes its seed as a number)
     key = jax.random.key(0)
     start = time.perf_counter()
     terms = build_energy(particles, EUCLID_ONLY)
