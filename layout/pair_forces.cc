@@ -93,8 +93,9 @@ void chunk_rows(int64_t chunk, int64_t chunks, int64_t n, const Rows& rows) {
 // ---------------------------------------------------------------------------------------------
 // Vector arithmetic
 
-// 1 / sqrt(x) to float precision: the hardware estimate and one Newton step.
-inline V rsqrt(V x) {
+// 2 / sqrt(x) to float precision: the hardware estimate and one Newton step, y (3 - x y^2), whose
+// usual factor 1/2 the callers' constants carry (one vector operation fewer).
+inline V twice_rsqrt(V x) {
 #if defined(__AVX512F__)
   V y = (V)_mm512_rsqrt14_ps((__m512)x);  // 14 bits
 #elif defined(__AVX__)
@@ -104,10 +105,10 @@ inline V rsqrt(V x) {
   V y = out.v;
 #else
   V y;
-  for (int k = 0; k < L; ++k) y[k] = 1.0f / std::sqrt(x[k]);
+  for (int k = 0; k < L; ++k) y[k] = 2.0f / std::sqrt(x[k]);
   return y;
 #endif
-  return y * (1.5f - 0.5f * x * y * y);
+  return y * (3.0f - x * y * y);
 }
 
 inline V load(const float* p) {
@@ -159,15 +160,15 @@ struct Settings {
 // The settings the pair loop uses, as vectors held in registers (read through a reference, they would
 // be loaded again after every store to the gradient, which might alias them).
 struct Constants {
-  V euclid_softening2, extra_softening2, repulsion_scale, distance_floor;
+  V euclid_softening2, extra_softening2, repulsion_eighth, distance_floor;
 
   explicit Constants(const Settings& s)
       : euclid_softening2(splat(s.euclid_softening2)), extra_softening2(splat(s.softening2 - s.euclid_softening2)),
-        repulsion_scale(splat(s.repulsion_scale)), distance_floor(splat(s.distance_floor)) {}
+        repulsion_eighth(splat(s.repulsion_scale / 8)), distance_floor(splat(s.distance_floor)) {}
 };
 
 // One system's particles as columns, each padded with zeros to S floats (S: `stride`): x [3, S];
-// spring [S]: 2 x euclid's scale where a particle takes part in euclid, else 0. rest: row i of the
+// spring [S]: euclid's scale where a particle takes part in euclid, else 0. rest: row i of the
 // rest lengths starts at rest + i * R.
 struct Columns {
   const float* x;
@@ -178,7 +179,7 @@ struct Columns {
 
 // NR rows i, i + 1, ... at once: the columns' loads and stores are shared, and the rows' independent
 // arithmetic keeps the vector units busy while one row waits on its square roots. The rows' gradients
-// g*, their energies summed: springs (2 x euclid energy / scale) and repulsion (sum of 1 / d).
+// g*, their energies summed: springs (euclid's energy) and repulsion (sum of 2 / d).
 template <int NR>
 struct Rows {
   V x0[NR], x1[NR], x2[NR], mask[NR];
@@ -188,11 +189,13 @@ struct Rows {
 };
 
 // Columns j0 .. j0 + 15 of the rows. mask: which lanes are pairs (1) or not (0), when MASKED. EU:
-// whether the rows take part in euclid. f: the chunk's gradient buffer [3, S].
-template <int W, bool EU, bool REP, bool MASKED, int NR>
+// whether the rows take part in euclid. E: whether the energies are summed too (a step that records
+// no frame needs the gradient only: 26 vector operations per row of 16 pairs instead of 31). f: the
+// chunk's gradient buffer [3, S].
+template <int W, bool EU, bool REP, bool E, bool MASKED, int NR>
 inline void block(Rows<NR>& rows, const Columns& c, float* f, int64_t j0, const Constants& s) {
   const V x0 = load(c.x + j0), x1 = load(c.x + c.S + j0), x2 = load(c.x + 2 * c.S + j0);
-  const V spring = EU ? load(c.spring + j0) : V{};  // 2 x scale where j takes part in euclid
+  const V spring = EU ? load(c.spring + j0) : V{};  // scale where j takes part in euclid
   V f0 = load(f + j0), f1 = load(f + c.S + j0), f2 = load(f + 2 * c.S + j0);
 #pragma GCC unroll 4
   for (int r = 0; r < NR; ++r) {
@@ -202,20 +205,25 @@ inline void block(Rows<NR>& rows, const Columns& c, float* f, int64_t j0, const 
     if (EU) {
       if (!MASKED) __builtin_prefetch(rows.rest[r] + j0 + PREFETCH);
       const V rest = MASKED ? load_first(rows.rest[r] + j0, c.P - j0) : load(rows.rest[r] + j0);
-      const V inv_d = rsqrt(s2);  // d = sqrt(r^2 + softening^2)
-      V w = MASKED ? spring * rows.mask[r] : spring;  // 2 x scale x w_ij
+      const V two_inv_d = twice_rsqrt(s2);  // 2 / d, d = sqrt(r^2 + softening^2)
+      V w = MASKED ? spring * rows.mask[r] : spring;  // scale x w_ij
       if (W == INVERSE) w /= rest + s.distance_floor;
       if (W == INVERSE_SQUARE) w /= (rest + s.distance_floor) * (rest + s.distance_floor);
-      const V gap = s2 * inv_d - rest;  // d - r
-      const V t = w * gap;
-      rows.springs += t * gap;  // 2 x w (d - r)^2
-      slope = t * inv_d;  // 2 d/d(s2) of w (d - r)^2 = w (d - r) / d
+      if (E) {
+        const V gap = (0.5f * s2) * two_inv_d - rest;  // d - r
+        const V t = w * gap;
+        rows.springs += t * gap;  // scale w (d - r)^2
+        slope = t * two_inv_d;  // 2 d/d(s2) of scale w (d - r)^2 = 2 scale w (d - r) / d
+      } else {
+        slope = w * (2.0f - rest * two_inv_d);  // the same, as d (2 / d) = 2: two operations fewer
+      }
     }
     if (REP) {
-      V inv = rsqrt(s2 + s.extra_softening2);
-      if (MASKED) inv *= rows.mask[r];
-      rows.repulsion += inv;
-      slope -= (s.repulsion_scale * inv) * (inv * inv);  // 2 d/d(s2) of scale / sqrt(s2') = -scale / s2'^1.5
+      V two_inv = twice_rsqrt(s2 + s.extra_softening2);  // 2 / d', d' = sqrt(r^2 + its softening^2)
+      if (MASKED) two_inv *= rows.mask[r];
+      if (E) rows.repulsion += two_inv;
+      // 2 d/d(s2) of scale / d' = -scale / d'^3 = -(scale / 8) (2 / d')^3
+      slope -= (s.repulsion_eighth * two_inv) * (two_inv * two_inv);
     }
     rows.g0[r] += slope * d0;
     rows.g1[r] += slope * d1;
@@ -231,7 +239,7 @@ inline void block(Rows<NR>& rows, const Columns& c, float* f, int64_t j0, const 
 
 // Rows i .. i + NR - 1 against the columns after them: their pair energies and the gradient into f.
 // The first and last blocks are masked (pairs j > row, j < P).
-template <int W, bool EU, bool REP, int NR>
+template <int W, bool EU, bool REP, bool E, int NR>
 Rows<NR> rows_pairs(const Columns& c, float* __restrict__ f, int64_t i, const Settings& settings) {
   const Constants s(settings);
   Rows<NR> rows;
@@ -243,19 +251,19 @@ Rows<NR> rows_pairs(const Columns& c, float* __restrict__ f, int64_t i, const Se
   }
   const int64_t first = (i + 1) / L * L, last = (c.P - 1) / L * L;
   for (int r = 0; r < NR; ++r) rows.mask[r] = lanes_between(first, i + r, c.P);
-  block<W, EU, REP, true>(rows, c, f, first, s);
-  for (int64_t j0 = first + L; j0 < last; j0 += L) block<W, EU, REP, false>(rows, c, f, j0, s);
+  block<W, EU, REP, E, true>(rows, c, f, first, s);
+  for (int64_t j0 = first + L; j0 < last; j0 += L) block<W, EU, REP, E, false>(rows, c, f, j0, s);
   if (last > first) {
     for (int r = 0; r < NR; ++r) rows.mask[r] = lanes_between(last, i + r, c.P);
-    block<W, EU, REP, true>(rows, c, f, last, s);
+    block<W, EU, REP, E, true>(rows, c, f, last, s);
   }
   return rows;
 }
 
 // Rows i .. i + NR - 1: the pairs, then each row's gradient into f and the energies into the sums.
-template <int W, bool EU, bool REP, int NR>
+template <int W, bool EU, bool REP, bool E, int NR>
 void add_rows(const Columns& c, float* f, int64_t i, const Settings& s, double& springs, double& repulsion) {
-  const Rows<NR> rows = rows_pairs<W, EU, REP, NR>(c, f, i, s);
+  const Rows<NR> rows = rows_pairs<W, EU, REP, E, NR>(c, f, i, s);
   for (int r = 0; r < NR; ++r) {
     f[i + r] += sum(rows.g0[r]);
     f[c.S + i + r] += sum(rows.g1[r]);
@@ -265,9 +273,9 @@ void add_rows(const Columns& c, float* f, int64_t i, const Settings& s, double& 
   repulsion += sum(rows.repulsion);
 }
 
-// One chunk's rows: energies (euclid, repulsion) into energy [2] and gradient into f [3, S] (zeroed
-// here). Rows that take no part in euclid (spring 0) go one at a time without it.
-template <int W, bool EU, bool REP>
+// One chunk's rows: energies (euclid, repulsion) into energy [2] (NaN unless E) and gradient into
+// f [3, S] (zeroed here). Rows that take no part in euclid (spring 0) go one at a time without it.
+template <int W, bool EU, bool REP, bool E>
 void chunk_pairs(const Columns& c, const Settings& s, int64_t chunk, int64_t chunks, float* f, double* energy) {
   std::memset(f, 0, sizeof(float) * 3 * c.S);
   double springs = 0.0, repulsion = 0.0;
@@ -275,27 +283,32 @@ void chunk_pairs(const Columns& c, const Settings& s, int64_t chunk, int64_t chu
     int64_t i = start;
     for (; i + GROUP <= end && (!EU || std::all_of(c.spring + i, c.spring + i + GROUP, [](float w) { return w != 0; }));
          i += GROUP)
-      add_rows<W, EU, REP, GROUP>(c, f, i, s, springs, repulsion);
+      add_rows<W, EU, REP, E, GROUP>(c, f, i, s, springs, repulsion);
     for (; i < end; ++i) {
       if (EU && c.spring[i] != 0.0f)
-        add_rows<W, true, REP, 1>(c, f, i, s, springs, repulsion);
+        add_rows<W, true, REP, E, 1>(c, f, i, s, springs, repulsion);
       else if (REP)
-        add_rows<W, false, REP, 1>(c, f, i, s, springs, repulsion);
+        add_rows<W, false, REP, E, 1>(c, f, i, s, springs, repulsion);
     }
   });
-  energy[0] = 0.5 * springs;
-  energy[1] = s.repulsion_scale * repulsion;
+  energy[0] = E ? springs : NAN;
+  energy[1] = E ? 0.5 * s.repulsion_scale * repulsion : NAN;
 }
 
 using Chunk = void (*)(const Columns&, const Settings&, int64_t, int64_t, float*, double*);
 
-Chunk pick(int weighting, bool euclid, bool repulsion) {
-  static const Chunk with_euclid[3][2] = {
-      {chunk_pairs<UNIFORM, true, false>, chunk_pairs<UNIFORM, true, true>},
-      {chunk_pairs<INVERSE, true, false>, chunk_pairs<INVERSE, true, true>},
-      {chunk_pairs<INVERSE_SQUARE, true, false>, chunk_pairs<INVERSE_SQUARE, true, true>}};
-  if (euclid) return with_euclid[weighting][repulsion];
-  return chunk_pairs<UNIFORM, false, true>;
+// The chunk function for these terms: [repulsion][energy].
+template <int W, bool EU>
+struct Variants {
+  static constexpr Chunk table[2][2] = {{chunk_pairs<W, EU, false, false>, chunk_pairs<W, EU, false, true>},
+                                        {chunk_pairs<W, EU, true, false>, chunk_pairs<W, EU, true, true>}};
+};
+
+Chunk pick(int weighting, bool euclid, bool repulsion, bool energy) {
+  if (!euclid) return Variants<UNIFORM, false>::table[1][energy];
+  if (weighting == INVERSE) return Variants<INVERSE, true>::table[repulsion][energy];
+  if (weighting == INVERSE_SQUARE) return Variants<INVERSE_SQUARE, true>::table[repulsion][energy];
+  return Variants<UNIFORM, true>::table[repulsion][energy];
 }
 
 // Where the arrays of the pair loop lie. A load from an address that equals a recent store's modulo
@@ -358,7 +371,7 @@ void system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* rest,
   std::fill(columns, buffers, 0.0f);
   for (int64_t i = 0; i < P; ++i) {
     for (int k = 0; k < 3; ++k) columns[k * S + i] = x[i * 3 + k];
-    columns[3 * S + i] = euclid && include[i] != 0.0f ? 2.0f * s.euclid_scale : 0.0f;
+    columns[3 * S + i] = euclid && include[i] != 0.0f ? s.euclid_scale : 0.0f;
   }
   const Columns c{columns, columns + 3 * S, rest, P, S, rest_stride(P)};
   double* energies = scratch.energies.data();
@@ -372,13 +385,13 @@ void system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* rest,
 }
 
 // x [..., P, 3], rest [..., P, R] (R = rest_stride(P); unread without euclid), include [..., P],
-// scales [..., 2] (euclid, repulsion) -> energy [..., 2] (euclid's, repulsion's), grad [..., P, 3];
-// leading axes are independent systems (jax.vmap).
+// scales [..., 2] (euclid, repulsion) -> energy [..., 2] (euclid's, repulsion's; NaN unless
+// `energies`), grad [..., P, 3]; leading axes are independent systems (jax.vmap).
 ffi::Error PairForcesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> rest,
                           ffi::Buffer<ffi::F32> include, ffi::Buffer<ffi::F32> scales,
                           ffi::ResultBuffer<ffi::F32> energy, ffi::ResultBuffer<ffi::F32> grad, int32_t weighting,
-                          bool euclid, bool repulsion, float softening, float euclid_softening,
-                          float distance_floor) {
+                          bool euclid, bool repulsion, bool energies, float softening,
+                          float euclid_softening, float distance_floor) {
   const auto dims = x.dimensions();
   if (dims.size() < 2 || dims.back() != 3) return ffi::Error::InvalidArgument("pair_forces: x must be [..., P, 3]");
   if (weighting < 0 || weighting > 2) return ffi::Error::InvalidArgument("pair_forces: weighting must be 0, 1 or 2");
@@ -391,7 +404,7 @@ ffi::Error PairForcesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   const int64_t R = rest_stride(P);
   if (euclid && rest.element_count() != B * P * R)
     return ffi::Error::InvalidArgument("pair_forces: rest must be [..., P, P rounded up to 1024]");
-  const Chunk run = pick(weighting, euclid, repulsion);
+  const Chunk run = pick(weighting, euclid, repulsion, energies);
   for (int64_t b = 0; b < B; ++b) {
     const float* sc = scales.typed_data() + 2 * b;
     const Settings s{sc[0], sc[1], softening * softening, euclid_softening * euclid_softening, distance_floor};
@@ -463,6 +476,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PairForces, PairForcesImpl,
                                   .Attr<int32_t>("weighting")
                                   .Attr<bool>("euclid")
                                   .Attr<bool>("repulsion")
+                                  .Attr<bool>("energies")
                                   .Attr<float>("softening")
                                   .Attr<float>("euclid_softening")
                                   .Attr<float>("distance_floor"));

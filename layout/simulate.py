@@ -21,7 +21,7 @@ from layout import ctrl_c
 from layout.config import SimConfig
 from layout.errors import UserError
 from layout.forces import Energy, Particles, Term, on_device
-from layout.pairs import PairTerm, pair_energies_function, pair_energy_function, with_rest_lengths
+from layout.pairs import PairTerm, pair_energies_function, pair_gradient_function, with_rest_lengths
 from layout.native import available
 
 
@@ -117,7 +117,7 @@ def split_parts(terms: tuple[Energy, ...], native: bool | None = None) -> Parts:
         return values, grad
 
     if pair_terms:
-        pairs_grad = jax.grad(pair_energy_function(pair_terms, native=native))
+        pairs_grad = pair_gradient_function(pair_terms, native=native)
         pairs_measured = pair_energies_function(pair_terms, native=native)
     else:
         pairs_grad = jnp.zeros_like

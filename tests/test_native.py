@@ -16,7 +16,7 @@ import pytest
 from layout import native
 from layout.config import AnchorsConfig, ForcesConfig, SimConfig
 from layout.forces import build_energy, euclid_term, make_particles, repulsion_term
-from layout.pairs import REST_ROW, pair_energy, with_rest_lengths
+from layout.pairs import REST_ROW, pair_energy, pair_gradient_function, with_rest_lengths
 from layout.simulate import simulate, simulate_many
 from tests.test_layout import synthetic_features
 
@@ -56,9 +56,15 @@ def test_kernel_energy_and_gradient_match_the_jax_definition(n, which, weighting
     expected, expected_grad = jax.jit(jax.value_and_grad(lambda p: pair_energy(terms, p, native=False)))(x)
     assert float(value) == pytest.approx(float(expected), rel=1e-5)
     # (the JAX gradient, x_i sum_j g_ij - sum_j g_ij x_j, loses some digits to cancellation)
-    np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-4,
-                               atol=1e-4 * float(jnp.abs(expected_grad).max()))
+    assert_same_gradient(grad, expected_grad)
     assert np.isfinite(np.asarray(grad)).all()
+    # the kernel's gradient-only pass (a simulation step that records no frame) gives the same
+    assert_same_gradient(jax.jit(pair_gradient_function(terms, native=True))(x), expected_grad)
+
+
+def assert_same_gradient(grad, expected):
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(expected), rtol=1e-4,
+                               atol=1e-4 * float(jnp.abs(expected).max()))
 
 
 def test_a_large_system_matches_the_jax_definition():
@@ -68,8 +74,8 @@ def test_a_large_system_matches_the_jax_definition():
     value, grad = jax.jit(jax.value_and_grad(lambda p: pair_energy(terms, p, native=True)))(x)
     expected, expected_grad = jax.jit(jax.value_and_grad(lambda p: pair_energy(terms, p, native=False)))(x)
     assert float(value) == pytest.approx(float(expected), rel=1e-5)
-    np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-4,
-                               atol=1e-4 * float(jnp.abs(expected_grad).max()))
+    assert_same_gradient(grad, expected_grad)
+    assert_same_gradient(jax.jit(pair_gradient_function(terms, native=True))(x), expected_grad)
 
 
 def test_rest_lengths_made_once_give_the_same_energy():
