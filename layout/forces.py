@@ -225,13 +225,19 @@ def rest_statistics(vectors: np.ndarray, include: np.ndarray, weighting: str) ->
     norms = (v * v).sum(1)
 
     def mean_over_pairs(value) -> float:
+        """The mean of value(distance) over the pairs i < j: each tile of rows against the columns
+        from its first row on (half the products of all pairs)."""
         total = 0.0
         for start in range(0, n, TILE):
             rows = v[start:start + TILE]  # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b, in float64
-            d = np.sqrt(np.maximum(norms[start:start + TILE, None] + norms[None, :] - 2 * rows @ v.T, 0.0))
-            off = np.arange(n)[None, :] != np.arange(start, start + len(d))[:, None]
-            total += float(np.broadcast_to(value(d), d.shape)[off].sum())
-        return total / (n * (n - 1))
+            d2 = rows @ v[start:].T
+            d2 *= -2
+            d2 += norms[start:start + TILE, None]
+            d2 += norms[None, start:]
+            d = np.sqrt(np.maximum(d2, 0.0, out=d2), out=d2)
+            values = np.broadcast_to(value(d), d.shape)
+            total += float(values[:, len(rows):].sum()) + float(np.triu(values[:, :len(rows)], 1).sum())
+        return total / (n * (n - 1) / 2)
 
     scale = 1.0 / max(mean_over_pairs(lambda d: d), 1e-12)
     if weighting == "uniform":  # every weight is 1

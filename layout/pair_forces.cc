@@ -385,12 +385,13 @@ void system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* rest,
 }
 
 // x [..., P, 3], rest [..., P, R] (R = rest_stride(P); unread without euclid), include [..., P],
-// scales [..., 2] (euclid, repulsion) -> energy [..., 2] (euclid's, repulsion's; NaN unless
-// `energies`), grad [..., P, 3]; leading axes are independent systems (jax.vmap).
+// scales [..., 2] (euclid, repulsion), energies [...] (whether to sum the energies) -> energy [..., 2]
+// (euclid's, repulsion's; NaN where not summed), grad [..., P, 3]; leading axes are independent
+// systems (jax.vmap).
 ffi::Error PairForcesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> rest,
                           ffi::Buffer<ffi::F32> include, ffi::Buffer<ffi::F32> scales,
-                          ffi::ResultBuffer<ffi::F32> energy, ffi::ResultBuffer<ffi::F32> grad, int32_t weighting,
-                          bool euclid, bool repulsion, bool energies, float softening,
+                          ffi::Buffer<ffi::PRED> energies, ffi::ResultBuffer<ffi::F32> energy,
+                          ffi::ResultBuffer<ffi::F32> grad, int32_t weighting, bool euclid, bool repulsion, float softening,
                           float euclid_softening, float distance_floor) {
   const auto dims = x.dimensions();
   if (dims.size() < 2 || dims.back() != 3) return ffi::Error::InvalidArgument("pair_forces: x must be [..., P, 3]");
@@ -404,8 +405,9 @@ ffi::Error PairForcesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   const int64_t R = rest_stride(P);
   if (euclid && rest.element_count() != B * P * R)
     return ffi::Error::InvalidArgument("pair_forces: rest must be [..., P, P rounded up to 1024]");
-  const Chunk run = pick(weighting, euclid, repulsion, energies);
+  if (energies.element_count() != B) return ffi::Error::InvalidArgument("pair_forces: energies must be [...]");
   for (int64_t b = 0; b < B; ++b) {
+    const Chunk run = pick(weighting, euclid, repulsion, energies.typed_data()[b]);
     const float* sc = scales.typed_data() + 2 * b;
     const Settings s{sc[0], sc[1], softening * softening, euclid_softening * euclid_softening, distance_floor};
     float* g = grad->typed_data() + b * P * 3;
@@ -471,12 +473,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PairForces, PairForcesImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int32_t>("weighting")
                                   .Attr<bool>("euclid")
                                   .Attr<bool>("repulsion")
-                                  .Attr<bool>("energies")
                                   .Attr<float>("softening")
                                   .Attr<float>("euclid_softening")
                                   .Attr<float>("distance_floor"));

@@ -170,12 +170,11 @@ def native_pair_energy(terms: tuple[PairTerm, ...]) -> Callable[[jax.Array], jax
     return with_gradient(summed)
 
 
-def native_pair_forward(terms: tuple[PairTerm, ...], energies: bool = True
-                        ) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
-    """positions -> (each term's energy [len(terms)], the gradient of their sum), by one call of the
-    native kernel; energies False: NaN instead, and the kernel sums none (7% faster). The rest
-    lengths [P, R] come with the term (with_rest_lengths) or are made here, once, from the output
-    vectors."""
+def native_pair_forward(terms: tuple[PairTerm, ...]) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """(positions, energies=True) -> (each term's energy [len(terms)], the gradient of their sum), by
+    one call of the native kernel; where `energies` (a bool, or a traced one) is False, NaN instead of
+    the energies, which the kernel then does not sum (7% faster). The rest lengths [P, R] come with the
+    term (with_rest_lengths) or are made here, once, from the output vectors."""
     by_name = {native_name(t): t for t in terms}
     euclid, repulsion = by_name.get("euclid"), by_name.get("repulsion")
     e, r = dict(euclid.native if euclid else ()), dict(repulsion.native if repulsion else ())
@@ -186,33 +185,35 @@ def native_pair_forward(terms: tuple[PairTerm, ...], energies: bool = True
                         for t in (euclid, repulsion)])
     attributes = dict(
         weighting=np.int32(e.get("weighting", 0)), euclid=euclid is not None, repulsion=repulsion is not None,
-        energies=energies,
         softening=np.float32(r.get("softening", 1.0)), euclid_softening=np.float32(e.get("softening", 1.0)),
         distance_floor=np.float32(e.get("floor", 1.0)))
     order = jnp.asarray([("euclid", "repulsion").index(native_name(t)) for t in terms])  # the kernel's order
 
-    def forward(x):
+    def forward(x, energies=True):
         n = x.shape[0]
         call = jax.ffi.ffi_call(
             NATIVE_TARGET, (jax.ShapeDtypeStruct((2,), jnp.float32), jax.ShapeDtypeStruct((n, 3), jnp.float32)),
             vmap_method="broadcast_all")
+        wanted = jnp.asarray(energies, bool)
         if euclid is None:  # unread by the kernel
-            energies, grad = call(x.astype(jnp.float32), jnp.zeros((1, 1)), jnp.zeros(n), scales, **attributes)
+            values, grad = call(x.astype(jnp.float32), jnp.zeros((1, 1)), jnp.zeros(n), scales, wanted, **attributes)
         else:
-            energies, grad = call(x.astype(jnp.float32), rest, include, scales, **attributes)
-        return energies[order], grad
+            values, grad = call(x.astype(jnp.float32), rest, include, scales, wanted, **attributes)
+        return values[order], grad
 
     return forward
 
 
-def pair_gradient_function(terms: tuple[PairTerm, ...], native: bool | None = None
-                           ) -> Callable[[jax.Array], jax.Array]:
-    """positions -> the gradient of pair_energy (`native` as in pair_energy_function): what a step
-    that records nothing needs; on the native kernel, without summing the energies."""
+def pair_step_function(terms: tuple[PairTerm, ...], native: bool | None = None
+                       ) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    """(positions, measure) -> (each term's energy where `measure` (traced), else NaN; the gradient of
+    their sum): a simulation step, which records the energies on a frame's first step only. One call
+    of the native kernel, told at run time whether to sum them; in JAX, a conditional."""
     if runs_native(terms, native):
-        forward = native_pair_forward(terms, energies=False)
-        return lambda x: forward(x)[1]
-    return jax.grad(pair_energy_function(terms, native=False))
+        return native_pair_forward(terms)
+    measured, gradient = pair_energies_function(terms, native=False), jax.grad(pair_energy_function(terms, native=False))
+    unmeasured = lambda x: (jnp.full(len(terms), jnp.nan, x.dtype), gradient(x))  # noqa: E731
+    return lambda x, measure: jax.lax.cond(measure, measured, unmeasured, x)
 
 
 def pair_energies_function(terms: tuple[PairTerm, ...], native: bool | None = None

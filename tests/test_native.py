@@ -16,7 +16,7 @@ import pytest
 from layout import native
 from layout.config import AnchorsConfig, ForcesConfig, SimConfig
 from layout.forces import build_energy, euclid_term, make_particles, repulsion_term
-from layout.pairs import REST_ROW, pair_energy, pair_gradient_function, with_rest_lengths
+from layout.pairs import REST_ROW, pair_energy, pair_step_function, with_rest_lengths
 from layout.simulate import simulate, simulate_many
 from tests.test_layout import synthetic_features
 
@@ -58,8 +58,21 @@ def test_kernel_energy_and_gradient_match_the_jax_definition(n, which, weighting
     # (the JAX gradient, x_i sum_j g_ij - sum_j g_ij x_j, loses some digits to cancellation)
     assert_same_gradient(grad, expected_grad)
     assert np.isfinite(np.asarray(grad)).all()
-    # the kernel's gradient-only pass (a simulation step that records no frame) gives the same
-    assert_same_gradient(jax.jit(pair_gradient_function(terms, native=True))(x), expected_grad)
+    assert_simulation_steps_agree(terms, x, expected_grad)
+
+
+def assert_simulation_steps_agree(terms, x, expected_grad):
+    """A simulation step's pass of the kernel: with the energies (a frame's first step), or the
+    gradient alone, told at run time; either way the JAX definition's gradient."""
+    step = jax.jit(pair_step_function(terms, native=True))
+    expected = [float(pair_energy((t,), x, native=False)) for t in terms]
+    for measure in (True, False):
+        values, grad = step(x, jnp.bool_(measure))
+        assert_same_gradient(grad, expected_grad)
+        if measure:
+            np.testing.assert_allclose(np.asarray(values), expected, rtol=1e-5)
+        else:
+            assert np.isnan(np.asarray(values)).all()
 
 
 def assert_same_gradient(grad, expected):
@@ -75,7 +88,7 @@ def test_a_large_system_matches_the_jax_definition():
     expected, expected_grad = jax.jit(jax.value_and_grad(lambda p: pair_energy(terms, p, native=False)))(x)
     assert float(value) == pytest.approx(float(expected), rel=1e-5)
     assert_same_gradient(grad, expected_grad)
-    assert_same_gradient(jax.jit(pair_gradient_function(terms, native=True))(x), expected_grad)
+    assert_simulation_steps_agree(terms, x, expected_grad)
 
 
 def test_rest_lengths_made_once_give_the_same_energy():
