@@ -208,12 +208,19 @@ def pair_step_function(terms: tuple[PairTerm, ...], native: bool | None = None
                        ) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     """(positions, measure) -> (each term's energy where `measure` (traced), else NaN; the gradient of
     their sum): a simulation step, which records the energies on a frame's first step only. One call
-    of the native kernel, told at run time whether to sum them; in JAX, a conditional."""
+    of the native kernel, told at run time whether to sum them; in JAX, the energies' separate passes
+    in a conditional (the gradient outside it, where XLA keeps what does not change from step to step
+    out of the loop: 3x faster at N = 1,000 than with it inside)."""
     if runs_native(terms, native):
         return native_pair_forward(terms)
-    measured, gradient = pair_energies_function(terms, native=False), jax.grad(pair_energy_function(terms, native=False))
-    unmeasured = lambda x: (jnp.full(len(terms), jnp.nan, x.dtype), gradient(x))  # noqa: E731
-    return lambda x, measure: jax.lax.cond(measure, measured, unmeasured, x)
+    gradient = jax.grad(pair_energy_function(terms, native=False))
+    unmeasured = lambda x: jnp.full(len(terms), jnp.nan, x.dtype)  # noqa: E731
+    return lambda x, measure: (jax.lax.cond(measure, jax_pair_energies(terms), unmeasured, x), gradient(x))
+
+
+def jax_pair_energies(terms: tuple[PairTerm, ...]) -> Callable[[jax.Array], jax.Array]:
+    """positions -> each term's energy [len(terms)], in JAX."""
+    return lambda x: jnp.stack([jax_pair_energy((t,), x) for t in terms])
 
 
 def pair_energies_function(terms: tuple[PairTerm, ...], native: bool | None = None
@@ -223,8 +230,8 @@ def pair_energies_function(terms: tuple[PairTerm, ...], native: bool | None = No
     (`native` as in pair_energy_function); in JAX, each energy and the gradient are separate passes."""
     if runs_native(terms, native):
         return native_pair_forward(terms)
-    total = pair_energy_function(terms, native=False)
-    return lambda x: (jnp.stack([jax_pair_energy((t,), x) for t in terms]), jax.grad(total)(x))
+    energies, gradient = jax_pair_energies(terms), jax.grad(pair_energy_function(terms, native=False))
+    return lambda x: (energies(x), gradient(x))
 
 
 def _tiled(fn: Callable, n: int, tile: int, arrays: tuple, one_block: int) -> jax.Array:
