@@ -355,9 +355,9 @@ void add_chunks(ffi::ThreadPool& pool, float* buffers, int64_t chunks, int64_t p
   });
 }
 
-// One system: x [P, 3], rest [P, R] (rest lengths, read above the diagonal only), include [P] (0 or
-// 1); writes grad [P, 3] and the energies of euclid and repulsion, energy [2].
-void system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* rest, const float* include, int64_t P,
+// One system: x [P, 3], rest [P, R] (rest lengths, read above the diagonal only), include [P] (whether
+// a particle takes part in euclid); writes grad [P, 3] and the energies of euclid and repulsion, energy [2].
+void system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* rest, const bool* include, int64_t P,
               bool euclid, const Settings& s, float* grad, float* energy) {
   thread_local Scratch scratch;
   const int64_t S = stream_stride(P), chunks = chunk_count(pool, P);
@@ -371,7 +371,7 @@ void system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* rest,
   std::fill(columns, buffers, 0.0f);
   for (int64_t i = 0; i < P; ++i) {
     for (int k = 0; k < 3; ++k) columns[k * S + i] = x[i * 3 + k];
-    columns[3 * S + i] = euclid && include[i] != 0.0f ? s.euclid_scale : 0.0f;
+    columns[3 * S + i] = euclid && include[i] ? s.euclid_scale : 0.0f;
   }
   const Columns c{columns, columns + 3 * S, rest, P, S, rest_stride(P)};
   double* energies = scratch.energies.data();
@@ -389,7 +389,7 @@ void system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* rest,
 // (euclid's, repulsion's; NaN where not summed), grad [..., P, 3]; leading axes are independent
 // systems (jax.vmap).
 ffi::Error PairForcesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> rest,
-                          ffi::Buffer<ffi::F32> include, ffi::Buffer<ffi::F32> scales,
+                          ffi::Buffer<ffi::PRED> include, ffi::Buffer<ffi::F32> scales,
                           ffi::Buffer<ffi::PRED> energies, ffi::ResultBuffer<ffi::F32> energy,
                           ffi::ResultBuffer<ffi::F32> grad, int32_t weighting, bool euclid, bool repulsion, float softening,
                           float euclid_softening, float distance_floor) {
@@ -471,7 +471,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PairForces, PairForcesImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

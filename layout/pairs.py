@@ -180,7 +180,7 @@ def native_pair_forward(terms: tuple[PairTerm, ...]) -> Callable[..., tuple[jax.
     e, r = dict(euclid.native if euclid else ()), dict(repulsion.native if repulsion else ())
     if euclid is not None:
         rest = rest_lengths(euclid.data[0]) if euclid.rest is None else euclid.rest
-        include = euclid.data[1].astype(jnp.float32)
+        include = euclid.data[1].astype(bool)
     scales = jnp.stack([jnp.float32(0.0) if t is None else jnp.asarray(t.scale, jnp.float32)
                         for t in (euclid, repulsion)])
     attributes = dict(
@@ -196,7 +196,7 @@ def native_pair_forward(terms: tuple[PairTerm, ...]) -> Callable[..., tuple[jax.
             vmap_method="broadcast_all")
         wanted = jnp.asarray(energies, bool)
         if euclid is None:  # unread by the kernel
-            values, grad = call(x.astype(jnp.float32), jnp.zeros((1, 1)), jnp.zeros(n), scales, wanted, **attributes)
+            values, grad = call(x.astype(jnp.float32), jnp.zeros((1, 1)), jnp.zeros(n, bool), scales, wanted, **attributes)
         else:
             values, grad = call(x.astype(jnp.float32), rest, include, scales, wanted, **attributes)
         return values[order], grad
