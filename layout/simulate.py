@@ -202,33 +202,32 @@ def chunk(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, n_fram
     movable = movable[:, None]
     last = max(cfg.steps - 1, 1)
 
-    def advance(state: State, g: jax.Array) -> State:
-        """The next state of a running simulation, g the gradient at its positions."""
+    def advance(state: State, g: jax.Array, bad: jax.Array) -> State:
+        """The next state of a running simulation, g the gradient at its positions; a step that moves a
+        particle to a non-finite place, or `bad` (an energy was not finite), stops the run where it is."""
         alpha = alpha_start * (cfg.alpha_min / alpha_start) ** (state.step / last)
         v = (state.v + alpha * jnp.where(movable, -g, 0.0)) * (1 - cfg.velocity_decay)
         x = state.x + v
         squares, fastest, finite = one_pass(state.x, v, x)
+        ok = finite & ~bad
         size = jnp.sqrt(squares / state.x.shape[0]) + 1e-12  # RMS distance from the origin
         settled = fastest <= cfg.settle * size  # no coordinate moved more than settle x size
-        stop_now = ~finite | settled | (state.step + 1 >= cfg.steps)
+        stop_now = ~ok | settled | (state.step + 1 >= cfg.steps)
         return State(
-            x=jnp.where(finite, x, state.x),
-            v=jnp.where(finite, v, state.v),
+            x=jnp.where(ok, x, state.x),
+            v=jnp.where(ok, v, state.v),
             step=state.step + 1,
-            stop=jnp.where(stop_now, state.step + finite.astype(state.step.dtype), state.stop),
-            failed=~finite,
+            stop=jnp.where(stop_now, state.step + ok.astype(state.step.dtype), state.stop),
+            failed=~ok,
         )
 
     def record_and_advance(state: State, values: jax.Array, first: jax.Array, pair_values: jax.Array,
                            pair_grad: jax.Array, other_values: jax.Array, other_grad: jax.Array):
         """A running simulation's step: on a frame's first step, the energies become the frame's, and
-        one that is not finite stops the run there (an energy went bad before the positions did);
-        otherwise the next state."""
+        one that is not finite stops the run there (an energy went bad before the positions did)."""
         measured = parts.energies(pair_values, other_values)
         bad = first & ~jnp.isfinite(measured).all()
-        failed = state._replace(stop=state.step, failed=jnp.bool_(True))
-        state = jax.tree.map(lambda a, b: jnp.where(bad, a, b), failed, advance(state, pair_grad + other_grad))
-        return state, jnp.where(first, measured, values)
+        return advance(state, pair_grad + other_grad, bad), jnp.where(first, measured, values)
 
     def step(carry: tuple[State, jax.Array], k: jax.Array):
         state, values = carry
