@@ -143,17 +143,6 @@ def split_parts(terms: tuple[Energy, ...], native: bool | None = None) -> Parts:
                  np.argsort(np.array(pairs + others, dtype=int)), len(others))
 
 
-def energies_and_gradient(terms: tuple[Energy, ...], native: bool | None = None) -> Callable:
-    """positions -> (each term's energy [n_terms], the gradient of their sum)."""
-    parts = split_parts(terms, native)
-
-    def both(x):
-        (pair_values, pair_grad), (other_values, other_grad) = parts.pairs_measured(x), parts.others_measured(x)
-        return parts.energies(pair_values, other_values), pair_grad + other_grad
-
-    return both
-
-
 def while_running(state: State, fn: Callable, *args, stopped: Callable | None = None):
     """fn(*args) if the simulation is still running, else stopped(*args) (default: zeros like fn's
     result), as a conditional.
@@ -194,12 +183,14 @@ def one_pass(x: jax.Array, v: jax.Array, moved: jax.Array) -> tuple[jax.Array, j
 
 
 def chunk(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, n_frames: int,
-          alpha_start: float, native: bool) -> tuple[State, tuple[jax.Array, jax.Array]]:
-    """n_frames x record_every steps from `state`; returns the new State and, per frame, the positions
-    and each term's energy at the frame's first step. A step measures the energies on a frame's first
-    step only (with the gradient, from the same pass on the native kernel). native: whether the pair
-    terms run on the native kernel (layout/native.py). run_chunk is this compiled, once per shape and
-    settings: terms are traced data.
+          alpha_start: float, native: bool, end_energies: bool = True):
+    """n_frames x record_every steps from `state`; returns the new State; per frame, the positions and
+    each term's energy at the frame's first step; and, with end_energies, each term's energy where the
+    run stopped if it did (else NaN; the trajectory's last frame, measured in the chunk that stops,
+    not by a program of its own). A step measures the energies on a frame's first step only (with the
+    gradient, from the same pass on the native kernel). native: whether the pair terms run on the
+    native kernel (layout/native.py). run_chunk is this compiled, once per shape and settings: terms
+    are traced data.
 
     Every step, a frame's first one too, is the same code in one loop, so that the integrator is
     compiled once: compiling the simulation took a third less time than with a frame's first step
@@ -248,10 +239,17 @@ def chunk(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, n_fram
                                         jnp.arange(cfg.record_every))
         return end, (state.x, values)
 
-    return jax.lax.scan(frame, state, None, length=n_frames)
+    def measured(x):
+        return parts.energies(parts.pairs_measured(x)[0], parts.others_measured(x)[0])
+
+    def unmeasured(x):
+        return jnp.full(len(parts.order), jnp.nan, jnp.float32)
+
+    end, recorded = jax.lax.scan(frame, state, None, length=n_frames)
+    return end, recorded, jax.lax.cond(end.stop >= 0, measured, unmeasured, end.x) if end_energies else None
 
 
-run_chunk = jax.jit(chunk, static_argnames=("cfg", "n_frames", "alpha_start", "native"),
+run_chunk = jax.jit(chunk, static_argnames=("cfg", "n_frames", "alpha_start", "native", "end_energies"),
                     compiler_options=COMPILE_OPTIONS)
 
 
@@ -277,7 +275,7 @@ def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key
     positions, energies = [], []
     while True:
         ctrl_c.check()
-        state, (xs, values) = run(state)
+        state, (xs, values), end_values = run(state)
         positions.append(np.asarray(xs))
         energies.append(np.asarray(values))
         stop = int(state.stop)
@@ -289,19 +287,13 @@ def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key
         raise SimulationError(diagnose(terms, np.asarray(state.x), stop))
     steps = np.arange(sum(len(p) for p in positions)) * cfg.record_every
     keep = steps < stop
-    final_values = np.asarray(_energies(tuple(as_term(fn) for fn in terms.values()), state.x, available()))
     return Trajectory(
         positions=np.concatenate([np.concatenate(positions)[keep], np.asarray(state.x)[None]]).astype(np.float32),
-        energy=np.concatenate([np.concatenate(energies)[keep], final_values[None]]).astype(np.float32),
+        energy=np.concatenate([np.concatenate(energies)[keep], np.asarray(end_values)[None]]).astype(np.float32),
         step=np.concatenate([steps[keep], [stop]]).astype(np.int64),
         terms=tuple(terms),
         settled_step=stop if stop < cfg.steps else None,
     )
-
-
-@functools.partial(jax.jit, static_argnames=("native",))
-def _energies(terms: tuple, x: jax.Array, native: bool) -> jax.Array:
-    return energies_and_gradient(terms, native)(x)[0]
 
 
 def simulate_many(terms: list[dict[str, Energy]], movable: np.ndarray, cfg: SimConfig,
@@ -325,7 +317,7 @@ def simulate_many(terms: list[dict[str, Energy]], movable: np.ndarray, cfg: SimC
 
 @functools.partial(jax.jit, static_argnames=("cfg", "frames", "native"), compiler_options=COMPILE_OPTIONS)
 def _run_many(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, frames: int, native: bool) -> State:
-    return jax.vmap(lambda s, t: chunk(s, t, movable, cfg, frames, 1.0, native)[0])(state, terms)
+    return jax.vmap(lambda s, t: chunk(s, t, movable, cfg, frames, 1.0, native, end_energies=False)[0])(state, terms)
 
 
 def diagnose(terms: dict[str, Energy], x: np.ndarray, step: int) -> str:
