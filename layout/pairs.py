@@ -196,9 +196,10 @@ def native_pair_forward(terms: tuple[PairTerm, ...]) -> Callable[..., tuple[jax.
             vmap_method="broadcast_all")
         wanted = jnp.asarray(energies, bool)
         if euclid is None:  # unread by the kernel
-            values, grad = call(x.astype(jnp.float32), jnp.zeros((1, 1)), jnp.zeros(n, bool), scales, wanted, **attributes)
+            arrays = (jnp.zeros((1, 1)), jnp.zeros(n, bool))
         else:
-            values, grad = call(x.astype(jnp.float32), rest, include, scales, wanted, **attributes)
+            arrays = (rest, include)
+        values, grad = call(x.astype(jnp.float32), *arrays, scales, wanted, **attributes)
         return values[order], grad
 
     return forward
