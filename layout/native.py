@@ -31,6 +31,7 @@ REST_TARGET = "neuron_layout_rest_lengths"
 SOURCE = Path(__file__).with_name("pair_forces.cc")
 FALLBACK = "the layout runs on the slower JAX pair forces"
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=c++17")
+LOADED: dict[str, ctypes.CDLL] = {}  # the library, once load() has registered it
 
 
 def enabled() -> bool:
@@ -110,10 +111,19 @@ def load() -> str | None:
             library = ctypes.cdll.LoadLibrary(str(path))
             jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.PairForces), platform="cpu")
             jax.ffi.register_ffi_target(REST_TARGET, jax.ffi.pycapsule(library.RestLengths), platform="cpu")
+            LOADED["library"] = library
             return None
         except (OSError, RuntimeError) as e:
             failures.append(f"{folder}: {e}")
     return f"the native pair-force kernel could not be built ({failures[-1]}); {FALLBACK}"
+
+
+def rest_lengths_here(vectors, out) -> None:
+    """The kernel's rest lengths of one system, vectors [P, C] float32 (C-contiguous) into out [P, R]
+    float32, on this thread without XLA (pair_forces.cc: RestLengthsHere); the kernel must be loaded."""
+    pointer = ctypes.c_void_p
+    LOADED["library"].RestLengthsHere(pointer(vectors.ctypes.data), ctypes.c_int64(vectors.shape[0]),
+                                      ctypes.c_int64(vectors.shape[1]), pointer(out.ctypes.data))
 
 
 def available() -> bool:

@@ -423,6 +423,24 @@ ffi::Error PairForcesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   return ffi::Error::Success();
 }
 
+// v [P, C] -> columns [C, P]: one coordinate of every particle, contiguous.
+void as_columns(const float* v, int64_t P, int64_t C, std::vector<float>& columns) {
+  columns.resize(C * P);
+  for (int64_t i = 0; i < P; ++i)
+    for (int64_t k = 0; k < C; ++k) columns[k * P + i] = v[i * C + k];
+}
+
+// Row i of one system's rest lengths (R floats): |v_i - v_j| for j > i, 0 elsewhere.
+void rest_row(const float* v, const float* columns, int64_t P, int64_t C, int64_t i, float* row, int64_t R) {
+  std::fill(row, row + R, 0.0f);
+  for (int64_t k = 0; k < C; ++k) {
+    const float vik = v[i * C + k];
+    const float* column = columns + k * P;
+    for (int64_t j = i + 1; j < P; ++j) row[j] += (vik - column[j]) * (vik - column[j]);
+  }
+  for (int64_t j = i + 1; j < P; ++j) row[j] = std::sqrt(row[j]);
+}
+
 // vectors [..., P, C] -> rest [..., P, R]: |v_i - v_j| above the diagonal (the pairs PairForces reads),
 // 0 elsewhere. Made once per simulation, on the thread pool like the forces.
 ffi::Error RestLengthsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> vectors, ffi::ResultBuffer<ffi::F32> rest) {
@@ -433,25 +451,15 @@ ffi::Error RestLengthsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> vectors, 
   const int64_t B = vectors.element_count() / (P * C), R = rest_stride(P);
   if (rest->element_count() != B * P * R)
     return ffi::Error::InvalidArgument("rest_lengths: rest must be [..., P, P rounded up to 1024]");
-  std::vector<float> columns(C * P);  // [C, P]: one coordinate of every particle, contiguous
+  std::vector<float> columns;
   for (int64_t b = 0; b < B; ++b) {
     const float* v = vectors.typed_data() + b * P * C;
     float* out = rest->typed_data() + b * P * R;
-    for (int64_t i = 0; i < P; ++i)
-      for (int64_t k = 0; k < C; ++k) columns[k * P + i] = v[i * C + k];
+    as_columns(v, P, C, columns);
     const int64_t chunks = chunk_count(pool, P);
     run_chunks(pool, chunks, [&](int64_t chunk) {
       chunk_rows(chunk, chunks, P, [&](int64_t start, int64_t end) {
-        for (int64_t i = start; i < end; ++i) {
-          float* row = out + i * R;
-          std::fill(row, row + R, 0.0f);
-          for (int64_t k = 0; k < C; ++k) {
-            const float vik = v[i * C + k];
-            const float* column = columns.data() + k * P;
-            for (int64_t j = i + 1; j < P; ++j) row[j] += (vik - column[j]) * (vik - column[j]);
-          }
-          for (int64_t j = i + 1; j < P; ++j) row[j] = std::sqrt(row[j]);
-        }
+        for (int64_t i = start; i < end; ++i) rest_row(v, columns.data(), P, C, i, out + i * R, R);
       });
     });
   }
@@ -459,6 +467,16 @@ ffi::Error RestLengthsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> vectors, 
 }
 
 }  // namespace
+
+// The same rest lengths for one system, vectors [P, C] -> rest [P, R], on the calling thread and without
+// XLA (called with ctypes): a new process would spend longer compiling a program for them than computing
+// them, for up to a few thousand particles.
+extern "C" void RestLengthsHere(const float* vectors, int64_t P, int64_t C, float* rest) {
+  std::vector<float> columns;
+  as_columns(vectors, P, C, columns);
+  const int64_t R = rest_stride(P);
+  for (int64_t i = 0; i < P; ++i) rest_row(vectors, columns.data(), P, C, i, rest + i * R, R);
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RestLengths, RestLengthsImpl,
                               ffi::Ffi::Bind()

@@ -23,7 +23,7 @@ import numpy as np
 
 from layout.native import REST_TARGET as NATIVE_REST_TARGET
 from layout.native import TARGET as NATIVE_TARGET
-from layout.native import available, load
+from layout.native import available, load, rest_lengths_here
 
 TILE = 256  # rows per tile: a [TILE, P] block stays in this CPU's caches (1024 rows was ~20% slower at 10k)
 ONE_BLOCK = 2048  # up to this many particles all pairs are one block; XLA then keeps the pair data that
@@ -110,10 +110,28 @@ def jax_pair_energy(terms: tuple[PairTerm, ...], positions: jax.Array, tile: int
 REST_ROW = 1024  # the kernel's rest-length rows are padded to a multiple of this (pair_forces.cc: rest_stride)
 
 
-@jax.jit
+HERE_MAX = 4096  # up to this many particles, one system's rest lengths are made without XLA (rest_lengths)
+
+
 def rest_lengths(vectors: jax.Array) -> jax.Array:
     """[..., P, C] -> [..., P, R]: |v_i - v_j| for i < j (0 elsewhere), rows padded to R, a multiple of
-    REST_ROW, for the native kernel, which makes them (XLA's own code takes 0.4 s at P = 10,000)."""
+    REST_ROW, for the native kernel, which makes them (XLA's own code takes 0.4 s at P = 10,000). One
+    system of up to HERE_MAX particles, given as an array, is made on this thread (at P = 1,000, 4 ms
+    instead of the 20-40 ms a new process spends compiling the program that makes them); others by
+    that program, on every core."""
+    if isinstance(vectors, jax.core.Tracer) or vectors.ndim != 2 or vectors.shape[0] > HERE_MAX:
+        return _rest_lengths_program(vectors)
+    v = np.ascontiguousarray(vectors, np.float32)
+    n = v.shape[0]
+    row = -(-n // REST_ROW) * REST_ROW
+    buffer = np.empty(n * row + 16, np.float32)  # aligned to 64 bytes, like XLA's buffers
+    out = buffer[(-buffer.ctypes.data // 4) % 16:][: n * row].reshape(n, row)
+    rest_lengths_here(v, out)
+    return jax.device_put(out)
+
+
+@jax.jit
+def _rest_lengths_program(vectors: jax.Array) -> jax.Array:
     n = vectors.shape[-2]
     row = -(-n // REST_ROW) * REST_ROW
     return jax.ffi.ffi_call(NATIVE_REST_TARGET, jax.ShapeDtypeStruct(vectors.shape[:-1] + (row,), jnp.float32),

@@ -16,7 +16,7 @@ import pytest
 from layout import native
 from layout.config import AnchorsConfig, ForcesConfig, SimConfig
 from layout.forces import build_energy, euclid_term, make_particles, repulsion_term
-from layout.pairs import REST_ROW, pair_energy, pair_step_function, with_rest_lengths
+from layout.pairs import REST_ROW, pair_energy, pair_step_function, rest_lengths, with_rest_lengths
 from layout.simulate import simulate, simulate_many
 from tests.test_layout import synthetic_features
 
@@ -98,6 +98,19 @@ def test_rest_lengths_made_once_give_the_same_energy():
     np.testing.assert_allclose(np.asarray(jax.grad(lambda p: pair_energy(prepared, p))(x)),
                                np.asarray(jax.grad(lambda p: pair_energy(terms, p, native=False))(x)), rtol=1e-4,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 17, 1500])
+def test_rest_lengths_made_here_and_by_the_program_agree(n):
+    # one system, given as an array, is made on this thread; inside a program (and for stacked systems),
+    # by the thread pool: the two must be the same rest lengths, the pairwise distances above the diagonal
+    vectors = np.random.default_rng(n).normal(size=(n, 10)).astype(np.float32)
+    here, program = np.asarray(rest_lengths(vectors)), np.asarray(jax.jit(rest_lengths)(vectors))
+    assert here.shape == program.shape == (n, REST_ROW * -(-n // REST_ROW))
+    np.testing.assert_array_equal(here, program)
+    expected = np.triu(np.sqrt(((vectors[:, None] - vectors[None]) ** 2).sum(-1)), 1)
+    np.testing.assert_allclose(here[:, :n], expected, rtol=1e-5, atol=1e-6)
+    assert (here[:, n:] == 0).all()
 
 
 def test_vmapped_systems_each_get_their_own_forces():
