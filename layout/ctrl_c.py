@@ -4,12 +4,14 @@ Python raises KeyboardInterrupt wherever the interpreter happens to be when SIGI
 garbage-collector callback (JAX registers one) or a VTK callback the exception is printed as "ignored"
 and dropped, and the run would go on. So every press is also noted, and the long loops (training
 epochs, simulation chunks, movie frames) call `check()`, which raises for a press that was dropped.
+While a command is watched, Python does not print the dropped one (with its traceback) either.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from typing import Iterator
 
@@ -45,12 +47,21 @@ def _handling(handler) -> Iterator[None]:
 
 @contextlib.contextmanager
 def watched() -> Iterator[None]:
-    """A whole command: Ctrl-C raises at once, as usual, and is noted for `check()` too."""
+    """A whole command: Ctrl-C raises at once, as usual, and is noted for `check()` too; where Python
+    has to drop it (see above), it prints nothing."""
     _pressed.clear()
+    previous = sys.unraisablehook
+
+    def quiet(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous(unraisable)
+
+    sys.unraisablehook = quiet
     try:
         with _handling(_note_and_raise):
             yield
     finally:
+        sys.unraisablehook = previous
         _pressed.clear()
 
 

@@ -163,6 +163,19 @@ def press_ctrl_c_and_swallow_it(calls: list):
     return callback
 
 
+def test_a_ctrl_c_dropped_inside_a_gc_callback_prints_no_traceback_and_is_still_noted(capsys, monkeypatch):
+    class DroppedThere:  # SIGINT arriving while Python runs a callback whose exceptions it drops
+        def __del__(self):
+            ctrl_c._note_and_raise(signal.SIGINT, None)
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's own, as in the command
+    with ctrl_c.watched():
+        DroppedThere()
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()
+    assert capsys.readouterr().err == ""
+
+
 def test_a_swallowed_ctrl_c_still_stops_training_after_that_epoch(shared_data):
     data = load_dataset(DataConfig(dir=str(shared_data), limit=256))
     epochs = []
