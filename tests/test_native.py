@@ -23,11 +23,13 @@ from tests.test_layout import synthetic_features
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pair_terms(n: int, weighting: str, which: str, seed: int = 0):
+def pair_terms(n: int, weighting: str, which: str, seed: int = 0, everyone: bool = False):
+    """Pair terms of n particles; unless `everyone`, some take no part in euclid (fixed anchors). With
+    uniform weights and everyone in euclid, the kernel takes its UNIT path (pair_forces.cc)."""
     rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(n, 10)).astype(np.float32)
     vectors[1] = vectors[0]  # two identical output vectors: rest length 0
-    include = rng.random(n) > 0.2  # some particles take no part in euclid (fixed anchors)
+    include = np.ones(n, bool) if everyone else rng.random(n) > 0.2
     terms = {"euclid": euclid_term(vectors, include, weighting, 1.3), "repulsion": repulsion_term(n, 0.05, 0.02)}
     return tuple(terms[name] for name in which.split("+"))
 
@@ -47,11 +49,12 @@ def test_the_kernel_builds_here_and_is_what_the_simulation_uses():
 
 
 @pytest.mark.parametrize("n", [2, 15, 16, 17, 100, 301])  # under, at and over one vector of 16 columns
-@pytest.mark.parametrize("which, weighting", [("euclid+repulsion", "uniform"), ("euclid+repulsion", "inverse"),
-                                              ("euclid", "inverse_square"), ("euclid", "uniform"),
-                                              ("repulsion", "uniform")])
-def test_kernel_energy_and_gradient_match_the_jax_definition(n, which, weighting):
-    terms, x = pair_terms(n, weighting, which), positions(n)
+@pytest.mark.parametrize("which, weighting, everyone", [
+    ("euclid+repulsion", "uniform", False), ("euclid+repulsion", "uniform", True), ("euclid", "uniform", True),
+    ("euclid+repulsion", "inverse", False), ("euclid", "inverse_square", False), ("euclid", "inverse", True),
+    ("euclid", "uniform", False), ("repulsion", "uniform", False)])
+def test_kernel_energy_and_gradient_match_the_jax_definition(n, which, weighting, everyone):
+    terms, x = pair_terms(n, weighting, which, everyone=everyone), positions(n)
     value, grad = jax.jit(jax.value_and_grad(lambda p: pair_energy(terms, p, native=True)))(x)
     expected, expected_grad = jax.jit(jax.value_and_grad(lambda p: pair_energy(terms, p, native=False)))(x)
     assert float(value) == pytest.approx(float(expected), rel=1e-5)
@@ -80,10 +83,11 @@ def assert_same_gradient(grad, expected):
                                atol=1e-4 * float(jnp.abs(expected).max()))
 
 
-def test_a_large_system_matches_the_jax_definition():
+@pytest.mark.parametrize("everyone", [False, True])
+def test_a_large_system_matches_the_jax_definition(everyone):
     # 13,000 particles: enough chunks x particles that the kernel adds its chunks' gradients on several
     # threads (pair_forces.cc: PARALLEL_SUM) wherever XLA has two or more
-    terms, x = pair_terms(13_000, "uniform", "euclid+repulsion"), positions(13_000)
+    terms, x = pair_terms(13_000, "uniform", "euclid+repulsion", everyone=everyone), positions(13_000)
     value, grad = jax.jit(jax.value_and_grad(lambda p: pair_energy(terms, p, native=True)))(x)
     expected, expected_grad = jax.jit(jax.value_and_grad(lambda p: pair_energy(terms, p, native=False)))(x)
     assert float(value) == pytest.approx(float(expected), rel=1e-5)
@@ -114,7 +118,8 @@ def test_rest_lengths_made_here_and_by_the_program_agree(n):
 
 
 def test_vmapped_systems_each_get_their_own_forces():
-    systems = [pair_terms(33, "uniform", "euclid+repulsion", seed=s) for s in range(3)]
+    # the middle system has everyone in euclid: the kernel takes its UNIT path for that one only
+    systems = [pair_terms(33, "uniform", "euclid+repulsion", seed=s, everyone=s == 1) for s in range(3)]
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *systems)
     xs = jnp.stack([positions(33, seed=s) for s in range(3)])
     grads = jax.vmap(lambda t, x: jax.grad(lambda p: pair_energy(t, p, native=True))(x))(stacked, xs)
