@@ -159,7 +159,7 @@ inline float sum(V v) {
 
 struct Settings {
   float euclid_scale, repulsion_scale, softening2, euclid_softening2, distance_floor;
-  float unit = 1.0f;  // what the pair loop's slopes are divided by: euclid_scale for UNIT, else 1
+  float common = 1.0f;  // the weight every euclid pair shares, factored out of the pair loop (UNIT), else 1
 };
 
 // The settings the pair loop uses, as vectors held in registers (read through a reference, they would
@@ -169,7 +169,7 @@ struct Constants {
 
   explicit Constants(const Settings& s)
       : euclid_softening2(splat(s.euclid_softening2)), extra_softening2(splat(s.softening2 - s.euclid_softening2)),
-        repulsion_eighth(splat(s.repulsion_scale / 8 / s.unit)), distance_floor(splat(s.distance_floor)) {}
+        repulsion_eighth(splat(s.repulsion_scale / 8 / s.common)), distance_floor(splat(s.distance_floor)) {}
 };
 
 // One system's particles as columns, each padded with zeros to S floats (S: `stride`): x [3, S];
@@ -200,7 +200,8 @@ struct Rows {
 template <int W, bool EU, bool REP, bool E, bool MASKED, int NR>
 inline void block(Rows<NR>& rows, const Columns& c, float* f, int64_t j0, const Constants& s) {
   const V x0 = load(c.x + j0), x1 = load(c.x + c.S + j0), x2 = load(c.x + 2 * c.S + j0);
-  const V spring = EU && W != UNIT ? load(c.spring + j0) : splat(1.0f);  // scale where j takes part in euclid
+  // scale where j takes part in euclid (UNIT: 1, the scale comes at the end)
+  const V spring = EU && W != UNIT ? load(c.spring + j0) : splat(1.0f);
   V f0 = load(f + j0), f1 = load(f + c.S + j0), f2 = load(f + 2 * c.S + j0);
 #pragma GCC unroll 4
   for (int r = 0; r < NR; ++r) {
@@ -217,7 +218,7 @@ inline void block(Rows<NR>& rows, const Columns& c, float* f, int64_t j0, const 
       if (E) {
         const V gap = (0.5f * s2) * two_inv_d - rest;  // d - r
         const V t = w * gap;
-        rows.springs += t * gap;  // scale w (d - r)^2 (over unit)
+        rows.springs += t * gap;  // scale w (d - r)^2 (over the common weight)
         slope = t * two_inv_d;  // 2 d/d(s2) of scale w (d - r)^2 = 2 scale w (d - r) / d
       } else {
         slope = w * (2.0f - rest * two_inv_d);  // the same, as d (2 / d) = 2: two operations fewer
@@ -344,11 +345,11 @@ struct Scratch {
 };
 
 // The chunks' gradient buffers added into chunk 0's, in chunk order (the same bits whichever threads
-// ran them), and written out as grad [P, 3], times `unit`. Blocks of columns go to the threads when
+// ran them), and written out as grad [P, 3], times `common` (Settings). Blocks of columns go to the threads when
 // there is enough to add: with many cores there are many chunks, and one thread adding them all would
 // cost more than the pairs.
 void add_chunks(ffi::ThreadPool& pool, float* buffers, int64_t chunks, int64_t per_chunk, int64_t S, int64_t P,
-                float unit, float* grad) {
+                float common, float* grad) {
   const int64_t blocks = (chunks - 1) * 3 * P >= PARALLEL_SUM ? chunks : 1;
   const int64_t width = round_up((P + blocks - 1) / blocks, L);
   run_chunks(pool, blocks, [&](int64_t b) {
@@ -357,7 +358,7 @@ void add_chunks(ffi::ThreadPool& pool, float* buffers, int64_t chunks, int64_t p
       for (int64_t c = 1; c < chunks; ++c)
         for (int64_t i = lo; i < hi; ++i) buffers[k * S + i] += buffers[c * per_chunk + k * S + i];
     for (int64_t i = lo; i < hi; ++i)
-      for (int k = 0; k < 3; ++k) grad[i * 3 + k] = buffers[k * S + i] * unit;
+      for (int k = 0; k < 3; ++k) grad[i * 3 + k] = buffers[k * S + i] * common;
   });
 }
 
@@ -385,9 +386,9 @@ void system(ffi::ThreadPool& pool, Chunk run, const float* x, const float* rest,
   for (int t = 0; t < 2; ++t) {
     double total = 0.0;
     for (int64_t k = 0; k < chunks; ++k) total += energies[2 * k + t];
-    energy[t] = float(t == 0 ? total * s.unit : total);
+    energy[t] = float(t == 0 ? total * s.common : total);
   }
-  add_chunks(pool, buffers, chunks, per_chunk, S, P, s.unit, grad);
+  add_chunks(pool, buffers, chunks, per_chunk, S, P, s.common, grad);
 }
 
 // x [..., P, 3], rest [..., P, R] (R = rest_stride(P); unread without euclid), include [..., P],
