@@ -212,7 +212,7 @@ inline void block(Rows<NR>& rows, const Columns& c, float* f, int64_t j0, const 
       if (!MASKED) __builtin_prefetch(rows.rest[r] + j0 + PREFETCH);
       const V rest = MASKED ? load_first(rows.rest[r] + j0, c.P - j0) : load(rows.rest[r] + j0);
       const V two_inv_d = twice_rsqrt(s2);  // 2 / d, d = sqrt(r^2 + softening^2)
-      V w = MASKED ? spring * rows.mask[r] : spring;  // scale x w_ij
+      V w = MASKED ? spring * rows.mask[r] : spring;  // scale x w_ij (UNIT: 1 or the mask)
       if (W == INVERSE) w /= rest + s.distance_floor;
       if (W == INVERSE_SQUARE) w /= (rest + s.distance_floor) * (rest + s.distance_floor);
       if (E) {
