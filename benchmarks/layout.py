@@ -54,8 +54,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from layout.config import AnchorsConfig, ForcesConfig, SimConfig, load_config  # noqa: E402
-from layout.files import cache_dir  # noqa: E402
+from layout.core.config import AnchorsConfig, ForcesConfig, SimConfig, load_config  # noqa: E402
+from layout.core.files import cache_dir  # noqa: E402
 
 TARGETS = {"steps_per_s_1k": 3500, "steps_per_s_10k": 45, "tt_quality_ratio_sklearn_1k": 20, "ratio_d3_10k": 5}
 FULL = dataclasses.replace(
@@ -71,7 +71,7 @@ EUCLID_ONLY = dataclasses.replace(
 
 def real_vectors(n: int) -> np.ndarray:
     """Output vectors of a 784-n-10 sigmoid network trained on the 5k MNIST subset (cached)."""
-    from layout.stages import training_stage
+    from layout.pipeline.train_stage import training_stage
 
     cfg = load_config(REPO / "configs" / "euclid.yaml", [f"model.hidden=[{n}]", "train.epochs=10",
                                                          f"data.dir={REPO.parent / 'shared' / 'data'}"])
@@ -94,8 +94,8 @@ def vector_sets(n: int) -> dict[str, np.ndarray]:
 
 
 def particles_for(vectors: np.ndarray, anchors: str = "free"):
-    from layout.features import NeuronFeatures
-    from layout.forces import make_particles
+    from layout.engine.features import NeuronFeatures
+    from layout.engine.particles import make_particles
 
     n, c = vectors.shape
     features = NeuronFeatures(
@@ -128,8 +128,8 @@ def step_rates(vectors: np.ndarray, forces: ForcesConfig, steps: int, repeats: i
     import jax
     import jax.numpy as jnp
 
-    from layout.forces import build_energy
-    from layout.simulate import State, make_chunk
+    from layout.engine.energies import build_energy
+    from layout.engine.simulate import State, make_chunk
 
     particles = particles_for(vectors)
     terms = build_energy(particles, forces)
@@ -203,7 +203,7 @@ def naive_steps_per_second(vectors: np.ndarray, steps: int = 20) -> float:
 def stress_of(vectors: np.ndarray, positions: np.ndarray) -> float:
     from scipy.spatial.distance import pdist
 
-    from layout.metrics import normalized_stress
+    from layout.engine.metrics import normalized_stress
 
     return normalized_stress(pdist(vectors.astype(np.float64)), pdist(positions.astype(np.float64)))
 
@@ -229,8 +229,8 @@ def time_to_quality(vectors: np.ndarray, target: float) -> tuple[float | None, f
     reach `target` stress; final stress; step reached) for `euclid` alone."""
     import jax
 
-    from layout.forces import build_energy
-    from layout.simulate import simulate
+    from layout.engine.energies import build_energy
+    from layout.engine.simulate import simulate
 
     particles = particles_for(vectors, anchors="none")
     cfg = SimConfig(steps=600, record_every=5, chunk=10, settle=0)
@@ -259,7 +259,7 @@ def time_to_quality_in_child(scratch: str, target: float, label: str) -> tuple:
 
 
 def ttq_child(scratch: str, target: float) -> None:
-    from models.train import enable_compilation_cache
+    from models.network.train import enable_compilation_cache
 
     enable_compilation_cache(Path(scratch) / "jit")
     print(json.dumps(time_to_quality(np.load(Path(scratch) / "vectors.npy"), target)))
@@ -385,7 +385,7 @@ def main() -> None:
     if args.ttq_child:
         scratch, target, _ = args.ttq_child
         return ttq_child(scratch, float(target))
-    from models.train import enable_compilation_cache
+    from models.network.train import enable_compilation_cache
 
     with tempfile.TemporaryDirectory() as jit_cache:  # starts empty: the first compile of each is timed
         enable_compilation_cache(jit_cache)

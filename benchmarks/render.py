@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from layout.config import RenderConfig  # noqa: E402
+from layout.core.config import RenderConfig  # noqa: E402
 from render.movie import offscreen_scene, render_shots, shot_list, write_mp4  # noqa: E402
 from render.scene import make_scene_data  # noqa: E402
 

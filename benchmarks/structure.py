@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from layout.structure import LayerInputs, layer_structure  # noqa: E402
+from layout.insight.structure import LayerInputs, layer_structure  # noqa: E402
 
 TARGETS = {"perm_s_100": 2.0, "perm_s_1000": 20.0}
 C = 10

@@ -42,10 +42,10 @@ class FirstEpochDone(Exception):
 
 def first_epoch_child() -> None:
     """Run by a fresh interpreter: import, load data, train; print the wall clock at the end of epoch 1."""
-    from layout.config import DataConfig, ModelConfig, TrainConfig
-    from layout.files import cache_dir
-    from models.data import load_dataset
-    from models.train import enable_compilation_cache, train
+    from layout.core.config import DataConfig, ModelConfig, TrainConfig
+    from layout.core.files import cache_dir
+    from models.data.datasets import load_dataset
+    from models.network.train import enable_compilation_cache, train
 
     enable_compilation_cache(cache_dir() / "jax")
     dataset = load_dataset(DataConfig(dataset="fashion-mnist"))
@@ -81,8 +81,8 @@ def first_epoch_times(repeats: int) -> tuple[list[float], list[float]]:
 
 def jax_epochs(dataset, n_epochs: int):
     """Train with the project's own loop; per-epoch wall times from the epoch callback."""
-    from layout.config import ModelConfig, TrainConfig
-    from models.train import train
+    from layout.core.config import ModelConfig, TrainConfig
+    from models.network.train import train
 
     stamps = [time.perf_counter()]
     network = train(ModelConfig(hidden=(HIDDEN,)), TrainConfig(batch_size=BATCH, learning_rate=LR, epochs=n_epochs),
@@ -95,8 +95,8 @@ def batch_orders(n_train: int, n_epochs: int):
     import jax
     import numpy as np
 
-    from layout.config import TrainConfig
-    from models.train import initial_state, make_optimizer
+    from layout.core.config import TrainConfig
+    from models.network.train import initial_state, make_optimizer
 
     _, _, order_key = initial_state(make_optimizer(TrainConfig()), (784, HIDDEN, 10), "sigmoid", 0)
     n_batches = n_train // BATCH
@@ -160,9 +160,9 @@ def epoch_flops(n_train: int, n_test: int) -> float:
 
 
 def measure(n_epochs: int, repeats: int) -> dict:
-    from layout.config import DataConfig
-    from layout.errors import UserError
-    from models.data import load_dataset
+    from layout.core.config import DataConfig
+    from layout.core.errors import UserError
+    from models.data.datasets import load_dataset
 
     try:
         dataset = load_dataset(DataConfig(dataset="fashion-mnist"))

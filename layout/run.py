@@ -1,9 +1,15 @@
-"""`python -m layout.run CONFIG` (also `neuron-layout CONFIG`): the whole pipeline, stage by stage.
+"""The commands: `python -m layout.run CONFIG` (also `neuron-layout CONFIG`), `python -m layout.sweep
+SWEEP` and `python -m layout.train CONFIG`. They parse arguments, run the stages in order and print; no
+math lives here, and this is the only module that prints.
 
-Stages: config -> dataset -> network (trained, or reused from the cache) -> neuron features -> force
-simulation -> metrics -> movie and snapshot (offscreen) and/or the interactive window, with outputs in
-runs/<config name>/. No math lives here. This module (with the entry points that call it) is the only
-place that prints.
+The whole pipeline: config -> dataset -> network (trained, or reused from the cache) -> neuron features
+-> force simulation -> metrics -> structure tests -> movie and snapshot (offscreen) and/or the window,
+with outputs in runs/<config name>/.
+
+The stages are imported inside the commands, once the arguments and the config are valid: they bring
+JAX, optax, scipy, matplotlib, PyVista and VTK, about 2.5 s of imports in a new process on this 2-core
+machine (measured with `python -X importtime`), which `--help` (0.13 s) and a config error (0.3 s)
+do not need.
 """
 
 from __future__ import annotations
@@ -11,12 +17,49 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Callable
 
-from layout import ctrl_c
-from layout.cli import add_view_options, config_from_args, make_parser, output_dir
-from layout.errors import UserError
-from layout.files import write_json
+from layout.core import ctrl_c
+from layout.core.config import EXPORTS, RunConfig, read_config, with_data_dir
+from layout.core.errors import UserError
+from layout.core.files import cache_dir, write_json
+from layout.core.sweep_file import point_configs, read_sweep
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=prog, description=description)
+    parser.add_argument("config", help="YAML config file, e.g. configs/euclid.yaml")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/<config name>)")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's IDX files")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value, e.g. --set train.epochs=5 (repeatable)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train (and lay out) again even if a cached network (and layout) matches")
+    return parser
+
+
+def add_view_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of the full pipeline: window and exports."""
+    parser.add_argument("--no-window", action="store_true", help="do not open the interactive 3D window")
+    parser.add_argument("--export", nargs="+", choices=EXPORTS, metavar="FORMAT",
+                        help="files to write: mp4, gif (the movie), png (snapshot), none; default: png with a "
+                             "window, mp4 and png without one")
+    parser.add_argument("--network", metavar="FILE",
+                        help="lay out this network.npz (written by an earlier run) instead of training")
+    parser.add_argument("--trajectory", metavar="FILE",
+                        help="show this trajectory.npz (written by an earlier run of the same network) "
+                             "instead of simulating")
+    return parser
 
 
 def run_command(command: Callable[[argparse.Namespace], int], argv: list[str] | None, *, prog: str,
@@ -48,23 +91,65 @@ def run_command(command: Callable[[argparse.Namespace], int], argv: list[str] | 
 
 def write_failure(e: OSError) -> str:
     """What failed to be written, and where else to write: the cache has its own setting."""
-    from pathlib import Path
-
-    from layout.files import cache_dir
-
     where = f" {e.filename}" if e.filename else ""
     in_cache = bool(e.filename) and cache_dir().resolve() in Path(e.filename).resolve().parents
     fix = "set NEURON_LAYOUT_CACHE to a folder with room" if in_cache else "choose another --out"
     return f"cannot write{where}: {e.strerror or e}; free some space or {fix}"
 
 
-def train_only(args: argparse.Namespace) -> int:
-    """The training stage alone: `python -m models.train`."""
-    from layout.stages import training_stage, training_summary
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The config the arguments name, with --set and --data-dir applied; its notes are printed."""
+    loaded = read_config(args.config, args.set)
+    note(*loaded.notes)
+    return with_data_dir(loaded.config, args.data_dir)
 
+
+def note(*lines: str) -> None:
+    for line in lines:
+        print(f"note: {line}", file=sys.stderr)
+
+
+def output_dir(out: str | None, name: str) -> Path:
+    """The output folder, checked for writing before any work starts (it is created only when the
+    first output is written, so a run that fails early leaves no empty folder)."""
+    folder = Path(out) if out else Path("runs") / name
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        tempfile.TemporaryDirectory(dir=existing).cleanup()  # can we create entries there?
+    except OSError as e:
+        raise UserError(f"cannot write to the output folder {folder} ({e.strerror}): choose another with --out") from None
+    return folder
+
+
+def display_available() -> bool:
+    """Whether an interactive window can open here (an X or Wayland display)."""
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def say_why_not_native() -> None:
+    """One note if the layout had to run its pair terms in JAX because the native kernel failed."""
+    from layout.engine.native import unavailable_reason  # loaded by the stages already
+
+    if why := unavailable_reason():
+        note(why)
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands
+
+
+def train_only(args: argparse.Namespace) -> int:
+    """The training stage alone: `python -m layout.train`."""
     cfg = config_from_args(args)
-    out = output_dir(args, cfg)
+    out = output_dir(args.out, cfg.name)
+    from layout.pipeline.train_stage import training_stage, training_summary  # see the module docstring
+
     trained = training_stage(cfg, out, retrain=args.retrain)
+    note(*trained.dataset.notes)
     written = trained.written + (write_json(out / "metrics.json", trained.figures),)
     print(training_summary(trained))
     print("wrote " + ", ".join(map(str, written)))
@@ -73,20 +158,25 @@ def train_only(args: argparse.Namespace) -> int:
 
 def pipeline(args: argparse.Namespace) -> int:
     """Train (or reuse) the network, lay its neurons out, measure the layout, then show or export it."""
-    from layout.stages import layout_stage, layout_summary, render_stage, scene_for, training_stage, training_summary
-    from layout.structure_stage import structure_stage
-
     cfg = config_from_args(args)
-    out = output_dir(args, cfg)
+    out = output_dir(args.out, cfg.name)
     window = not args.no_window and display_available()
     if not args.no_window and not window:
         print("no display found: exporting instead of opening a window (use --no-window to silence this)")
     formats = tuple(f for f in (args.export or (("png",) if window else ("mp4", "png"))) if f != "none")
-    if args.trajectory:  # a damaged file is reported before any training
-        from layout.stages import read_trajectory
+    # the stages, once the config is valid (see the module docstring)
+    from layout.engine.trajectory_file import read_trajectory
+    from layout.pipeline.layout_stage import layout_stage, layout_summary
+    from layout.pipeline.outputs import run_figures
+    from layout.pipeline.render_stage import details_for, render_stage, scene_for
+    from layout.pipeline.structure_stage import structure_stage
+    from layout.pipeline.train_stage import training_stage, training_summary
+    from render.window import show_window
 
+    if args.trajectory:  # a damaged file is reported before any training
         read_trajectory(args.trajectory)
     trained = training_stage(cfg, out, retrain=args.retrain, network_file=args.network)
+    note(*trained.dataset.notes)
     print(training_summary(trained))
     laid = layout_stage(cfg, trained, out, relayout=args.retrain, trajectory_file=args.trajectory)
     print(layout_summary(laid))
@@ -96,27 +186,24 @@ def pipeline(args: argparse.Namespace) -> int:
         how = "reused from cache, " if structure.reused else ""
         print(f"structure tests ({how}{structure.seconds:.1f} s, details in report.md):\n  "
               + "\n  ".join(structure.verdicts))
-    metrics = write_json(out / "metrics.json", run_figures(trained, laid, structure))
+    metrics = write_json(out / "metrics.json", run_figures(trained.figures, laid.figures,
+                                                          structure.figures if structure else None))
     scene = scene_for(cfg, trained, laid, structure)  # built once for the exports and the window
     exported = render_stage(scene, cfg, out, formats) if formats else ()
     written = trained.written + laid.written + (structure.written if structure else ()) + (metrics,) + exported
     print("wrote " + ", ".join(map(str, written)))
     if window:
-        from layout.stages import details_for
-        from render.window import show_window
-
         show_window(scene, cfg.render, details_for(laid))
     return 0
 
 
 def sweep_pipeline(args: argparse.Namespace) -> int:
     """`python -m layout.sweep`: every point's config checked first, then one line per finished point."""
-    from layout.config import RunConfig
-    from layout.sweep import point_configs, point_summary, read_sweep, run_points, write_sweep
-
     sweep = read_sweep(args.config)
     configs = point_configs(sweep, tuple(args.set), args.data_dir)
-    out = output_dir(argparse.Namespace(out=args.out), RunConfig(name=sweep.name))
+    out = output_dir(args.out, sweep.name)
+    from layout.pipeline.sweep import point_summary, run_points, write_sweep  # see the module docstring
+
     results = []
     for result in run_points(sweep, configs, out, args.retrain):
         results.append(result)
@@ -131,38 +218,19 @@ def sweep_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_command(pipeline, argv, prog="neuron-layout", view_options=True,
+                       description="Train a network, lay out its hidden neurons in 3D, and show them.")
+
+
 def sweep_main(argv: list[str] | None = None) -> int:
     return run_command(sweep_pipeline, argv, prog="python -m layout.sweep",
                        description="Run the pipeline over a grid of configs; compare accuracy, sparsity and structure.")
 
 
-def say_why_not_native() -> None:
-    """One note if the layout had to run its pair terms in JAX because the native kernel failed."""
-    from layout.native import unavailable_reason
-
-    if why := unavailable_reason():
-        print(f"note: {why}", file=sys.stderr)
-
-
-def run_figures(trained, laid, structure) -> dict:
-    """metrics.json of a run: the training figures, "layout" and (when tested) "structure"."""
-    figures = {**trained.figures, "layout": laid.figures}
-    if structure is not None:
-        figures["structure"] = {"verdicts": list(structure.verdicts), "seconds": structure.seconds,
-                                "reused": structure.reused}
-    return figures
-
-
-def display_available() -> bool:
-    """Whether an interactive window can open here (an X or Wayland display)."""
-    import os
-
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_command(pipeline, argv, prog="neuron-layout", view_options=True,
-                       description="Train a network, lay out its hidden neurons in 3D, and show them.")
+def train_main(argv: list[str] | None = None) -> int:
+    return run_command(train_only, argv, prog="python -m layout.train",
+                       description="Train (or reuse) the network a config describes.")
 
 
 if __name__ == "__main__":

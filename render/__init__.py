@@ -1,4 +1,10 @@
-"""Rendering of layouts with PyVista (numpy in, pictures out; never jax)."""
+"""The scene and its pictures, numpy in and pixels out: colours and sizes (`style`), the 3D scene built
+once and moved frame by frame (`scene`), offscreen mp4 / gif / png (`movie`), the interactive window
+(`window`), and a sweep's contact sheet (`contact_sheet`).
+
+May import layout.core only (the render config, errors, atomic files, Ctrl-C); never jax, the engine,
+the structure tests or the pipeline.
+"""
 
 from vtkmodules.vtkCommonCore import vtkLogger
 

@@ -7,18 +7,21 @@ Every file is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import imageio.v3 as iio
+import imageio_ffmpeg
 import numpy as np
 import pyvista as pv
 
-from layout import ctrl_c
-from layout.config import RenderConfig
-from layout.errors import UserError
-from layout.files import atomic_path
+from layout.core import ctrl_c
+from layout.core.config import RenderConfig
+from layout.core.errors import UserError
+from layout.core.files import atomic_path
 from render.scene import Scene, SceneData, build_scene, show_frame
 
 
@@ -81,8 +84,6 @@ def _render(scene: Scene, data: SceneData, shots: list[Shot]) -> Iterator[np.nda
 
 def write_mp4(path: Path, images: Iterator[np.ndarray], cfg: RenderConfig,
               on_frame: Callable[[int], None] | None = None) -> Path:
-    import imageio_ffmpeg
-
     with atomic_path(path) as tmp, warnings.catch_warnings():
         # ffmpeg starts with fork + exec; Python warns about forking a threaded (JAX) process, but the
         # child runs no Python code before exec.
@@ -114,8 +115,6 @@ def write_mp4(path: Path, images: Iterator[np.ndarray], cfg: RenderConfig,
 def check_mp4(path: Path) -> None:
     """Raise OSError unless `path` is a complete MP4: top-level boxes that exactly fill the file,
     with the index ('moov') and the frames ('mdat'), as ffmpeg leaves it only when it finished."""
-    import struct
-
     data = path.read_bytes()
     boxes, at = set(), 0
     while at + 8 <= len(data):
@@ -139,8 +138,6 @@ def close_quietly(writer) -> None:
 
 def write_gif(path: Path, images: Iterator[np.ndarray], cfg: RenderConfig,
               on_frame: Callable[[int], None] | None = None) -> Path:
-    import imageio.v3 as iio
-
     frames = []
     for i, image in enumerate(images):
         frames.append(image)
@@ -152,8 +149,6 @@ def write_gif(path: Path, images: Iterator[np.ndarray], cfg: RenderConfig,
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:
-    import imageio.v3 as iio
-
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, image, extension=".png")
     return path

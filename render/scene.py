@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyvista as pv
+from scipy.spatial import cKDTree
 
 from render import style
 
@@ -65,8 +66,6 @@ def make_scene_data(positions: np.ndarray, labels: tuple[str, ...], group: np.nd
     Sizes follow the output-vector norm, scaled to the final layout's spacing; with anchors present,
     each neuron gets lines to the `edges_per_neuron` outputs with the largest |weight|. `spread` [N]
     (positional spread in units of the layout's RMS radius) becomes a halo of that radius."""
-    from scipy.spatial import cKDTree
-
     n = int((~is_anchor).sum())
     final = positions[-1][:n]
     spacing = float(np.median(cKDTree(final).query(final, k=2)[0][:, 1])) if n > 1 else 1.0

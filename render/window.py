@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyvista as pv
 
-from layout.config import RenderConfig
+from layout.core.config import RenderConfig
 from render import style
 from render.movie import fast_plotter
 from render.scene import Scene, SceneData, build_scene, pick_neuron, show_frame
@@ -23,7 +23,8 @@ from render.scene import Scene, SceneData, build_scene, pick_neuron, show_frame
 @dataclass(frozen=True)
 class NeuronDetails:
     """Per neuron [N, ...]: receptive_fields [N, 28, 28], output_vectors [N, C], class_activation [N, C],
-    layer [N], index [N], dominant [N], activation_dominant [N]."""
+    layer [N] (numbered from 1, the first hidden layer, as in every output), index [N] (within its layer),
+    dominant [N], activation_dominant [N]."""
 
     receptive_fields: np.ndarray
     output_vectors: np.ndarray
@@ -70,6 +71,7 @@ class Player:
     orbit: bool = False
     coloring: int = 0
     slider: object = None
+    selected: int | None = None  # the neuron whose details the panel shows
     ticks_left: int | None = None  # close the window after this many timer ticks (tests, demos)
 
     def goto(self, frame: int) -> None:
@@ -100,19 +102,19 @@ class Player:
         self.goto(self.frame)
 
 
-def show_window(data: SceneData, cfg: RenderConfig, details: NeuronDetails | None = None,
-                close_after_frames: int | None = None) -> Player:
-    """Open the window and play; returns when the user closes it (or after `close_after_frames`
-    timer ticks, for tests and demos)."""
+def build_window(data: SceneData, cfg: RenderConfig, details: NeuronDetails | None = None, *,
+                 off_screen: bool = False) -> Player:
+    """The window with everything in it (scene, slider, keys, timer, details panel), not yet shown; with
+    `off_screen`, drawn without a display, its interactor driven by VTK events alone (tests)."""
     shape = (1, 2) if details is not None else (1, 1)
-    plotter = fast_plotter(pv.Plotter(window_size=(cfg.width, cfg.height), shape=shape,
+    plotter = fast_plotter(pv.Plotter(window_size=(cfg.width, cfg.height), shape=shape, off_screen=off_screen,
                                       col_weights=[3, 1] if details is not None else None,
                                       title=f"neuron-layout: {data.name}"))
     plotter.subplot(0, 0)
     player = Player(build_scene(plotter, data), data)
     player.slider = plotter.add_slider_widget(lambda v: player.goto(int(round(v))), [0, data.n_frames - 1],
                                               value=0, title="frame", pointa=(0.1, 0.06), pointb=(0.55, 0.06),
-                                              fmt="%.0f", style="modern")
+                                              fmt="%.0f", style="modern", interaction_event="always")
     plotter.add_key_event("space", player.toggle_play)
     plotter.add_key_event("o", player.toggle_orbit)
     plotter.add_key_event("c", player.next_coloring)
@@ -120,9 +122,17 @@ def show_window(data: SceneData, cfg: RenderConfig, details: NeuronDetails | Non
                      font_size=9, color=style.TEXT_COLOR)
     if details is not None:
         add_details_panel(plotter, player, details)
-    player.ticks_left = close_after_frames
     plotter.add_timer_event(max_steps=10**9, duration=max(1, int(1000 / cfg.fps)), callback=player.tick)
-    plotter.show(auto_close=True)
+    return player
+
+
+def show_window(data: SceneData, cfg: RenderConfig, details: NeuronDetails | None = None,
+                close_after_frames: int | None = None) -> Player:
+    """Open the window and play; returns when the user closes it (or after `close_after_frames`
+    timer ticks, for tests and demos)."""
+    player = build_window(data, cfg, details)
+    player.ticks_left = close_after_frames
+    player.scene.plotter.show(auto_close=True)
     return player
 
 
@@ -131,7 +141,7 @@ def add_details_panel(plotter: pv.Plotter, player: Player, details: NeuronDetail
     plotter.subplot(0, 1)
     plotter.set_background(style.BACKGROUND)
     image = field_image(details.receptive_fields[0])
-    plotter.add_mesh(image, scalars="weight", cmap="RdBu_r", show_scalar_bar=False)
+    field = plotter.add_mesh(image, scalars="weight", cmap="RdBu_r", show_scalar_bar=False)
     plotter.view_xy()
     text = plotter.add_text("click a neuron", position="lower_left", font_size=8, color=style.TEXT_COLOR,
                             font="courier")
@@ -142,10 +152,11 @@ def add_details_panel(plotter: pv.Plotter, player: Player, details: NeuronDetail
         i = pick_neuron(player.scene, player.data, player.frame, x, y)
         if i is None:
             return
-        field = details.receptive_fields[i]
-        limit = float(np.abs(field).max()) or 1.0
-        image.point_data["weight"] = np.flipud(field).ravel()
-        plotter.renderers[1].actors[list(plotter.renderers[1].actors)[0]].mapper.scalar_range = (-limit, limit)
+        player.selected = i
+        weights = details.receptive_fields[i]
+        limit = float(np.abs(weights).max()) or 1.0
+        image.point_data["weight"] = np.flipud(weights).ravel()
+        field.mapper.scalar_range = (-limit, limit)
         text.SetText(0, describe(details, player.data.class_names, i))
         plotter.render()
 

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models.data import SPLIT_FILES, write_idx
+from models.data.datasets import SAMPLE_FOLDER, SPLIT_FILES
+from models.data.idx import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
+PROGRESS_LINE = re.compile(r"[a-z][a-z ]*: (done, )?\d+/\d+ [a-z]+, \d+\.\d s")
+
+
+def messages(stderr: str) -> list[str]:
+    """stderr's lines but the progress lines that layout/core/progress.py writes when stderr is not a
+    terminal: the notes and errors a user reads."""
+    return [line for line in stderr.strip().splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
 
 
 @pytest.fixture(autouse=True)
@@ -22,12 +31,15 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The folder holding mnist/ with the real IDX files ($NEURON_LAYOUT_DATA or ../shared/data)."""
+def shared_data(tmp_path_factory) -> Path:
+    """A folder holding mnist/ with real MNIST: $NEURON_LAYOUT_DATA, ../shared/data, or else the sample
+    bundled with the package (the same files: the official test set and 5,000 training images)."""
     for candidate in (os.environ.get("NEURON_LAYOUT_DATA"), REPO.parent / "shared" / "data"):
         if candidate and (Path(candidate) / "mnist" / "t10k-images-idx3-ubyte.gz").is_file():
             return Path(candidate)
-    pytest.skip("real MNIST not found: set NEURON_LAYOUT_DATA to the folder holding mnist/")
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "mnist").symlink_to(SAMPLE_FOLDER, target_is_directory=True)
+    return folder
 
 
 def make_idx_dataset(folder: Path, n: int = 16, marker: int = 0, gz: bool = True) -> Path:

@@ -17,7 +17,7 @@ def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("command", [
-    [sys.executable, "-m", "models.train"],
+    [sys.executable, "-m", "layout.train"],
     [sys.executable, "-m", "layout.run"],
     [str(SCRIPT)],
 ])

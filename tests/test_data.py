@@ -6,6 +6,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import shutil
 import struct
 import threading
 from pathlib import Path
@@ -16,10 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
-from layout.config import DataConfig
-from layout.errors import DataError
-from models import data
-from models.data import STEMS, Source, encode_idx, load_dataset, read_idx, write_idx
+from layout.core.config import DataConfig
+from layout.core.errors import DataError
+from models.data import datasets as data
+from models.data import idx
+from models.data.datasets import STEMS, Source, load_dataset
+from models.data.idx import encode_idx, read_idx, write_idx
 from tests.conftest import make_idx_dataset
 
 
@@ -154,16 +157,51 @@ def test_missing_data_dir_is_an_error(tmp_path):
 
 def test_nothing_found_lists_every_place_tried_and_the_fix(tmp_path, isolated_cache):
     (tmp_path / "given").mkdir()
-    cfg = DataConfig(dir=str(tmp_path / "given"), mirrors=("http://127.0.0.1:9/",))
+    cfg = DataConfig(dataset="fashion-mnist", dir=str(tmp_path / "given"), mirrors=("http://127.0.0.1:9/",))
     environ = {"NEURON_LAYOUT_DATA": str(tmp_path / "env")}
     with pytest.raises(DataError) as info:
         load_dataset(cfg, environ=environ, system_root=tmp_path / "system")
     message = str(info.value)
-    for place in (tmp_path / "given" / "mnist", tmp_path / "given", tmp_path / "env" / "mnist",
-                  tmp_path / "env", isolated_cache / "datasets" / "mnist", tmp_path / "system" / "mnist"):
+    for place in (tmp_path / "given" / "fashion-mnist", tmp_path / "given", tmp_path / "env" / "fashion-mnist",
+                  tmp_path / "env", isolated_cache / "datasets" / "fashion-mnist", tmp_path / "system" / "fashion-mnist"):
         assert str(place) in message
     assert "http://127.0.0.1:9/train-images-idx3-ubyte.gz" in message
     assert "--data-dir" in message and "\n" not in message
+
+
+def test_mnist_found_nowhere_comes_from_the_bundled_sample_with_one_note(tmp_path, isolated_cache):
+    cfg = DataConfig(mirrors=("http://127.0.0.1:9/",))  # nothing on disk, and the download is refused
+    ds = load_dataset(cfg, environ={}, system_root=tmp_path / "system")
+    assert ds.source == data.SAMPLE_FOLDER and ds.name == "mnist"
+    assert ds.train.images.shape == (5000, 28, 28) and ds.test.images.shape == (10000, 28, 28)
+    assert np.bincount(ds.train.labels).tolist() == [500] * 10
+    official = data.SOURCES["mnist"].sha256  # the test set is the official one, byte for byte
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        assert hashlib.sha256((data.SAMPLE_FOLDER / name).read_bytes()).hexdigest() == official[name]
+    [note] = ds.notes
+    assert "connection refused" in note and "bundled sample" in note and "60,000" in note and "--data-dir" in note
+    assert "\n" not in note
+
+
+def test_mnist_sample_is_the_bundled_sample_without_looking_elsewhere(tmp_path, isolated_cache):
+    elsewhere = make_idx_dataset(tmp_path / "d" / "mnist-sample")
+    cfg = DataConfig(dataset="mnist-sample", dir=str(elsewhere.parent), mirrors=("http://127.0.0.1:9/",))
+    ds = load_dataset(cfg, environ={"NEURON_LAYOUT_DATA": str(elsewhere.parent)}, system_root=tmp_path)
+    assert ds.source == data.SAMPLE_FOLDER and ds.name == "mnist" and len(ds.train.labels) == 5000
+    assert len(ds.notes) == 1 and "data.dataset: mnist" in ds.notes[0]
+    other = load_dataset(DataConfig(dataset="mnist-sample", classes=(3, 8)), environ={}, system_root=tmp_path)
+    assert other.classes == (3, 8) and other.class_names == ("3", "8") and len(other.train.labels) == 1000
+
+
+def test_a_damaged_bundled_sample_is_refused_in_one_line(tmp_path, monkeypatch):
+    copy = tmp_path / "sample"
+    shutil.copytree(data.SAMPLE_FOLDER, copy)
+    raw = bytearray((copy / "train-labels-idx1-ubyte.gz").read_bytes())
+    raw[-12] ^= 0xFF
+    (copy / "train-labels-idx1-ubyte.gz").write_bytes(bytes(raw))
+    monkeypatch.setattr(data, "SAMPLE_FOLDER", copy)
+    with pytest.raises(DataError, match=r"bundled MNIST sample .* damaged \(train-labels-idx1-ubyte\): reinstall"):
+        load_dataset(DataConfig(dataset="mnist-sample"), environ={}, system_root=tmp_path)
 
 
 def test_classes_and_limit_select_and_remap(tmp_path):
@@ -236,9 +274,9 @@ def test_download_into_the_cache_then_reuse(server, monkeypatch, tmp_path, isola
 def test_checksum_mismatch_leaves_nothing_in_the_cache(server, monkeypatch, tmp_path, isolated_cache):
     www, url = server
     served_source(www, monkeypatch, corrupt="train-images-idx3-ubyte.gz")
-    with pytest.raises(DataError) as info:
-        load_dataset(DataConfig(mirrors=(url,)), environ={}, system_root=tmp_path / "none")
-    assert "checksum mismatch" in str(info.value)
+    ds = load_dataset(DataConfig(mirrors=(url,)), environ={}, system_root=tmp_path / "none")
+    assert ds.source == data.SAMPLE_FOLDER  # mnist falls back to the bundled sample, saying why
+    assert "checksum mismatch, file discarded" in ds.notes[0]
     cached = isolated_cache / "datasets" / "mnist"
     assert not cached.exists() or list(cached.iterdir()) == []
 
@@ -267,7 +305,7 @@ def test_any_array_survives_an_idx_round_trip(array, compressed):
     raw = encode_idx(array)
     if compressed:
         raw = gzip.compress(raw)
-    back = data.parse_idx(data.decompress(raw, "x"), "x")
+    back = idx.parse_idx(idx.decompress(raw, "x"), "x")
     assert back.dtype == array.dtype and back.shape == array.shape
     np.testing.assert_array_equal(back, array)
 
@@ -275,8 +313,11 @@ def test_any_array_survives_an_idx_round_trip(array, compressed):
 def test_missing_file_on_the_mirror_is_reported(server, tmp_path, isolated_cache):
     _, url = server  # serves an empty folder
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: HTTP 404"):
-        load_dataset(DataConfig(mirrors=(url,)), environ={}, system_root=tmp_path / "none")
-    assert not (isolated_cache / "datasets" / "mnist").exists() or not any((isolated_cache / "datasets" / "mnist").iterdir())
+        load_dataset(DataConfig(dataset="fashion-mnist", mirrors=(url,)), environ={}, system_root=tmp_path / "none")
+    folder = isolated_cache / "datasets" / "fashion-mnist"
+    assert not folder.exists() or not any(folder.iterdir())
+    ds = load_dataset(DataConfig(mirrors=(url,)), environ={}, system_root=tmp_path / "none")
+    assert ds.source == data.SAMPLE_FOLDER and "HTTP 404" in ds.notes[0]  # mnist: the bundled sample
 
 
 def test_classes_absent_from_the_data_are_named(tmp_path):

@@ -14,13 +14,15 @@ import jax
 import numpy as np
 import pytest
 
-from layout import ctrl_c
-from layout.config import AnchorsConfig, DataConfig, ForcesConfig, ModelConfig, SimConfig, TrainConfig
-from layout.features import neuron_features
-from layout.forces import build_energy, make_particles
-from layout.simulate import simulate
-from models.data import load_dataset
-from models.train import TrainingError, train
+from layout.core import ctrl_c
+from layout.core.config import AnchorsConfig, DataConfig, ForcesConfig, ModelConfig, SimConfig, TrainConfig
+from layout.engine.features import neuron_features
+from layout.engine.energies import build_energy
+from layout.engine.particles import make_particles
+from layout.engine.simulate import simulate
+from models.data.datasets import load_dataset
+from models.network.train import TrainingError, train
+from tests.conftest import messages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -243,7 +245,7 @@ def run_with(*args: str, config: str = "binary01.yaml", shared_data: Path) -> tu
     result = subprocess.run([sys.executable, "-m", "layout.run", f"configs/{config}", "--no-window", "--export",
                              "none", "--data-dir", str(shared_data), *args], cwd=REPO, capture_output=True,
                             text=True, timeout=240)
-    return result.returncode, result.stdout.splitlines(), result.stderr.strip().splitlines()
+    return result.returncode, result.stdout.splitlines(), messages(result.stderr)
 
 
 def test_a_saved_network_and_trajectory_are_shown_again_without_training(tmp_path, earlier_run, shared_data):

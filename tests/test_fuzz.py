@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layout.config import load_config, valid_paths
-from layout.errors import ConfigError, DataError
-from models.data import decompress, parse_idx
+from layout.core.config import load_config, valid_paths
+from layout.core.errors import ConfigError, DataError
+from models.data.idx import decompress, parse_idx
 
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -9,14 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from layout.config import AnchorsConfig, ForcesConfig, SimConfig
-from layout.features import NeuronFeatures, neuron_features
-from layout.forces import anchor_positions, build_energy, dominance_energy, make_particles
-from layout.metrics import layout_metrics, silhouette, trustworthiness, distances, off_diagonal
-from layout.pairs import PairTerm, pair_energy, squared_distances
-from layout.simulate import SimulationError, simulate
-from models.data import Split
-from models.train import History, Network, Snapshots
+from layout.core.config import AnchorsConfig, ForcesConfig, SimConfig
+from layout.engine.features import NeuronFeatures, neuron_features
+from layout.engine.energies import build_energy, dominance_energy
+from layout.engine.particles import anchor_positions, make_particles
+from layout.engine.metrics import layout_metrics, silhouette, trustworthiness, distances, off_diagonal
+from layout.engine.pairs import PairTerm, pair_energy, squared_distances
+from layout.engine.simulate import SimulationError, simulate
+from models.data.datasets import Split
+from models.network.network import History, Network, Snapshots
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,8 +448,8 @@ def test_sampled_metrics_estimate_the_exact_ones():
 
 
 def test_training_timeline_warm_starts_each_snapshot_from_the_last():
-    from layout.config import RunConfig
-    from layout.timeline import training_trajectory
+    from layout.core.config import RunConfig
+    from layout.engine.timeline import training_trajectory
 
     rng = np.random.default_rng(13)
     n_snap = 4
@@ -480,7 +481,7 @@ def test_training_timeline_warm_starts_each_snapshot_from_the_last():
 def test_spearman_matches_scipy_with_and_without_ties():
     from scipy.stats import spearmanr
 
-    from layout.metrics import spearman
+    from layout.engine.metrics import spearman
 
     rng = np.random.default_rng(14)
     a, b = rng.normal(size=300), rng.normal(size=300)

@@ -13,12 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from layout import native
-from layout.config import AnchorsConfig, ForcesConfig, SimConfig
-from layout.forces import build_energy, euclid_term, make_particles, repulsion_term
-from layout.pairs import REST_ROW, pair_energy, pair_step_function, rest_lengths, with_rest_lengths
-from layout.simulate import simulate, simulate_many
+from layout.engine import native
+from layout.core.config import AnchorsConfig, ForcesConfig, SimConfig
+from layout.engine.energies import build_energy, euclid_term, repulsion_term
+from layout.engine.particles import make_particles
+from layout.engine.pairs import REST_ROW, pair_energy, pair_step_function, rest_lengths, with_rest_lengths
+from layout.engine.simulate import simulate, simulate_many
 from tests.test_layout import synthetic_features
+from tests.conftest import messages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,9 +166,9 @@ def test_turned_off_the_jax_definition_runs(monkeypatch):
 def test_without_a_working_compiler_the_layout_falls_back_with_one_note(tmp_path, shared_data):
     env = {**os.environ, "CXX": "/bin/false", "NEURON_LAYOUT_CACHE": str(tmp_path / "cache")}
     script = ("import jax, numpy as np\n"
-              "from layout import native\n"
+              "from layout.engine import native\n"
               "from tests.test_native import pair_terms, positions\n"
-              "from layout.pairs import pair_energy\n"
+              "from layout.engine.pairs import pair_energy\n"
               "print(native.available())\n"
               "print(bool(np.isfinite(jax.grad(lambda x: pair_energy(pair_terms(20, 'uniform', 'euclid'), x))"
               "(positions(20))).all()))\n"
@@ -183,5 +185,5 @@ def test_without_a_working_compiler_the_layout_falls_back_with_one_note(tmp_path
                              "train.epochs=1", "--set", "layout.sim.steps=30"],
                             cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
-    assert [line for line in result.stderr.splitlines() if line.strip()] == [f"note: {reason}"]
+    assert messages(result.stderr) == [f"note: {reason}"]
     assert not list(tmp_path.rglob("*.part")) and not list((REPO / "layout" / "_native").glob("*.part"))

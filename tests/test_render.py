@@ -14,7 +14,7 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from layout.config import RenderConfig
+from layout.core.config import RenderConfig
 from render import style
 from render.movie import export, offscreen_scene, render_shots, Shot, shot_list
 from render.scene import make_scene_data, pick_neuron, project
@@ -187,7 +187,7 @@ def xvfb():
 
 WINDOW_SCRIPT = """
 import json, numpy as np
-from layout.config import RenderConfig
+from layout.core.config import RenderConfig
 from render.window import NeuronDetails, show_window
 import sys
 sys.path.insert(0, ".")

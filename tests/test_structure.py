@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layout.structure import (LayerInputs, LayerStructure, NullTest, class_statistics, headline, layer_structure,
-                              mantel, nearest, pairwise_distances, permutations, verdict)
+from layout.insight.structure import (LayerInputs, LayerStructure, NullTest, class_statistics, layer_structure, mantel,
+                                      nearest, pairwise_distances, permutations)
+from layout.insight.verdicts import headline, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 C = 10
@@ -81,7 +82,7 @@ def test_an_iid_random_network_is_consistent_with_chance():
     for statistic in ("silhouette", "neighbourhood_hit", "distance_ratio"):
         assert tests[statistic, "shuffled_columns"].p > 0.05, tests[statistic, "shuffled_columns"].summary()
     # the trap: vectors grouped by their own argmax look clustered against a plain label shuffle
-    from layout.structure import label_nulls, observed_statistics
+    from layout.insight.structure import label_nulls, observed_statistics
 
     observed = observed_statistics(vectors, vectors.argmax(1), C, 10)
     shuffled = label_nulls(vectors, vectors.argmax(1), C, permutations(np.random.default_rng(0), 200, 100), 10)
@@ -134,7 +135,7 @@ def test_mantel_finds_a_planted_correlation_and_not_an_absent_one():
 def hand_built_network():
     """784-4-3: hidden neuron c (c < 3) alone carries class c (on for images of class c, via a pixel);
     neuron 3 does nothing."""
-    from models.train import History, Network, Snapshots
+    from models.network.network import History, Network, Snapshots
 
     w0 = np.zeros((784, 4), np.float32)
     w0[np.arange(3), np.arange(3)] = 20.0  # pixel c switches neuron c on
@@ -150,8 +151,8 @@ def hand_built_network():
 
 
 def test_ablating_the_neuron_that_alone_carries_a_class_drops_that_class():
-    from layout.ablation import ablate
-    from layout.features import hidden_activations
+    from layout.insight.ablation import ablate
+    from layout.engine.features import hidden_activations
 
     net = hand_built_network()
     labels = np.repeat(np.arange(3), 50)
@@ -172,10 +173,10 @@ def test_ablating_the_neuron_that_alone_carries_a_class_drops_that_class():
 
 
 def test_stability_of_a_deterministic_layout_and_the_relayout_null():
-    from layout.config import LayoutConfig
-    from layout.features import NeuronFeatures
-    from layout.forces import make_particles
-    from layout.stability import relayout, stability
+    from layout.core.config import LayoutConfig
+    from layout.engine.features import NeuronFeatures
+    from layout.engine.particles import make_particles
+    from layout.insight.stability import relayout, stability
 
     vectors = planted_vectors(40, 2)
     n = len(vectors)
@@ -194,7 +195,7 @@ def test_stability_of_a_deterministic_layout_and_the_relayout_null():
 def test_a_reproduced_arrangement_is_told_from_a_relabelled_one():
     from scipy.spatial.transform import Rotation
 
-    from layout.stability import arrangement_test, matched_disparity
+    from layout.insight.stability import arrangement_test, matched_disparity
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(10, 3))
@@ -214,7 +215,7 @@ def test_a_reproduced_arrangement_is_told_from_a_relabelled_one():
 
 
 def inputs_features(vectors: np.ndarray):
-    from layout.features import NeuronFeatures
+    from layout.engine.features import NeuronFeatures
 
     n, c = vectors.shape
     return NeuronFeatures(output_vectors=vectors, dominant=vectors.argmax(1), activation_dominant=vectors.argmax(1),

@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layout.sweep import dead_fraction, dedication, main, network_sparsity, read_sweep, weight_sparsity
-from layout.sweep_report import seed_summary
+from layout.core.sweep_file import read_sweep
+from layout.insight.sweep_figures import dead_fraction, dedication, network_sparsity, weight_sparsity
+from layout.run import sweep_main as main
+from layout.insight.sweep_report import seed_summary
+from tests.conftest import messages
 
 BASE = """
 data: {limit: 1000}
@@ -94,7 +97,7 @@ def test_a_failing_point_is_reported_and_the_sweep_goes_on(tmp_path, shared_data
     captured = capsys.readouterr()
     assert "point 1/2 (l2=0): test accuracy" in captured.out
     assert "point 2/2 (l2=1000): failed: the training loss became nan" in captured.out
-    assert captured.err.strip() == "error: 1 of 2 points failed (listed in sweep.md); the others are in the table"
+    assert messages(captured.err) == ["error: 1 of 2 points failed (listed in sweep.md); the others are in the table"]
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert [(r["point"], r["train.l2"], r["layer"], bool(r["error"])) for r in rows] == [("0", "0", "1", False),
                                                                                             ("1", "1000", "", True)]

@@ -10,13 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from layout.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
+from layout.core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
 from layout.run import main as run_main
-from models.data import load_dataset
-from models.mlp import apply, count_params, init_params, layer_sizes
-from models.store import load_network, network_key, obtain_network, save_network
-from models.train import train
-from models.train import main as train_main
+from models.data.datasets import load_dataset
+from models.network.mlp import apply, init_params, layer_sizes
+from models.network.network import count_params
+from models.network.store import load_network, network_key, obtain_network, save_network
+from models.network.train import train
+from layout.run import train_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -222,7 +223,7 @@ def check_layout_outputs(out: Path, net, figures: dict) -> None:
                                                   "ablation_own_class_drop", "spread"]
     dominant = net.weights[-1].argmax(1)
     for i, row in enumerate(rows):
-        assert int(row["id"]) == i and int(row["index"]) == i and int(row["layer"]) == 0
+        assert int(row["id"]) == i and int(row["index"]) == i and int(row["layer"]) == 1
         assert int(row["dominant"]) == dominant[i]
         np.testing.assert_allclose([float(row[c]) for c in "xyz"], positions[-1, i], rtol=1e-5, atol=1e-6)
         assert float(row["distortion"]) >= 0

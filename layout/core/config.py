@@ -1,0 +1,364 @@
+"""Configuration: YAML files and --set overrides into frozen, validated dataclasses.
+
+This is the only module that reads or writes YAML. Defaults live in the dataclasses below; a config
+file only names what differs. Every field carries its rules (range, choices) in its metadata, so the
+validator, the error messages and the README all read the same source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from layout.core.config_values import coerce
+from layout.core.errors import ConfigError
+
+DATASETS = ("mnist", "fashion-mnist", "mnist-sample")
+ACTIVATIONS = ("sigmoid", "tanh", "relu")
+OPTIMIZERS = ("adam", "sgd")
+SNAPSHOT_UNITS = ("epoch", "step")
+ANCHOR_MODES = ("fixed", "free", "none")
+ANCHOR_SHAPES = ("sphere", "ring")
+WEIGHTINGS = ("uniform", "inverse", "inverse_square")
+LAYER_SHAPES = ("plane", "shell")
+INITS = ("pca", "random")
+INFLUENCES = ("weights", "jacobian")
+SIZE_BY = ("norm", "none")
+COLOR_BY = ("dominant", "class_mean", "image", "spread", "ablation")
+TIMELINES = ("simulation", "training")
+EXPORTS = ("mp4", "gif", "png", "none")
+
+
+def option(default: Any, doc: str, **rules: Any) -> Any:
+    """A dataclass field with its default, a one-line description and its validation rules.
+
+    Rules: gt, ge, lt, le (numbers, applied to every item of a tuple), choices, min_len, unique.
+    """
+    return field(default=default, metadata={"doc": doc, **rules})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = option("mnist", "which dataset to train on", choices=DATASETS)
+    dir: str | None = option(None, "folder holding the IDX files (searched before anything else)")
+    classes: tuple[int, ...] | None = option(
+        None, "keep only these labels, remapped to 0..k-1 (e.g. [0, 1])", ge=0, le=9, min_len=2, unique=True
+    )
+    limit: int | None = option(None, "keep the first n examples of each split (after `classes`)", ge=1)
+    mirrors: tuple[str, ...] | None = option(None, "base URLs to download from instead of the standard mirrors")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden: tuple[int, ...] = option((100,), "hidden layer sizes, input to output", ge=1, min_len=1)
+    activation: str = option("sigmoid", "hidden activation", choices=ACTIVATIONS)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = option("adam", "optax optimizer", choices=OPTIMIZERS)
+    learning_rate: float = option(1e-3, "optimizer step size", gt=0, le=10)
+    momentum: float = option(0.9, "momentum for sgd (0 turns it off)", ge=0, lt=1)
+    batch_size: int = option(128, "examples per step", ge=1)
+    epochs: int = option(10, "passes over the training set (0 keeps the random initialisation)", ge=0)
+    l1: float = option(0.0, "L1 penalty on all weights: l1 * sum |w|", ge=0)
+    l2: float = option(0.0, "L2 penalty on all weights: l2 * sum w^2", ge=0)
+    seed: int = option(0, "seed for initialisation and batch order", ge=0)
+    snapshot_every: int = option(1, "keep a weight snapshot every this many epochs or steps", ge=1)
+    snapshot_unit: str = option("epoch", "unit of snapshot_every", choices=SNAPSHOT_UNITS)
+
+
+@dataclass(frozen=True)
+class AnchorsConfig:
+    mode: str = option("fixed", "output units as particles: fixed in place, free (moved like neurons), or none",
+                       choices=ANCHOR_MODES)
+    shape: str = option("sphere", "where fixed anchors sit: evenly on a sphere or a ring", choices=ANCHOR_SHAPES)
+    radius: float = option(1.5, "radius of the fixed anchors' sphere or ring, in layout units", gt=0)
+    scale: float = option(1.0, "free anchors' output vector: one-hot times this times the mean neuron "
+                               "output-vector norm", gt=0)
+
+
+@dataclass(frozen=True)
+class EuclidConfig:
+    strength: float = option(1.0, "springs with rest length proportional to the output-vector distance", ge=0)
+    weighting: str = option("uniform", "pair weight: uniform, 1/d or 1/d^2 of the output-vector distance d",
+                            choices=WEIGHTINGS)
+
+
+@dataclass(frozen=True)
+class DominanceConfig:
+    strength: float = option(0.0, "pull between neurons that drive the same output class hardest", ge=0)
+    anchor: float = option(1.0, "pull of each neuron toward its class anchor, as a multiple of strength", ge=0)
+
+
+@dataclass(frozen=True)
+class RepulsionConfig:
+    strength: float = option(0.02, "softened many-body repulsion between all particles", ge=0)
+    softening: float = option(0.05, "distance below which repulsion stops growing, in layout units", gt=0)
+
+
+@dataclass(frozen=True)
+class CenteringConfig:
+    strength: float = option(0.01, "pull of every particle toward the origin", ge=0)
+
+
+@dataclass(frozen=True)
+class LayerPlaneConfig:
+    strength: float = option(0.0, "pull of each hidden layer toward its own plane (z) or shell (radius)", ge=0)
+    shape: str = option("plane", "plane: layers stacked along z; shell: layers on nested spheres",
+                        choices=LAYER_SHAPES)
+    spacing: float = option(1.0, "distance between consecutive layers' planes or shells", gt=0)
+
+
+@dataclass(frozen=True)
+class ForcesConfig:
+    euclid: EuclidConfig = field(default_factory=EuclidConfig)
+    dominance: DominanceConfig = field(default_factory=DominanceConfig)
+    repulsion: RepulsionConfig = field(default_factory=RepulsionConfig)
+    centering: CenteringConfig = field(default_factory=CenteringConfig)
+    layer_plane: LayerPlaneConfig = field(default_factory=LayerPlaneConfig)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    steps: int = option(500, "most steps to run; alpha cools from 1 to alpha_min over them", ge=1)
+    record_every: int = option(5, "keep every k-th step as an animation frame", ge=1)
+    chunk: int = option(100, "steps per compiled call; the progress bar advances per chunk", ge=1)
+    init: str = option("pca", "starting positions: PCA of the output vectors, or random", choices=INITS)
+    alpha_min: float = option(0.001, "alpha (the step scale) at the last step", gt=0, lt=1)
+    velocity_decay: float = option(0.4, "friction: fraction of the velocity lost each step", ge=0, lt=1)
+    settle: float = option(1e-4, "stop early once no particle moves more than this per step, as a "
+                                 "fraction of the layout's size (0: never)", ge=0)
+    seed: int = option(0, "seed for the starting positions", ge=0)
+    snapshot_steps: int = option(60, "training timeline: steps per weight snapshot, each warm-started from "
+                                     "the previous layout", ge=1)
+    snapshot_alpha: float = option(0.3, "training timeline: alpha at the start of each snapshot's steps",
+                                   gt=0, le=1)
+
+
+@dataclass(frozen=True)
+class LayoutConfig:
+    influence: str = option("weights", "output vectors of layers below the last: product of the downstream "
+                                       "weights, or mean Jacobian of the logits over the test set",
+                            choices=INFLUENCES)
+    anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
+    forces: ForcesConfig = field(default_factory=ForcesConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    metrics_sample: int = option(2000, "metrics are exact up to this many neurons, sampled above", ge=20)
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    width: int = option(1280, "image width in pixels", ge=64, le=7680)
+    height: int = option(720, "image height in pixels", ge=64, le=4320)
+    fps: int = option(30, "frames per second of the movie and the window's playback", ge=1, le=120)
+    settle_seconds: float = option(4.0, "how long the movie shows the layout settling", ge=0)
+    orbit_seconds: float = option(6.0, "how long the movie orbits the final layout once (0: no orbit)", ge=0)
+    edges: int = option(0, "lines from each neuron to the k outputs it drives most (0: none)", ge=0, le=10)
+    size_by: str = option("norm", "neuron size: by output-vector norm, or all the same", choices=SIZE_BY)
+    timeline: str = option("simulation", "what the animation shows: the simulation settling, or the layout "
+                                         "across the training snapshots", choices=TIMELINES)
+    color_by: str = option("dominant", "neuron colour: the class it drives hardest, its mean activation per "
+                                       "class (cycling through the classes), its activation for one test image, "
+                                       "its positional spread over the stability seeds, or the test-accuracy "
+                                       "drop when it is ablated",
+                           choices=COLOR_BY)
+    image_index: int = option(0, "the test image whose activations color_by: image shows", ge=0)
+    halo: bool = option(False, "draw each neuron's positional spread over the stability layouts as a "
+                               "translucent halo around it (needs structure.stability_seeds >= 2)")
+
+
+@dataclass(frozen=True)
+class StructureConfig:
+    enabled: bool = option(True, "test the structure against nulls and write report.md and structure.json")
+    permutations: int = option(1000, "null samples per permutation test (shuffles and random initialisations)",
+                               ge=19)
+    layout_nulls: int = option(99, "null networks laid out again by the same simulation, for the 3D tests "
+                                   "(p >= 1 / (n + 1): 99 can show p = 0.01)", ge=0)
+    k: int = option(10, "neighbours for the neighbourhood hit", ge=1)
+    stability_seeds: int = option(5, "layouts from random starts (seeds 0..n-1) aligned by Procrustes "
+                                     "(0 or 1: no stability)", ge=0)
+    ablation_groups: int = option(100, "random neuron groups per dominance group, the ablation's null", ge=0)
+    shuffled_label_runs: int = option(0, "networks trained on shuffled labels, the costly third null "
+                                         "(0: off)", ge=0)
+    retrain_runs: int = option(0, "networks trained again with train seeds seed+1.. and laid out the same way, "
+                                  "to test whether the class arrangement is reproducible (0: off)", ge=0)
+    seed: int = option(0, "seed of every null sample", ge=0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = option("run", "name of the run; outputs go to runs/<name>/ (default: the file name)",
+                       folder_name=True)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    structure: StructureConfig = field(default_factory=StructureConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A config as read from its file: the validated RunConfig, and notes for the user (one line each)."""
+
+    config: RunConfig
+    notes: tuple[str, ...] = ()
+
+
+def read_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> ConfigFile:
+    """Read a YAML config, apply `section.key=value` overrides, validate; with a note when the file
+    sets nothing (every value then takes its default)."""
+    path = Path(path)
+    raw = read_yaml_mapping(path)
+    notes = (f"{path} sets nothing: every value takes its default (the README lists them)",) if not raw else ()
+    raw.setdefault("name", path.stem)
+    for text in overrides:
+        apply_override(raw, text)
+    return ConfigFile(build(RunConfig, raw, ""), notes)
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """read_config's RunConfig."""
+    return read_config(path, overrides).config
+
+
+def with_data_dir(cfg: RunConfig, data_dir: str | None) -> RunConfig:
+    """cfg with `--data-dir`, when given, as data.dir."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=data_dir)) if data_dir else cfg
+
+
+def read_yaml_mapping(path: Path) -> dict:
+    """The top-level mapping of a YAML file; an empty file is an empty mapping."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' not found: check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file '{path}': {e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must be a mapping of sections (data:, model:, train:), "
+                          f"not a {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict, text: str) -> None:
+    """Apply one `section.key=value` override to a raw config mapping (value parsed as YAML)."""
+    dotted, sep, value_text = text.partition("=")
+    keys = dotted.strip().split(".")
+    if not sep or not all(keys):
+        raise ConfigError(f"--set {text!r} is not of the form section.key=value (e.g. train.epochs=5)")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        value = value_text
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {text!r}: {'.'.join(keys[:depth + 1])!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def build(cls: type, raw: Any, path: str) -> Any:
+    """Validate a raw mapping against dataclass `cls` and construct it; `path` is its dotted location."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'the config'} must be a mapping of keys to values, "
+                          f"got {type(raw).__name__} {raw!r}")
+    names = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(unknown_key_message(join(path, str(key))))
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            continue
+        where = join(path, f.name)
+        if is_dataclass(hints[f.name]):
+            values[f.name] = build(hints[f.name], raw[f.name], where)
+        else:
+            values[f.name] = coerce(raw[f.name], hints[f.name], where, f.metadata)
+    return cls(**values)
+
+
+def join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def valid_paths(cls: type = RunConfig, path: str = "") -> list[str]:
+    """Every dotted key a config may set, e.g. 'train.learning_rate'."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        where = join(path, f.name)
+        out.append(where)
+        if is_dataclass(hints[f.name]):
+            out.extend(valid_paths(hints[f.name], where))
+    return out
+
+
+def unknown_key_message(dotted: str) -> str:
+    """'unknown key ...' with the closest valid key: same name in another section, else the nearest spelling."""
+    paths = valid_paths()
+    section, _, leaf = dotted.rpartition(".")
+    same_leaf = [p for p in paths if p.rpartition(".")[2] == leaf]
+    siblings = [p for p in paths if p.rpartition(".")[0] == section]
+    close = (same_leaf
+             or difflib.get_close_matches(dotted, siblings, n=1, cutoff=0.6)
+             or difflib.get_close_matches(dotted, paths, n=1, cutoff=0.6))
+    hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(siblings) or 'none'}"
+    return f"unknown key {dotted!r}: {hint}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing and fingerprints
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses, dicts, tuples and lists as plain dicts and lists (YAML- and JSON-safe)."""
+    if is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    """The resolved config, every default spelled out, as YAML that load_config reads back unchanged."""
+    return yaml.safe_dump(to_plain(cfg), sort_keys=False, default_flow_style=False)
+
+
+def fingerprint(obj: Any) -> str:
+    """A stable hex digest of a dataclass (or plain data), independent of dict order."""
+    text = json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+

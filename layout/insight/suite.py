@@ -1,0 +1,117 @@
+"""Every structure test of one laid-out network, in one call: each layer's statistics against its nulls
+(with the null networks laid out again for the 3D tests), the ablations, the stability of the layout
+from random starts and, when asked, across retraining. The result, `Tested`, is what the report, the
+cache and the scene's colourings are made from."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from layout.core.config import RunConfig
+from layout.engine.features import NeuronFeatures, downstream_products, hidden_activations
+from layout.engine.particles import Particles
+from layout.insight.ablation import Ablation, ablate
+from layout.insight.stability import Retrained, Stability, relayout, retrained_stability, stability
+from layout.insight.structure import LayerInputs, LayerStructure, layer_structure, shuffled_columns, untrained
+from models.data.datasets import Dataset
+from models.network.network import Network
+from models.network.train import train
+
+
+@dataclass(frozen=True)
+class Tested:
+    """Everything the structure stage measures; the reports and colourings are made from it."""
+
+    layers: tuple[LayerStructure, ...]
+    ablation: Ablation
+    stability: Stability | None
+    retrained: Retrained | None
+    plots_png: dict[int, bytes] | None = None  # layer -> its null plot, once drawn
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What is tested: a network, the data it was trained and measured on, its neurons' features, its
+    particles and the neurons' final positions [N, 3]."""
+
+    network: Network
+    dataset: Dataset
+    features: NeuronFeatures
+    particles: Particles
+    positions: np.ndarray
+
+
+def count_parts(cfg: RunConfig, n_layers: int) -> int:
+    """How many parts run_structure_tests reports through on_part."""
+    sc = cfg.structure
+    return (2 * bool(sc.layout_nulls and cfg.render.timeline == "simulation") + bool(sc.shuffled_label_runs)
+            + n_layers + 1 + (sc.stability_seeds >= 2) + bool(sc.retrain_runs))
+
+
+def run_structure_tests(cfg: RunConfig, subject: Subject,
+                        on_part: Callable[[int], None] | None = None) -> Tested:
+    """Every structure test of the subject; on_part(n) after each of count_parts' parts."""
+    done = 0
+
+    def part_done() -> None:
+        nonlocal done
+        done += 1
+        if on_part:
+            on_part(done)
+
+    sc, f, net = cfg.structure, subject.features, subject.network
+    test = subject.dataset.test
+    activations = hidden_activations(net, test.images)
+    rng = np.random.default_rng([sc.seed, 99])
+    layers_of = [f.layer == l for l in range(f.n_layers)]
+    relayouts = {}
+    if sc.layout_nulls and cfg.render.timeline == "simulation":
+        makers = {"shuffled_columns": lambda v, l: shuffled_columns(v, rng, sc.layout_nulls),
+                  "untrained": lambda v, l: untrained(net.sizes, l, net.activation, rng, sc.layout_nulls)}
+        for name, make in makers.items():
+            vectors = np.concatenate([make(f.output_vectors[m], l) for l, m in enumerate(layers_of)], axis=1)
+            relayouts[name] = relayout(f, vectors, cfg.layout, sc.seed)
+            part_done()
+    shuffled = shuffled_label_vectors(cfg, subject.dataset, sc.shuffled_label_runs)
+    if shuffled is not None:
+        part_done()
+    layers = []
+    for l, m in enumerate(layers_of):
+        layers.append(layer_structure(LayerInputs(
+            layer=l, sizes=net.sizes, activation=net.activation, vectors=f.output_vectors[m], dominant=f.dominant[m],
+            activation_dominant=f.activation_dominant[m], positions=subject.positions[m],
+            receptive_fields=f.receptive_fields[m].reshape(int(m.sum()), -1), activations=activations[l],
+            relayouts={k: (v[0][:, m], v[1][:, m]) for k, v in relayouts.items()},
+            shuffled_label_vectors=None if shuffled is None else shuffled[:, m]), sc.permutations, sc.k, sc.seed))
+        part_done()
+    ablation = ablate(net, activations, test.labels, f.dominant, f.layer, sc.ablation_groups, sc.seed)
+    part_done()
+    stable = None
+    if sc.stability_seeds >= 2:
+        disparity, spread, _ = stability(subject.particles, cfg.layout, sc.stability_seeds)
+        stable = Stability(sc.stability_seeds, disparity, spread[:f.n_neurons])
+        part_done()
+    retrained = None
+    if sc.retrain_runs:
+        retrained = retrained_stability(cfg, subject.dataset, f, subject.positions, sc.retrain_runs, sc.permutations,
+                                        sc.seed)
+        part_done()
+    return Tested(tuple(layers), ablation, stable, retrained)
+
+
+def shuffled_label_vectors(cfg: RunConfig, data: Dataset, runs: int) -> np.ndarray | None:
+    """[runs, N, C] output vectors of networks trained like this one on shuffled training labels."""
+    if not runs:
+        return None
+    rng = np.random.default_rng(cfg.structure.seed)
+    vectors = []
+    for r in range(runs):
+        split = dataclasses.replace(data.train, labels=rng.permutation(data.train.labels))
+        net = train(cfg.model, dataclasses.replace(cfg.train, seed=cfg.train.seed + 1 + r),
+                    dataclasses.replace(data, train=split))
+        vectors.append(np.concatenate(downstream_products(net.weights)))
+    return np.stack(vectors).astype(np.float32)

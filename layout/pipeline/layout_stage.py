@@ -1,0 +1,106 @@
+"""The layout stage: network -> neuron features -> particles -> simulation (or one per training snapshot,
+warm-started, with render.timeline: training) -> faithfulness metrics -> trajectory.npz and neurons.csv.
+A layout is reused from the cache when the network and the layout settings are unchanged."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from layout.core.config import RunConfig, fingerprint
+from layout.core.files import cache_dir
+from layout.core.progress import progress_bar
+from layout.engine.energies import build_energy
+from layout.engine.features import NeuronFeatures, neuron_features
+from layout.engine.metrics import layout_metrics
+from layout.engine.particles import Particles, make_particles
+from layout.engine.simulate import Trajectory, simulate
+from layout.engine.timeline import training_trajectory
+from layout.engine.trajectory_file import cached_trajectory, load_trajectory, save_trajectory
+from layout.pipeline.outputs import write_neurons_csv
+from layout.pipeline.train_stage import TrainResult
+
+
+@dataclass(frozen=True)
+class LayoutResult:
+    features: NeuronFeatures
+    particles: Particles
+    trajectory: Trajectory
+    figures: dict  # metrics.json's "layout" section
+    written: tuple[Path, ...]
+    distortion: np.ndarray  # [N] per-neuron distortion (NaN where undefined)
+    labels: tuple[str, ...] | None = None  # a title per frame, when not the simulation's step and energy
+
+
+def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: bool = False,
+                 trajectory_file: str | None = None) -> LayoutResult:
+    """Lay the network's hidden neurons out in 3D; write trajectory.npz and neurons.csv.
+
+    A layout is reused from <cache>/layouts/ when the network and the layout settings are unchanged,
+    so that changing only render settings never runs the simulation again; `trajectory_file` (a
+    trajectory.npz written for this network) is used instead of simulating."""
+    start = time.perf_counter()
+    features = neuron_features(trained.network, trained.dataset.test, cfg.layout.influence)
+    particles = make_particles(features, cfg.layout.anchors)
+    # version 2: a free anchor and its class's centre attract as two bodies (energies.dominance_energy)
+    key = fingerprint({"version": 2, "network": trained.figures["network_key"], "layout": cfg.layout,
+                       "timeline": cfg.render.timeline})[:20]
+    cached = cache_dir() / "layouts" / f"{key}.npz"
+    if trajectory_file:
+        loaded = load_trajectory(Path(trajectory_file), particles)
+    else:
+        loaded = None if relayout else cached_trajectory(cached, particles)
+    if loaded is not None:
+        trajectory, labels = loaded
+    elif cfg.render.timeline == "training":
+        with progress_bar(len(trained.network.snapshots.step), "layout", "snapshot") as bar:
+            trajectory, labels, _, _ = training_trajectory(
+                trained.network, trained.dataset.test, cfg, on_snapshot=lambda s, total: bar.advance_to(s))
+    else:
+        terms = build_energy(particles, cfg.layout.forces)
+        with progress_bar(cfg.layout.sim.steps, "layout", "step") as bar:
+            trajectory = simulate(terms, particles, cfg.layout.sim, jax.random.key(cfg.layout.sim.seed),
+                                  on_chunk=lambda step, total: bar.advance_to(step))
+        labels = None
+    if loaded is None:
+        save_trajectory(cached, trajectory, particles, features, labels)
+    seconds = time.perf_counter() - start
+    n = features.n_neurons
+    figures, distortion = layout_metrics(features.output_vectors, trajectory.final[:n], features.dominant,
+                                         cfg.layout.metrics_sample)
+    figures.update(
+        terms=list(trajectory.terms),
+        final_energy=dict(zip(trajectory.terms, map(float, trajectory.energy[-1]))),
+        steps=int(trajectory.step[-1]),
+        settled=trajectory.settled_step is not None,
+        frames=len(trajectory.step),
+        seconds=seconds,
+        layout_key=key,
+        reused=loaded is not None,
+    )
+    written = (
+        save_trajectory(out / "trajectory.npz", trajectory, particles, features, labels),
+        write_neurons_csv(out / "neurons.csv", features, trajectory.final[:n], distortion, trained.network.classes),
+    )
+    return LayoutResult(features, particles, trajectory, figures, written, distortion, labels)
+
+
+def layout_summary(result: LayoutResult) -> str:
+    f = result.figures
+
+    def num(name: str) -> str:
+        return "n/a" if f[name] is None else f"{f[name]:.3f}"
+
+    settled = "settled" if f["settled"] else "did not settle"
+    settled += ", reused from cache" if f["reused"] else ""
+    sampled = "" if f["exact"] else f" (estimated from a sample of {f['n_queries']} neurons)"
+    return (f"layout of {f['n_neurons']} neurons with {', '.join(f['terms'])}: {f['steps']} steps, {settled}, "
+            f"{f['seconds']:.1f} s\n"
+            f"faithfulness{sampled}: stress {num('normalized_stress')}, spearman {num('spearman')}, "
+            f"knn recall@{f['k']} {num('knn_recall')}, trustworthiness {num('trustworthiness')}\n"
+            f"class structure by dominant class: neighbourhood hit {num('neighbourhood_hit')}, "
+            f"silhouette {num('silhouette')}")

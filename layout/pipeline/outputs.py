@@ -1,0 +1,36 @@
+"""The run's per-neuron table (neurons.csv) and its figures (metrics.json)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from layout.core.files import write_text
+from layout.engine.features import NeuronFeatures
+
+NEURON_COLUMNS = ("id", "layer", "index", "dominant", "activation_dominant", "x", "y", "z", "distortion")
+
+
+def write_neurons_csv(path: Path, features: NeuronFeatures, positions: np.ndarray, distortion: np.ndarray,
+                      classes: tuple[int, ...], extra: dict[str, np.ndarray] | None = None) -> Path:
+    """One row per hidden neuron; layers numbered from 1 (the first hidden layer), classes written as their
+    original labels; `extra` adds columns (the structure stage's ablation drops and stability spread)."""
+    extra = extra or {}
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(NEURON_COLUMNS + tuple(extra))
+    labels = np.asarray(classes)
+    for i in range(features.n_neurons):
+        values = (distortion[i], *(column[i] for column in extra.values()))
+        writer.writerow([i, int(features.layer[i]) + 1, int(features.index[i]), int(labels[features.dominant[i]]),
+                         int(labels[features.activation_dominant[i]]), *(f"{v:.6g}" for v in positions[i]),
+                         *("" if np.isnan(v) else f"{v:.6g}" for v in values)])
+    return write_text(path, text.getvalue())
+
+
+def run_figures(training: dict, layout: dict, structure: dict | None = None) -> dict:
+    """metrics.json of a run: the training figures, "layout" and (when tested) "structure"."""
+    return {**training, "layout": layout, **({"structure": structure} if structure is not None else {})}

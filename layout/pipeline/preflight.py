@@ -1,0 +1,133 @@
+"""Checks before any work: what the config asks that only the data can answer, and whether this machine
+can hold the run at all.
+
+The memory estimate adds up the arrays each stage keeps (float32 unless noted), from the network's
+layer sizes and the data's counts, and compares the largest stage with the memory available. It is
+meant to refuse what cannot work (a hidden layer of 10^8 neurons, a 10,000-neuron layout with 99 null
+layouts side by side) in one line before minutes of work, not to predict a run's footprint to the
+megabyte: the process itself (Python, JAX, VTK) needs about 0.6 GB more, and XLA's temporaries come
+on top.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+
+from layout.core.config import RunConfig
+from layout.core.errors import ConfigError, UserError
+from models.data.datasets import Dataset
+from models.network.train import check_batches
+
+FLOAT = 4  # bytes
+REST_ROW = 1024  # the native kernel pads its rest-length rows to a multiple of this (layout/engine/pairs.py)
+OPTIMIZER_COPIES = 5  # weights, gradients, Adam's two moments and the update, while training
+
+
+def check_fits_data(cfg: RunConfig, dataset: Dataset) -> None:
+    """What the config asks that only the data (or another section) can check, before any training."""
+    if cfg.render.color_by in ("spread", "ablation") and not cfg.structure.enabled:
+        raise ConfigError(f"render.color_by = {cfg.render.color_by} needs the structure tests: set "
+                          "structure.enabled=true")
+    if cfg.render.color_by == "spread" and cfg.structure.stability_seeds < 2:
+        raise ConfigError("render.color_by = spread needs structure.stability_seeds >= 2")
+    if cfg.render.halo and (not cfg.structure.enabled or cfg.structure.stability_seeds < 2):
+        raise ConfigError("render.halo = true needs the stability layouts: set structure.enabled=true and "
+                          "structure.stability_seeds >= 2")
+    n_test = len(dataset.test.labels)
+    if cfg.render.color_by == "image" and cfg.render.image_index >= n_test:
+        raise ConfigError(f"render.image_index = {cfg.render.image_index} is out of range: the test set has "
+                          f"{n_test} images (0-{n_test - 1})")
+
+
+def check_trainable(cfg: RunConfig, dataset: Dataset) -> None:
+    """Data that leaves no test image, or no full training batch, is refused before training."""
+    check_batches(len(dataset.train.labels), len(dataset.test.labels), cfg.train)
+
+
+@dataclass(frozen=True)
+class Need:
+    """The memory one stage needs, in bytes, what holds it, and how to need less."""
+
+    stage: str
+    bytes: int
+    holds: str
+    fix: str
+
+
+def memory_needs(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: int,
+                 given_snapshots: int | None = None) -> list[Need]:
+    """The memory each stage of a run needs, for a network of layer widths `sizes` (inputs, hidden...,
+    outputs) and the data's counts: trained here, or given (a network file with `given_snapshots`)."""
+    hidden = sizes[1:-1]
+    n, widest = sum(hidden), max(hidden)
+    n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    trains = given_snapshots is None
+    snapshots = 1 + n_snapshots(cfg, n_train) if trains else given_snapshots
+    particles = n + (0 if cfg.layout.anchors.mode == "none" else sizes[-1])
+    rest = particles * -(-particles // REST_ROW) * REST_ROW * FLOAT  # one system's spring rest lengths
+    fewer = "use fewer hidden neurons (model.hidden)"
+    needs = [
+        Need("training", FLOAT * (n_params * (OPTIMIZER_COPIES + snapshots) + 2 * n_test * n),
+             f"{n_params:,} weights, their optimizer state and {snapshots} snapshots",
+             f"{fewer}, or keep fewer snapshots (raise train.snapshot_every)") if trains else
+        Need("network", FLOAT * n_params * (snapshots + 1), f"{n_params:,} weights", fewer),
+        Need("neuron features", FLOAT * (2 * n_test * n + 2 * sizes[0] * n),
+             f"the activations of {n:,} neurons on {n_test:,} test images", f"{fewer}, or set data.limit"),
+        Need("layout", rest + 8 * 6 * min(n, cfg.layout.metrics_sample) * n,
+             f"the spring lengths of {particles:,} particles, all pairs", fewer),
+    ]
+    if cfg.structure.enabled:
+        side_by_side = max(cfg.structure.layout_nulls, cfg.structure.stability_seeds)
+        needs.append(Need("structure tests", side_by_side * rest + (8 + 8 * 2) * widest * widest,
+                          f"{side_by_side} layouts side by side and {widest:,} x {widest:,} distance matrices",
+                          f"lower structure.layout_nulls and structure.stability_seeds, or set "
+                          f"structure.enabled=false"))
+    return needs
+
+
+def n_snapshots(cfg: RunConfig, n_train: int) -> int:
+    """The weight snapshots training keeps after the initialisation."""
+    per_epoch = max(n_train // max(cfg.train.batch_size, 1), 1) if cfg.train.snapshot_unit == "step" else 1
+    return cfg.train.epochs * per_epoch // cfg.train.snapshot_every
+
+
+def available_memory() -> int:
+    """Bytes this process may still take: the system's available memory, and no more than what an
+    address-space limit (ulimit -v) leaves."""
+    available = 2**63
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        available = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pass
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        available = min(available, max(limit - address_space(), 0))
+    return available
+
+
+def address_space() -> int:
+    """Bytes of address space this process uses now."""
+    try:
+        with open(f"/proc/{os.getpid()}/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def check_memory(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: int,
+                 given_snapshots: int | None = None, available: int | None = None) -> None:
+    """Refuse, in one line, a run whose largest stage needs more memory than this machine has."""
+    available = available_memory() if available is None else available
+    worst = max(memory_needs(cfg, sizes, n_train, n_test, given_snapshots), key=lambda need: need.bytes)
+    if worst.bytes > available:
+        raise UserError(f"a {'-'.join(map(str, sizes))} network needs about {gigabytes(worst.bytes)} of memory for "
+                        f"its {worst.stage} ({worst.holds}), more than the {gigabytes(available)} available here: "
+                        f"{worst.fix}")
+
+
+def gigabytes(n: int) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.0f} MB"

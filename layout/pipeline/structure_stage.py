@@ -1,0 +1,87 @@
+"""The structure stage: after the layout, test the class structure against nulls, ablate, check the
+layout's stability (or reuse the results of an earlier run of the same layout), and write report.md,
+structure.json, the null plots and neurons.csv again with the per-neuron results. Nothing here prints."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from layout.core.config import RunConfig, fingerprint
+from layout.core.files import cache_dir
+from layout.core.progress import progress_bar
+from layout.insight.ablation import Ablation
+from layout.insight.cache import load_tested, save_tested
+from layout.insight.report import write_report
+from layout.insight.stability import Stability
+from layout.insight.structure import LayerStructure
+from layout.insight.suite import Subject, Tested, count_parts, run_structure_tests
+from layout.insight.verdicts import verdicts
+from layout.pipeline.layout_stage import LayoutResult
+from layout.pipeline.outputs import write_neurons_csv
+from layout.pipeline.train_stage import TrainResult
+
+
+@dataclass(frozen=True)
+class StructureResult:
+    tested: Tested  # the layers' tests, ablation, stability, retraining
+    verdicts: tuple[str, ...]
+    seconds: float
+    written: tuple[Path, ...]
+    reused: bool = False  # the results came from the cache
+
+    @property
+    def layers(self) -> tuple[LayerStructure, ...]:
+        return self.tested.layers
+
+    @property
+    def ablation(self) -> Ablation:
+        return self.tested.ablation
+
+    @property
+    def stability(self) -> Stability | None:
+        return self.tested.stability
+
+    @property
+    def figures(self) -> dict:
+        """metrics.json's "structure" section."""
+        return {"verdicts": list(self.verdicts), "seconds": self.seconds, "reused": self.reused}
+
+
+def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: Path, *,
+                    retest: bool = False) -> StructureResult:
+    """Test the network's class structure against nulls, ablate, check the layout's stability; write
+    structure.json, report.md, the null plots, and neurons.csv again with the per-neuron results.
+
+    The results are reused from <cache>/structure/ when the network, its layout and the structure
+    settings are unchanged (unless `retest`)."""
+    start = time.perf_counter()
+    f = laid.features
+    positions = laid.trajectory.final[:f.n_neurons]
+    key = fingerprint({"version": 1, "network": trained.figures["network_key"], "layout": laid.figures["layout_key"],
+                       "positions": hashlib.sha256(np.ascontiguousarray(positions).tobytes()).hexdigest(),
+                       "structure": cfg.structure})[:20]
+    cached = cache_dir() / "structure" / f"{key}.npz"
+    tested = None if retest else load_tested(cached)
+    reused = tested is not None
+    if tested is None:
+        subject = Subject(trained.network, trained.dataset, f, laid.particles, positions)
+        with progress_bar(count_parts(cfg, f.n_layers), "structure tests", "part") as bar:
+            tested = run_structure_tests(cfg, subject, on_part=bar.advance_to)
+    written = write_report(out, cfg.name, tested.layers, tested.ablation, tested.stability, tested.retrained,
+                           f.class_names, tested.plots_png)
+    if not reused or not tested.plots_png:  # (an entry without its plots gets them)
+        plots = {l.layer: (out / f"structure_layer{l.layer + 1}.png").read_bytes() for l in tested.layers if l.tests}
+        save_tested(cached, dataclasses.replace(tested, plots_png=plots))
+    a = tested.ablation
+    extra = {"ablation_drop": a.drop, "ablation_own_class_drop": a.class_drop[np.arange(f.n_neurons), f.dominant]}
+    if tested.stability is not None:
+        extra["spread"] = tested.stability.spread
+    write_neurons_csv(out / "neurons.csv", f, positions, laid.distortion, trained.network.classes, extra)
+    return StructureResult(tested, tuple(verdicts(tested.layers, tested.retrained)), time.perf_counter() - start,
+                           written, reused)

@@ -1,0 +1,2 @@
+"""The data stage: IDX files (`idx`), dataset lookup, verified downloads and the bundled MNIST sample
+(`datasets`, `sample/`). Returns a frozen `Dataset` of uint8 images and int labels."""

@@ -1,0 +1,109 @@
+"""IDX files, the format of MNIST and its relatives: reading (gzip-compressed or raw, with every
+header checked against the file's length) and writing."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from layout.core.errors import DataError
+from layout.core.files import cache_dir, write_atomic
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+# IDX type codes (third byte of the magic number) and their big-endian numpy types.
+IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def parse_idx(data: bytes, name: str) -> np.ndarray:
+    """Decode the bytes of an (uncompressed) IDX file, checking its header against its length."""
+    if len(data) < 4:
+        raise DataError(f"{name} is not an IDX file: only {len(data)} bytes long")
+    if data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
+        magic = int.from_bytes(data[:4], "big")
+        raise DataError(f"{name} is not an IDX file: bad magic number 0x{magic:08x} "
+                        f"(expected 0x00000801 for labels or 0x00000803 for images)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if ndim == 0:
+        raise DataError(f"{name} has a bad IDX header: it declares 0 dimensions")
+    if len(data) < header:
+        raise DataError(f"{name} is truncated: its header needs {header} bytes, the file has {len(data)}")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(IDX_TYPES[data[2]])
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    actual = len(data) - header
+    if actual < expected:
+        raise DataError(f"{name} is truncated: its header promises {expected} bytes of data "
+                        f"(dimensions {'x'.join(map(str, dims))}), the file has {actual}")
+    if actual > expected:
+        raise DataError(f"{name} has {actual - expected} bytes after the data that its header "
+                        f"(dimensions {'x'.join(map(str, dims))}) does not account for")
+    array = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header)
+    return array.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+
+
+def decompress(raw: bytes, name: str) -> bytes:
+    """Gunzip `raw` if it starts with the gzip magic bytes; plain IDX passes through."""
+    if raw[:2] != GZIP_MAGIC:
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{name} is a damaged gzip file ({e}): delete it or download it again") from None
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file, gzip-compressed or raw."""
+    path = Path(path)
+    return parse_idx(decompress(read_bytes(path), str(path)), str(path))
+
+
+def read_idx_cached(path: Path) -> tuple[np.ndarray, str]:
+    """(array, SHA-256 of the file). A gzip file is decoded once and kept as .npy in the cache, keyed by
+    its checksum: reading 47 MB of .npy is about 20 times faster than gunzipping it again."""
+    raw = read_bytes(path)
+    digest = hashlib.sha256(raw).hexdigest()
+    if raw[:2] != GZIP_MAGIC:
+        return parse_idx(raw, str(path)), digest
+    decoded = cache_dir() / "decoded" / f"{digest}.npy"
+    try:
+        return np.load(decoded, allow_pickle=False), digest
+    except (OSError, ValueError):
+        pass
+    array = parse_idx(decompress(raw, str(path)), str(path))
+    try:
+        write_atomic(decoded, lambda f: np.save(f, array))
+    except OSError:
+        pass  # the cache only saves time; a read-only or full disk must not stop the run
+    return array, digest
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+
+
+def encode_idx(array: np.ndarray) -> bytes:
+    """The IDX encoding of an array (big-endian, header with type code and dimensions)."""
+    codes = {np.dtype(v).newbyteorder("="): k for k, v in IDX_TYPES.items()}
+    code = codes.get(array.dtype.newbyteorder("="))
+    if code is None or array.ndim == 0:
+        raise ValueError(f"cannot store a {array.ndim}-d {array.dtype} array as IDX")
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array, dtype=IDX_TYPES[code]).tobytes()
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> Path:
+    """Write an IDX file, gzip-compressed when the name ends in .gz."""
+    data = encode_idx(np.asarray(array))
+    if str(path).endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    return write_atomic(path, lambda f: f.write(data))

@@ -1,0 +1,3 @@
+"""The network stage: the `Network` every later stage reads (`network`), the MLP as a pure function
+(`mlp`), training with optax (`train`), and network.npz files and the cache of trained networks
+(`store`)."""

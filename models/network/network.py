@@ -1,0 +1,65 @@
+"""The Network every later stage reads: its layer sizes, weights and biases as numpy arrays, where it
+was trained, its training curves and weight snapshots. Trained by models.network.train or read from
+a network.npz by models.network.store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+@dataclass(frozen=True)
+class History:
+    """Per-epoch curves, each [n_epochs]."""
+
+    epoch: np.ndarray
+    train_loss: np.ndarray
+    test_loss: np.ndarray
+    test_accuracy: np.ndarray
+
+
+@dataclass(frozen=True)
+class Snapshots:
+    """Weights during training for the training animation; S snapshots, the first the initialisation.
+
+    step [S] (optimizer steps taken), epoch [S] (step / steps per epoch), test_accuracy [S],
+    weights[l] [S, n_in, n_out], biases[l] [S, n_out].
+    """
+
+    step: np.ndarray
+    epoch: np.ndarray
+    test_accuracy: np.ndarray
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class Network:
+    """A trained MLP. weights[l] [sizes[l], sizes[l+1]], biases[l] [sizes[l+1]] (numpy float32).
+
+    weights[-1][j] is hidden neuron j's output-weight vector. classes[k] is the original label of
+    output k and class_names[k] its name.
+    """
+
+    sizes: tuple[int, ...]
+    activation: str
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    dataset: str
+    classes: tuple[int, ...]
+    class_names: tuple[str, ...]
+    history: History
+    snapshots: Snapshots
+    test_accuracy: float
+    train_accuracy: float
+    train_seconds: float
+    epochs: int
+
+    @property
+    def n_params(self) -> int:
+        return count_params(self.sizes)
+
+
+def count_params(sizes: tuple[int, ...]) -> int:
+    """Weights plus biases: sum over layers of n_in * n_out + n_out."""
+    return sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))

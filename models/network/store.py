@@ -1,0 +1,127 @@
+"""Saving, loading and reusing trained networks.
+
+network.npz holds arrays only (np.load(..., allow_pickle=False) reads it) plus one `meta` entry: a
+JSON string with sizes, activation, dataset, classes, accuracy and the cache key. A trained network
+is kept in <cache>/networks/<key>.npz, where the key hashes the data, model and train sections and
+the dataset files' checksum, so changing anything else never retrains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from layout.core.config import ACTIVATIONS, RunConfig, fingerprint
+from layout.core.errors import UserError
+from layout.core.files import cache_dir, read_npz, require_arrays, write_atomic
+from models.data.datasets import Dataset
+from models.network.network import History, Network, Snapshots
+from models.network.train import N_INPUTS, EpochStats, train
+
+FORMAT_VERSION = 1
+HISTORY_FIELDS = ("epoch", "train_loss", "test_loss", "test_accuracy")
+META_FIELDS = ("sizes", "activation", "dataset", "classes", "class_names", "test_accuracy",
+               "train_accuracy", "train_seconds", "epochs")
+
+
+def network_key(cfg: RunConfig, dataset: Dataset) -> str:
+    """What decides the trained weights: data selection, model, training settings and the data itself."""
+    data = dataclasses.replace(cfg.data, dir=None, mirrors=None)  # where the files live does not change them
+    return fingerprint({"version": FORMAT_VERSION, "data": data, "model": cfg.model, "train": cfg.train,
+                        "digest": dataset.digest})[:20]
+
+
+def network_arrays(network: Network, key: str) -> dict[str, np.ndarray]:
+    meta = {name: getattr(network, name) for name in META_FIELDS}
+    meta.update(n_params=network.n_params, key=key, format=FORMAT_VERSION)
+    arrays = {"meta": np.array(json.dumps(meta))}
+    for l, (w, b) in enumerate(zip(network.weights, network.biases)):
+        arrays[f"w{l}"], arrays[f"b{l}"] = w, b
+        arrays[f"snapshot_w{l}"] = network.snapshots.weights[l]
+        arrays[f"snapshot_b{l}"] = network.snapshots.biases[l]
+    for name in HISTORY_FIELDS:
+        arrays[f"history_{name}"] = getattr(network.history, name)
+    for name in ("step", "epoch", "test_accuracy"):
+        arrays[f"snapshot_{name}"] = getattr(network.snapshots, name)
+    return arrays
+
+
+def save_network(path: str | Path, network: Network, key: str = "") -> Path:
+    """Write network.npz under a temporary name, then rename it."""
+    arrays = network_arrays(network, key)
+    return write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def load_network(path: str | Path) -> Network:
+    """Read a network.npz written by save_network, checking every array's shape against its sizes."""
+    what = "network file"
+    arrays, meta = read_npz(path, what)
+    sizes, activation, classes = meta.get("sizes"), meta.get("activation"), meta.get("classes")
+    if not (isinstance(sizes, list) and len(sizes) >= 3 and all(isinstance(n, int) and n > 0 for n in sizes)):
+        raise UserError(f"{path} is not a {what} written by neuron-layout: its sizes {sizes!r} are not a list of "
+                        "at least three layer widths (inputs, hidden..., outputs)")
+    if activation not in ACTIVATIONS or not isinstance(classes, list) or len(classes) != sizes[-1]:
+        raise UserError(f"{path} is not a {what} written by neuron-layout: activation {activation!r} or classes "
+                        f"{classes!r} do not fit sizes {sizes}")
+    missing = [name for name in META_FIELDS if name not in meta]
+    if missing:
+        raise UserError(f"{path} is not a {what} written by neuron-layout: its meta lacks {', '.join(missing)}")
+    layers = range(len(sizes) - 1)
+    n_snapshots = len(arrays.get("snapshot_step", ()))
+    shapes = {"snapshot_step": (None,), "snapshot_epoch": (n_snapshots,), "snapshot_test_accuracy": (n_snapshots,)}
+    for l in layers:
+        shapes.update({f"w{l}": (sizes[l], sizes[l + 1]), f"b{l}": (sizes[l + 1],),
+                       f"snapshot_w{l}": (n_snapshots, sizes[l], sizes[l + 1]),
+                       f"snapshot_b{l}": (n_snapshots, sizes[l + 1])})
+    n_epochs = len(arrays.get("history_epoch", ()))
+    shapes.update({f"history_{name}": (n_epochs,) for name in HISTORY_FIELDS})
+    require_arrays(path, what, arrays, shapes)
+    return Network(
+        sizes=tuple(sizes),
+        activation=activation,
+        weights=tuple(arrays[f"w{l}"].astype(np.float32) for l in layers),
+        biases=tuple(arrays[f"b{l}"].astype(np.float32) for l in layers),
+        dataset=meta["dataset"],
+        classes=tuple(classes),
+        class_names=tuple(meta["class_names"]),
+        history=History(**{name: arrays[f"history_{name}"] for name in HISTORY_FIELDS}),
+        snapshots=Snapshots(
+            step=arrays["snapshot_step"], epoch=arrays["snapshot_epoch"],
+            test_accuracy=arrays["snapshot_test_accuracy"],
+            weights=tuple(arrays[f"snapshot_w{l}"] for l in layers),
+            biases=tuple(arrays[f"snapshot_b{l}"] for l in layers),
+        ),
+        test_accuracy=meta["test_accuracy"],
+        train_accuracy=meta["train_accuracy"],
+        train_seconds=meta["train_seconds"],
+        epochs=meta["epochs"],
+    )
+
+
+def check_fits(network: Network, dataset: Dataset, path: str | Path) -> None:
+    """A network given with --network must have been trained on the dataset and classes the config selects."""
+    if network.dataset != dataset.name or tuple(network.classes) != tuple(dataset.classes):
+        raise UserError(f"{path} was trained on {network.dataset} classes {list(network.classes)}, but the config "
+                        f"selects {dataset.name} classes {list(dataset.classes)}: set data.dataset and data.classes "
+                        "to match (the config.yaml written beside the network has them)")
+    if network.sizes[0] != N_INPUTS:
+        raise UserError(f"{path} has {network.sizes[0]} inputs, but {dataset.name} images have {N_INPUTS} pixels")
+
+
+def obtain_network(cfg: RunConfig, dataset: Dataset, *, retrain: bool = False,
+                   on_epoch: Callable[[EpochStats], None] | None = None) -> tuple[Network, str, bool]:
+    """(network, key, reused): the cached network for this config and data, or a newly trained one."""
+    key = network_key(cfg, dataset)
+    cached = cache_dir() / "networks" / f"{key}.npz"
+    if cached.is_file() and not retrain:
+        try:
+            return load_network(cached), key, True
+        except UserError:
+            pass  # a damaged cache entry is replaced below
+    network = train(cfg.model, cfg.train, dataset, on_epoch=on_epoch)
+    save_network(cached, network, key)
+    return network, key, False

@@ -1,0 +1,232 @@
+"""Training with optax: one jitted function runs a whole epoch as a lax.scan over batches.
+
+`python -m layout.train CONFIG` runs this stage alone (layout/train.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from layout.core import ctrl_c
+from layout.core.config import ModelConfig, TrainConfig
+from layout.core.errors import DataError, UserError
+from models.data.datasets import Dataset
+from models.network.mlp import Params, apply, init_params, layer_sizes, weight_penalty
+from models.network.network import History, Network, Snapshots
+
+N_INPUTS = 28 * 28
+
+
+class TrainingError(UserError):
+    """Training diverged."""
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one epoch did; passed to the `on_epoch` callback as training goes."""
+
+    epoch: int  # 1-based
+    train_loss: float  # mean cross-entropy over the epoch's batches (penalties excluded)
+    test_loss: float
+    test_accuracy: float
+
+
+class EpochOut(NamedTuple):
+    train_loss: jax.Array
+    test_loss: jax.Array
+    test_accuracy: jax.Array
+    snapshots: Params  # [n_slots, ...] per leaf; the first `n_snapshots` rows are filled
+    n_snapshots: jax.Array
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    if cfg.optimizer == "adam":
+        return optax.adam(cfg.learning_rate)
+    return optax.sgd(cfg.learning_rate, momentum=cfg.momentum or None)
+
+
+def to_device(images: np.ndarray, labels: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """Images [n, 28, 28] uint8 -> [n, 784] uint8 (scaled to 0..1 batch by batch) and labels, on the device.
+
+    jax.device_put, unlike jnp.asarray, hands a numpy buffer over without a compiled copy (20x faster here)."""
+    return jax.device_put(images.reshape(len(images), -1)), jax.device_put(labels)
+
+
+def evaluate(params: Params, images: jax.Array, labels: jax.Array, activation: str) -> tuple[jax.Array, jax.Array]:
+    """(mean cross-entropy, accuracy) of `params` on uint8 images [n, 784] and labels [n]."""
+    logits, _ = apply(params, images.astype(jnp.float32) / 255.0, activation)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, (logits.argmax(-1) == labels).mean()
+
+
+evaluate_jit = jax.jit(evaluate, static_argnums=3)
+
+
+def make_epoch(optimizer: optax.GradientTransformation, activation: str, cfg: TrainConfig,
+               n_batches: int, batch_size: int, interval: int | None) -> Callable:
+    """A jitted function running one epoch: shuffle, `n_batches` steps, evaluation on the test set.
+
+    With an `interval` (snapshots that fall inside epochs), the weights after every global step that
+    is a multiple of it are copied into a buffer returned with the epoch's results.
+    """
+    n_slots = -(-n_batches // interval) if interval else 0
+
+    def loss_fn(params, x, y):
+        logits, _ = apply(params, x, activation)
+        data_loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return data_loss + weight_penalty(params, cfg.l1, cfg.l2), data_loss
+
+    def learn(params, opt_state, x, y):
+        grads, data_loss = jax.grad(loss_fn, has_aux=True)(params, x.astype(jnp.float32) / 255.0, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, data_loss
+
+    def keep(buffer, count, params, global_step):
+        take = global_step % interval == 0
+        buffer = jax.lax.cond(take, lambda b: jax.tree.map(lambda s, p: s.at[count].set(p), b, params),
+                              lambda b: b, buffer)
+        return buffer, count + take
+
+    def step(carry, batch):
+        params, opt_state, buffer, count, global_step = carry
+        params, opt_state, data_loss = learn(params, opt_state, *batch)
+        if interval:
+            buffer, count = keep(buffer, count, params, global_step + 1)
+        return (params, opt_state, buffer, count, global_step + 1), data_loss
+
+    @jax.jit
+    def run_epoch(params, opt_state, order_key, epoch, x, y, x_test, y_test):
+        key = jax.random.fold_in(order_key, epoch)
+        order = jax.random.permutation(key, x.shape[0])[: n_batches * batch_size].reshape(n_batches, batch_size)
+        buffer = jax.tree.map(lambda p: jnp.zeros((n_slots, *p.shape), p.dtype), params)
+        carry = (params, opt_state, buffer, jnp.int32(0), epoch * n_batches)
+        (params, opt_state, buffer, count, _), losses = jax.lax.scan(
+            lambda c, idx: step(c, (x[idx], y[idx])), carry, order)
+        test_loss, test_accuracy = evaluate(params, x_test, y_test, activation)
+        return params, opt_state, EpochOut(losses.mean(), test_loss, test_accuracy, buffer, count)
+
+    return run_epoch
+
+
+def initial_state(optimizer: optax.GradientTransformation, sizes: tuple[int, ...], activation: str,
+                  seed: int) -> tuple[Params, optax.OptState, jax.Array]:
+    """(parameters, optimizer state, key for the batch order) from `seed`, in one compiled call."""
+
+    @jax.jit
+    def make(seed):
+        init_key, order_key = jax.random.split(jax.random.key(seed, impl="rbg"))
+        params = init_params(init_key, sizes, activation)
+        return params, optimizer.init(params), order_key
+
+    return make(seed)
+
+
+def snapshots_taken(out: EpochOut, params: Params, epoch: int, n_batches: int, interval: int,
+                    in_epoch: bool) -> list[tuple[int, Params]]:
+    """(step, weights as numpy) for each snapshot due in this epoch."""
+    if not in_epoch:
+        end = (epoch + 1) * n_batches
+        return [(end, jax.tree.map(np.asarray, params))] if end % interval == 0 else []
+    first = (epoch * n_batches) // interval + 1
+    buffer = jax.tree.map(np.asarray, out.snapshots)
+    return [((first + i) * interval, jax.tree.map(lambda s: s[i], buffer)) for i in range(int(out.n_snapshots))]
+
+
+def check_batches(n_train: int, n_test: int, cfg: TrainConfig) -> None:
+    """Refuse data that leaves no test image, or (when training) no full batch: an epoch leaves its
+    last partial batch out, so with fewer examples than a batch it would train on nothing."""
+    if n_train == 0 or n_test == 0:
+        raise DataError("no examples left after data.classes and data.limit: keep more classes or a larger limit")
+    if cfg.epochs and n_train < cfg.batch_size:
+        raise DataError(f"{n_train} training example{'s' if n_train > 1 else ''} (after data.classes and "
+                        f"data.limit) are fewer than one batch of train.batch_size = {cfg.batch_size}, and an "
+                        f"epoch trains on full batches only: raise data.limit to at least {cfg.batch_size} or "
+                        "lower train.batch_size")
+
+
+def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
+          on_epoch: Callable[[EpochStats], None] | None = None) -> Network:
+    """Train the MLP `model` on `dataset` as `cfg` says; same config and data, same weights."""
+    start = time.perf_counter()
+    check_batches(len(dataset.train.labels), len(dataset.test.labels), cfg)
+    n_train = len(dataset.train.labels)
+    sizes = layer_sizes(N_INPUTS, model.hidden, dataset.n_classes)
+    batch_size = min(cfg.batch_size, n_train)  # smaller only without training (epochs = 0)
+    n_batches = n_train // batch_size
+    x, y = to_device(dataset.train.images, dataset.train.labels)
+    x_test, y_test = to_device(dataset.test.images, dataset.test.labels)
+
+    optimizer = make_optimizer(cfg)
+    params, opt_state, order_key = initial_state(optimizer, sizes, model.activation, cfg.seed)
+    interval = cfg.snapshot_every * (n_batches if cfg.snapshot_unit == "epoch" else 1)
+    in_epoch = interval % n_batches != 0  # snapshots fall inside epochs: keep them in the scan
+    run_epoch = make_epoch(optimizer, model.activation, cfg, n_batches, batch_size, interval if in_epoch else None)
+
+    snapshots = [(0, jax.tree.map(np.asarray, params))]
+    history = []
+    for epoch in range(cfg.epochs):
+        ctrl_c.check()
+        params, opt_state, out = run_epoch(params, opt_state, order_key, epoch, x, y, x_test, y_test)
+        stats = EpochStats(epoch + 1, float(out.train_loss), float(out.test_loss), float(out.test_accuracy))
+        if not np.isfinite(stats.train_loss):
+            raise TrainingError(f"the training loss became {stats.train_loss} in epoch {epoch + 1}: lower "
+                                f"train.learning_rate (now {cfg.learning_rate:g}) or the weight penalties")
+        history.append(stats)
+        snapshots += snapshots_taken(out, params, epoch, n_batches, interval, in_epoch)
+        if on_epoch:
+            on_epoch(stats)
+
+    test_loss, test_accuracy = evaluate_jit(params, x_test, y_test, model.activation)
+    _, train_accuracy = evaluate_jit(params, x, y, model.activation)
+    return Network(
+        sizes=sizes,
+        activation=model.activation,
+        weights=tuple(np.asarray(layer["w"]) for layer in params),
+        biases=tuple(np.asarray(layer["b"]) for layer in params),
+        dataset=dataset.name,
+        classes=dataset.classes,
+        class_names=dataset.class_names,
+        history=make_history(history),
+        snapshots=make_snapshots(snapshots, n_batches, x_test, y_test, model.activation),
+        test_accuracy=float(test_accuracy),
+        train_accuracy=float(train_accuracy),
+        train_seconds=time.perf_counter() - start,
+        epochs=cfg.epochs,
+    )
+
+
+def make_history(stats: list[EpochStats]) -> History:
+    return History(
+        epoch=np.array([s.epoch for s in stats], dtype=np.int32),
+        train_loss=np.array([s.train_loss for s in stats], dtype=np.float32),
+        test_loss=np.array([s.test_loss for s in stats], dtype=np.float32),
+        test_accuracy=np.array([s.test_accuracy for s in stats], dtype=np.float32),
+    )
+
+
+def make_snapshots(taken: list[tuple[int, Params]], n_batches: int, x_test: jax.Array, y_test: jax.Array,
+                   activation: str) -> Snapshots:
+    steps = np.array([step for step, _ in taken], dtype=np.int64)
+    accuracy = [float(evaluate_jit(p, x_test, y_test, activation)[1]) for _, p in taken]
+    n_layers = len(taken[0][1])
+    return Snapshots(
+        step=steps,
+        epoch=(steps / n_batches).astype(np.float32),
+        test_accuracy=np.array(accuracy, dtype=np.float32),
+        weights=tuple(np.stack([p[l]["w"] for _, p in taken]) for l in range(n_layers)),
+        biases=tuple(np.stack([p[l]["b"] for _, p in taken]) for l in range(n_layers)),
+    )
+
+
+def enable_compilation_cache(folder) -> None:
+    """Keep compiled XLA programs in `folder` so that a second run skips compilation."""
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
