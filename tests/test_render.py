@@ -1,13 +1,10 @@
-"""Rendering for real (offscreen VTK): the scene, picking, movie files, and the window under Xvfb."""
+"""Rendering for real (offscreen VTK): the scene, picking and movie files (the window: test_window.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -167,47 +164,6 @@ def test_command_exports_every_output_file(shared_data, tmp_path):
     assert "Traceback" not in result.stderr
     for path in out.iterdir():
         assert path.stat().st_mode & 0o044  # ordinary readable files, not private temporaries
-
-
-@pytest.fixture
-def xvfb():
-    """A virtual display for the window test (apt-get install xvfb)."""
-    if shutil.which("Xvfb") is None:
-        pytest.fail("Xvfb is not installed: apt-get install xvfb (.ci/run does)")
-    number = next(n for n in range(97, 200) if not Path(f"/tmp/.X{n}-lock").exists())  # a free display
-    display = f":{number}"
-    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
-    assert server.poll() is None, "Xvfb did not start"
-    yield display
-    server.terminate()
-    server.wait(timeout=10)
-
-
-WINDOW_SCRIPT = """
-import json, numpy as np
-from layout.core.config import RenderConfig
-from render.window import NeuronDetails, show_window
-import sys
-sys.path.insert(0, ".")
-from tests.test_render import tiny_data
-data = tiny_data()
-n = 12
-details = NeuronDetails(np.zeros((n, 28, 28)), np.eye(3)[np.arange(n) % 3], np.ones((n, 3)), np.zeros(n, int),
-                        np.arange(n), np.arange(n) % 3, np.arange(n) % 3)
-player = show_window(data, RenderConfig(width=400, height=300, fps=20), details, close_after_frames=15)
-print(json.dumps({"frame": player.frame, "window": type(player.scene.plotter.ren_win).__name__}))
-"""
-
-
-def test_window_opens_plays_frames_and_closes_on_its_own(xvfb):
-    env = dict(os.environ, DISPLAY=xvfb)
-    result = subprocess.run([sys.executable, "-c", WINDOW_SCRIPT], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["frame"] > 0  # the timer advanced the playback
 
 
 def test_activation_colorings_recolour_the_neurons_and_the_movie_cycles_them(tmp_path):

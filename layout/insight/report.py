@@ -34,7 +34,7 @@ def structure_json(layers, ablation: Ablation | None, stability: Stability | Non
            "verdicts": verdicts(layers, retrained), "nulls": NULL_WORDS}
     for layer in layers:
         out["layers"].append({
-            "layer": layer.layer, "n_neurons": layer.n_neurons,
+            "layer": layer.layer + 1, "n_neurons": layer.n_neurons,  # numbered from 1, as in every output
             "tests": [t.summary() for t in layer.tests],
             "verdict": {space: verdict(layer.find("silhouette", space)) for space in ("layout", "output")},
             "confusion": None if layer.confusion is None else layer.confusion.tolist(),
@@ -42,7 +42,8 @@ def structure_json(layers, ablation: Ablation | None, stability: Stability | Non
     if ablation is not None:
         out["ablation"] = {"baseline_class_accuracy": dict(zip(class_names, map(float, ablation.baseline))),
                            "max_neuron_drop": float(ablation.drop.max()), "mean_neuron_drop": float(ablation.drop.mean()),
-                           "groups": [{**g, "class": class_names[g["class"]]} for g in ablation.groups]}
+                           "groups": [{**g, "layer": g["layer"] + 1, "class": class_names[g["class"]]}
+                                      for g in ablation.groups]}
     if stability is not None:
         out["stability"] = {"seeds": stability.seeds, "disparity": list(map(float, stability.disparity)),
                             "median_disparity": clean(float(np.median(stability.disparity))) if len(stability.disparity) else None,
@@ -64,7 +65,7 @@ def markdown(summary: dict, name: str, plots: list[str]) -> str:
     lines += [f"- {v}" for v in summary["verdicts"]]
     lines += ["", "## Nulls", ""] + [f"- `{k}`: {v}" for k, v in summary["nulls"].items()]
     for layer in summary["layers"]:
-        lines += ["", f"## Layer {layer['layer'] + 1} ({layer['n_neurons']} neurons)", ""]
+        lines += ["", f"## Layer {layer['layer']} ({layer['n_neurons']} neurons)", ""]
         if not layer["tests"]:
             lines.append("Too few neurons to test.")
             continue
@@ -87,7 +88,7 @@ def markdown(summary: dict, name: str, plots: list[str]) -> str:
                   "| --- | --- | --- | --- | --- | --- |"]
         for g in a["groups"]:
             null = "n/a" if g["null_mean"] is None else f"{g['null_mean']:.4f} +/- {num(g['null_sd'])}"
-            lines.append(f"| {g['layer'] + 1} | {g['class']} | {g['size']} | {g['drop']:.4f} | {null} | "
+            lines.append(f"| {g['layer']} | {g['class']} | {g['size']} | {g['drop']:.4f} | {null} | "
                          f"{num(g['p'])} |")
     if summary["stability"]:
         s = summary["stability"]

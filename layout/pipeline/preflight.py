@@ -54,6 +54,7 @@ class Need:
     bytes: int
     holds: str
     fix: str
+    optional: bool = False  # the stage can be turned off
 
 
 def memory_needs(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: int,
@@ -83,7 +84,7 @@ def memory_needs(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: i
         needs.append(Need("structure tests", side_by_side * rest + (8 + 8 * 2) * widest * widest,
                           f"{side_by_side} layouts side by side and {widest:,} x {widest:,} distance matrices",
                           f"lower structure.layout_nulls and structure.stability_seeds, or set "
-                          f"structure.enabled=false"))
+                          f"structure.enabled=false", optional=True))
     return needs
 
 
@@ -120,14 +121,19 @@ def address_space() -> int:
 
 def check_memory(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: int,
                  given_snapshots: int | None = None, available: int | None = None) -> None:
-    """Refuse, in one line, a run whose largest stage needs more memory than this machine has."""
+    """Refuse, in one line, a run that needs more memory than this machine has, naming the largest stage
+    that must run (else the largest optional one) and how to need less."""
     available = available_memory() if available is None else available
-    worst = max(memory_needs(cfg, sizes, n_train, n_test, given_snapshots), key=lambda need: need.bytes)
-    if worst.bytes > available:
+    over = [need for need in memory_needs(cfg, sizes, n_train, n_test, given_snapshots) if need.bytes > available]
+    if over:
+        worst = max(over, key=lambda need: (not need.optional, need.bytes))
         raise UserError(f"a {'-'.join(map(str, sizes))} network needs about {gigabytes(worst.bytes)} of memory for "
                         f"its {worst.stage} ({worst.holds}), more than the {gigabytes(available)} available here: "
                         f"{worst.fix}")
 
 
 def gigabytes(n: int) -> str:
+    """'43.0 GB', '310 MB', '40,010 TB'."""
+    if n >= 1e13:
+        return f"{n / 1e12:,.0f} TB"
     return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.0f} MB"

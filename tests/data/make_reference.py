@@ -13,6 +13,7 @@ packages by stage (commit 97afa58): the move must not change what a user gets.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,10 +30,12 @@ LAYOUT = ("layout.sim.steps=300", "structure.permutations=199", "structure.layou
           "structure.stability_seeds=3", "structure.ablation_groups=19")
 
 
-def run(args: list[str], data_dir: str, out: Path) -> None:
+def run(args: list[str], data_dir: str, out: Path, cache: Path | None = None) -> None:
+    """The public command, with its own cache folder when `cache` is given."""
     command = [sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window", "--export", "none",
                "--data-dir", data_dir, "--out", str(out), *args]
-    subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
+    env = {**os.environ, **({"NEURON_LAYOUT_CACHE": str(cache)} if cache else {})}
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True, env=env)
 
 
 def settings(sets: tuple[str, ...]) -> list[str]:

@@ -1,0 +1,181 @@
+"""The interactive window, as a user drives it: playback, keys, the slider and a click that fills the
+details panel. Drawn offscreen and driven by VTK's own interactor events, so no display is needed;
+where Xvfb exists, the same window also opens on a real X server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layout.core.config import RenderConfig
+from render.scene import activation_colorings, project
+from render.window import NeuronDetails, build_window
+from tests.test_render import tiny_data
+
+REPO = Path(__file__).resolve().parents[1]
+WINDOW = RenderConfig(width=480, height=320, fps=20)
+N = 12  # tiny_data's neurons
+
+
+def details_for_tiny() -> NeuronDetails:
+    """Neuron i looks at one pixel of its own, (i, 2i), with weight i + 1, and one negative pixel."""
+    fields = np.zeros((N, 28, 28), np.float32)
+    for i in range(N):
+        fields[i, i, 2 * i] = i + 1
+        fields[i, 27 - i, 0] = -0.5
+    classes = np.arange(N) // 4
+    return NeuronDetails(receptive_fields=fields, output_vectors=np.eye(3)[classes] * 0.8,
+                         class_activation=np.eye(3)[classes] * 0.6 + 0.1, layer=np.ones(N, int), index=np.arange(N),
+                         dominant=classes, activation_dominant=(classes + 1) % 3)
+
+
+@pytest.fixture
+def window():
+    data = tiny_data()
+    data = type(data)(**{**data.__dict__, "colorings": activation_colorings(
+        np.eye(3)[np.arange(N) % 3], ("fires for zero", "fires for one", "fires for two"))})
+    player = build_window(data, WINDOW, details_for_tiny(), off_screen=True)
+    player.scene.plotter.render()
+    yield player
+    player.scene.plotter.close()
+
+
+def interactor(player):
+    return player.scene.plotter.iren.interactor
+
+
+def tick(player, times: int = 1) -> None:
+    for _ in range(times):
+        interactor(player).InvokeEvent("TimerEvent")
+
+
+def press(player, key: str) -> None:
+    interactor(player).SetKeySym(key)
+    interactor(player).InvokeEvent("KeyPressEvent")
+
+
+def test_the_timer_plays_the_frames_in_a_loop_and_moves_the_slider(window):
+    n_frames = window.data.n_frames
+    positions = []
+    for expected in [1, 2, 3, 4, 5, 0, 1]:
+        tick(window)
+        assert window.frame == expected
+        assert window.slider.GetRepresentation().GetValue() == expected
+        positions.append(np.asarray(window.scene.neurons.points).copy())
+    assert n_frames == 6
+    np.testing.assert_allclose(positions[0], window.data.positions[1][:N])  # the scene shows the frame
+    np.testing.assert_allclose(positions[4], window.data.positions[5][:N])
+
+
+def test_space_pauses_and_plays_and_o_orbits_the_camera(window):
+    tick(window, 2)
+    press(window, "space")
+    assert not window.playing
+    tick(window, 3)
+    assert window.frame == 2  # paused: the frame stays
+    azimuth = window.scene.plotter.camera.azimuth
+    press(window, "o")
+    tick(window, 4)
+    assert window.frame == 2 and window.scene.plotter.camera.azimuth == pytest.approx(azimuth + 2.0)
+    press(window, "space")
+    tick(window)
+    assert window.playing and window.frame == 3
+
+
+def test_c_cycles_the_colourings_and_the_title_names_each(window):
+    rgb = []
+    for _ in range(3):
+        rgb.append(np.asarray(window.scene.neurons["rgb"]).copy())
+        press(window, "c")
+    assert window.coloring == 0  # three colourings, back to the first
+    assert not np.array_equal(rgb[0], rgb[1]) and not np.array_equal(rgb[1], rgb[2])
+    press(window, "c")
+    assert "fires for one" in window.scene.title.GetInput()
+
+
+def test_the_slider_scrubs_to_a_frame(window):
+    slider = window.slider
+    slider.GetRepresentation().SetValue(4.2)
+    slider.InvokeEvent("InteractionEvent")
+    assert window.frame == 4
+    np.testing.assert_allclose(np.asarray(window.scene.neurons.points), window.data.positions[4][:N])
+
+
+def click(player, x: float, y: float) -> None:
+    """A left click at window pixel (x, y), VTK's origin (bottom left): press, then release."""
+    interactor(player).SetEventInformation(int(round(x)), int(round(y)))
+    interactor(player).InvokeEvent("LeftButtonPressEvent")
+    interactor(player).InvokeEvent("LeftButtonReleaseEvent")
+
+
+def test_a_click_on_a_neuron_fills_the_details_panel(window):
+    plotter = window.scene.plotter
+    props = plotter.renderers[1].GetViewProps()
+    panel_text = next(p for p in (props.GetItemAsObject(i) for i in range(props.GetNumberOfItems()))
+                      if p.IsA("vtkCornerAnnotation"))
+    assert panel_text.GetText(0) == "click a neuron"
+    tick(window, 5)  # the last frame, where the classes sit apart
+    plotter.render()
+    screen = project(plotter, window.data.positions[window.frame][:N])
+    gaps = np.linalg.norm(screen[:, None] - screen[None], axis=2) + np.eye(N) * 1e9
+    alone = np.flatnonzero(gaps.min(1) > 15)  # no other neuron within the 12 pixels a click may miss by
+    assert len(alone) >= 2
+    for k in alone[:2]:
+        click(window, *screen[k])
+        assert window.selected == k
+        text = panel_text.GetText(0)
+        assert text.startswith(f"neuron {k}: layer 1, index {k}\n")  # layers numbered from 1, as everywhere
+        assert f"drives hardest: {window.data.class_names[k // 4]}" in text
+        image = plotter.renderers[1].actors
+        field = next(iter(image.values())).mapper
+        weights = np.asarray(field.dataset.point_data["weight"]).reshape(28, 28)
+        np.testing.assert_array_equal(np.flipud(weights), details_for_tiny().receptive_fields[k])
+        assert tuple(field.scalar_range) == (-(k + 1), k + 1)  # symmetric: white at 0
+    click(window, 2, 2)  # a corner: no neuron there, the panel keeps the last one
+    assert window.selected == k and panel_text.GetText(0).startswith(f"neuron {k}:")
+
+
+@pytest.fixture
+def xvfb():
+    """A virtual display for the real-window test (apt-get install xvfb; .ci/run installs it)."""
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb): the offscreen tests above drive the same window")
+    number = next(n for n in range(97, 200) if not Path(f"/tmp/.X{n}-lock").exists())  # a free display
+    display = f":{number}"
+    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    assert server.poll() is None, "Xvfb did not start"
+    yield display
+    server.terminate()
+    server.wait(timeout=10)
+
+
+WINDOW_SCRIPT = """
+import json
+from layout.core.config import RenderConfig
+from render.window import show_window
+from tests.test_render import tiny_data
+from tests.test_window import details_for_tiny
+player = show_window(tiny_data(), RenderConfig(width=400, height=300, fps=20), details_for_tiny(),
+                     close_after_frames=15)
+print(json.dumps({"frame": player.frame, "window": type(player.scene.plotter.ren_win).__name__}))
+"""
+
+
+def test_window_opens_on_a_real_display_plays_frames_and_closes_on_its_own(xvfb):
+    env = dict(os.environ, DISPLAY=xvfb)
+    result = subprocess.run([sys.executable, "-c", WINDOW_SCRIPT], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["frame"] > 0  # the timer advanced the playback
+    assert "OffScreen" not in report["window"] and "EGL" not in report["window"]  # a real X window
