@@ -8,7 +8,7 @@ a 10-cluster Gaussian mixture. Figures:
 
   steps_per_s_<n>               exact all-pairs steps/s, full force set (euclid, dominance, repulsion,
                                 centering, 10 free anchors), median over the three sources; the pair
-                                terms run on the native kernel (layout/native.py). Each source's figure
+                                terms run on the native kernel (layout/engine/native.py). Each source's figure
                                 (_by_source) is the median of calls timed for at least 2 s
                                 (_quartiles_by_source: their 25th and 75th percentiles), as are the
                                 other steps/s figures: this machine switches between a fast and a slow
