@@ -1,4 +1,15 @@
-"""neuron-layout: lay out a trained network's hidden neurons in 3D by what they do."""
+"""neuron-layout: lay out a trained network's hidden neurons in 3D by what they do.
+
+The house, one package per stage, imports one way (downward in this list; pyproject.toml's
+import-linter contracts check it):
+
+  layout.run, layout.sweep, layout.train   the commands: parse, run the stages, print
+  layout.pipeline                          the stages wired together, each writing its outputs
+  layout.insight, render                   is the structure real; numpy in, pixels out
+  layout.engine                            features, particles, energies, simulation, metrics
+  models                                   datasets and networks
+  layout.core                              config, errors, files, Ctrl-C, progress
+"""
 
 import os
 import sys

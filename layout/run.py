@@ -148,7 +148,7 @@ def train_only(args: argparse.Namespace) -> int:
     out = output_dir(args.out, cfg.name)
     from layout.pipeline.train_stage import training_stage, training_summary  # see the module docstring
 
-    trained = training_stage(cfg, out, retrain=args.retrain)
+    trained = training_stage(cfg, out, retrain=args.retrain, lays_out=False)
     note(*trained.dataset.notes)
     written = trained.written + (write_json(out / "metrics.json", trained.figures),)
     print(training_summary(trained))

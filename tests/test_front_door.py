@@ -99,6 +99,14 @@ def test_a_run_this_machine_cannot_hold_names_the_stage_the_figure_and_the_fix(s
     assert f"more than the {available / GB:.1f} GB available here" in message and "\n" not in message
 
 
+def test_training_alone_needs_only_the_training_memory():
+    cfg = load_config(REPO / "configs" / "euclid.yaml", ["model.hidden=[10000]"])
+    with pytest.raises(UserError, match="for its structure tests"):
+        check_memory(cfg, (784, 10000, 10), 5000, 10000, available=20 * GB)  # 99 relayouts of 10,010 particles
+    check_memory(cfg, (784, 10000, 10), 5000, 10000, lays_out=False, available=20 * GB)  # python -m layout.train
+    assert [n.stage for n in memory_needs(cfg, (784, 10000, 10), 5000, 10000, lays_out=False)] == ["training"]
+
+
 def test_the_euclid_config_fits_a_small_machine():
     cfg = load_config(REPO / "configs" / "euclid.yaml")
     check_memory(cfg, (784, 100, 10), 5000, 10000, available=GB)  # a 1 GB machine holds seed 001's network

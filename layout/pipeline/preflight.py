@@ -58,9 +58,10 @@ class Need:
 
 
 def memory_needs(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: int,
-                 given_snapshots: int | None = None) -> list[Need]:
+                 given_snapshots: int | None = None, lays_out: bool = True) -> list[Need]:
     """The memory each stage of a run needs, for a network of layer widths `sizes` (inputs, hidden...,
-    outputs) and the data's counts: trained here, or given (a network file with `given_snapshots`)."""
+    outputs) and the data's counts: trained here, or given (a network file with `given_snapshots`);
+    the stages after training only when the run `lays_out` the network (not `python -m layout.train`)."""
     hidden = sizes[1:-1]
     n, widest = sum(hidden), max(hidden)
     n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
@@ -74,6 +75,10 @@ def memory_needs(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: i
              f"{n_params:,} weights, their optimizer state and {snapshots} snapshots",
              f"{fewer}, or keep fewer snapshots (raise train.snapshot_every)") if trains else
         Need("network", FLOAT * n_params * (snapshots + 1), f"{n_params:,} weights", fewer),
+    ]
+    if not lays_out:
+        return needs
+    needs += [
         Need("neuron features", FLOAT * (2 * n_test * n + 2 * sizes[0] * n),
              f"the activations of {n:,} neurons on {n_test:,} test images", f"{fewer}, or set data.limit"),
         Need("layout", rest + 8 * 6 * min(n, cfg.layout.metrics_sample) * n,
@@ -120,11 +125,12 @@ def address_space() -> int:
 
 
 def check_memory(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: int,
-                 given_snapshots: int | None = None, available: int | None = None) -> None:
+                 given_snapshots: int | None = None, lays_out: bool = True, available: int | None = None) -> None:
     """Refuse, in one line, a run that needs more memory than this machine has, naming the largest stage
     that must run (else the largest optional one) and how to need less."""
     available = available_memory() if available is None else available
-    over = [need for need in memory_needs(cfg, sizes, n_train, n_test, given_snapshots) if need.bytes > available]
+    over = [need for need in memory_needs(cfg, sizes, n_train, n_test, given_snapshots, lays_out)
+            if need.bytes > available]
     if over:
         worst = max(over, key=lambda need: (not need.optional, need.bytes))
         raise UserError(f"a {'-'.join(map(str, sizes))} network needs about {gigabytes(worst.bytes)} of memory for "

@@ -31,9 +31,11 @@ class TrainResult:
         return self.figures["reused"]
 
 
-def training_stage(cfg: RunConfig, out: Path, *, retrain: bool = False, network_file: str | None = None) -> TrainResult:
-    """Load the data, check that the run fits it and this machine, then train or reuse the network (or
-    read the one given as `network_file`); write config.yaml (before training starts) and network.npz."""
+def training_stage(cfg: RunConfig, out: Path, *, retrain: bool = False, network_file: str | None = None,
+                   lays_out: bool = True) -> TrainResult:
+    """Load the data, check that the run fits it and this machine (with the stages after training when
+    the run `lays_out` the network), then train or reuse the network (or read the one given as
+    `network_file`); write config.yaml (before training starts) and network.npz."""
     enable_compilation_cache(cache_dir() / "jax")
     dataset = load_dataset(cfg.data, progressbar=sys.stderr.isatty())
     check_fits_data(cfg, dataset)
@@ -41,10 +43,12 @@ def training_stage(cfg: RunConfig, out: Path, *, retrain: bool = False, network_
     n_train, n_test = len(dataset.train.labels), len(dataset.test.labels)
     if given is not None:
         check_fits(given, dataset, network_file)
-        check_memory(cfg, given.sizes, n_train, n_test, given_snapshots=len(given.snapshots.step))
+        check_memory(cfg, given.sizes, n_train, n_test, given_snapshots=len(given.snapshots.step),
+                     lays_out=lays_out)
     else:
         check_trainable(cfg, dataset)
-        check_memory(cfg, layer_sizes(N_INPUTS, cfg.model.hidden, dataset.n_classes), n_train, n_test)
+        check_memory(cfg, layer_sizes(N_INPUTS, cfg.model.hidden, dataset.n_classes), n_train, n_test,
+                     lays_out=lays_out)
     config_file = write_text(out / "config.yaml", config_to_yaml(cfg))
     if given is not None:
         network, key, reused = given, "given-" + file_digest(Path(network_file))[:14], True
