@@ -71,12 +71,12 @@ EUCLID_ONLY = dataclasses.replace(
 
 def real_vectors(n: int) -> np.ndarray:
     """Output vectors of a 784-n-10 sigmoid network trained on the 5k MNIST subset (cached)."""
-    from layout.pipeline.train_stage import training_stage
+    from layout.pipeline.train_stage import data_stage, training_stage
 
     cfg = load_config(REPO / "configs" / "euclid.yaml", [f"model.hidden=[{n}]", "train.epochs=10",
                                                          f"data.dir={REPO.parent / 'shared' / 'data'}"])
     with tempfile.TemporaryDirectory() as out:
-        network = training_stage(cfg, Path(out), lays_out=False).network  # the benchmark lays it out itself
+        network = training_stage(cfg, data_stage(cfg), Path(out), lays_out=False).network  # laid out below
     return network.weights[-1].astype(np.float32)
 
 

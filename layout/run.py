@@ -146,10 +146,11 @@ def train_only(args: argparse.Namespace) -> int:
     """The training stage alone: `python -m layout.train`."""
     cfg = config_from_args(args)
     out = output_dir(args.out, cfg.name)
-    from layout.pipeline.train_stage import training_stage, training_summary  # see the module docstring
+    from layout.pipeline.train_stage import data_stage, training_stage, training_summary  # see the docstring
 
-    trained = training_stage(cfg, out, retrain=args.retrain, lays_out=False)
-    note(*trained.dataset.notes)
+    dataset = data_stage(cfg)
+    note(*dataset.notes)
+    trained = training_stage(cfg, dataset, out, retrain=args.retrain, lays_out=False)
     written = trained.written + (write_json(out / "metrics.json", trained.figures),)
     print(training_summary(trained))
     print("wrote " + ", ".join(map(str, written)))
@@ -170,13 +171,14 @@ def pipeline(args: argparse.Namespace) -> int:
     from layout.pipeline.outputs import run_figures
     from layout.pipeline.render_stage import details_for, render_stage, scene_for
     from layout.pipeline.structure_stage import structure_stage
-    from layout.pipeline.train_stage import training_stage, training_summary
+    from layout.pipeline.train_stage import data_stage, training_stage, training_summary
     from render.window import show_window
 
     if args.trajectory:  # a damaged file is reported before any training
         read_trajectory(args.trajectory)
-    trained = training_stage(cfg, out, retrain=args.retrain, network_file=args.network)
-    note(*trained.dataset.notes)
+    dataset = data_stage(cfg)
+    note(*dataset.notes)
+    trained = training_stage(cfg, dataset, out, retrain=args.retrain, network_file=args.network)
     print(training_summary(trained))
     laid = layout_stage(cfg, trained, out, relayout=args.retrain, trajectory_file=args.trajectory)
     print(layout_summary(laid))

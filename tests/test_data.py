@@ -25,7 +25,6 @@ from models.data.datasets import STEMS, Source, load_dataset
 from models.data.idx import encode_idx, read_idx, write_idx
 from tests.conftest import make_idx_dataset
 
-
 # ---------------------------------------------------------------------------------------------
 # IDX reading and writing
 

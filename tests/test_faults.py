@@ -16,8 +16,8 @@ import pytest
 
 from layout.core import ctrl_c
 from layout.core.config import AnchorsConfig, DataConfig, ForcesConfig, ModelConfig, SimConfig, TrainConfig
-from layout.engine.features import neuron_features
 from layout.engine.energies import build_energy
+from layout.engine.features import neuron_features
 from layout.engine.particles import make_particles
 from layout.engine.simulate import simulate
 from models.data.datasets import load_dataset
@@ -97,7 +97,6 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_a_write_failure_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys, isolated_cache):
     """An OSError while writing an output (as on a full disk) ends the command with one line."""
-    import numpy as np
 
     from layout.run import main
 
@@ -120,8 +119,6 @@ def test_a_write_failure_is_one_line_and_leaves_no_partial_file(tmp_path, monkey
 
 def test_damaged_or_pickled_cache_files_are_ignored_and_replaced(tmp_path, isolated_cache, shared_data):
     import json
-
-    import numpy as np
 
     from layout.run import main
 
@@ -251,7 +248,6 @@ def run_with(*args: str, config: str = "binary01.yaml", shared_data: Path) -> tu
 def test_a_saved_network_and_trajectory_are_shown_again_without_training(tmp_path, earlier_run, shared_data):
     import json
 
-    import numpy as np
 
     code, out, err = run_with("--out", str(tmp_path / "again"), "--network", str(earlier_run / "network.npz"),
                               "--trajectory", str(earlier_run / "trajectory.npz"), shared_data=shared_data)
@@ -265,7 +261,6 @@ def test_a_saved_network_and_trajectory_are_shown_again_without_training(tmp_pat
 
 
 def pickled(path: Path) -> Path:
-    import numpy as np
 
     np.savez(path, meta=np.array([{"sizes": [784, 1, 2]}], dtype=object))
     return path
@@ -277,7 +272,6 @@ def truncated(source: Path, path: Path) -> Path:
 
 
 def reshaped(source: Path, path: Path, name: str) -> Path:
-    import numpy as np
 
     with np.load(source) as z:
         arrays = {k: z[k] for k in z.files}

@@ -95,7 +95,7 @@ def test_a_run_this_machine_cannot_hold_names_the_stage_the_figure_and_the_fix(s
     with pytest.raises(UserError) as info:
         check_memory(cfg, sizes, 5000, 10000, available=available)
     message = str(info.value)
-    assert f"for its {stage} (" in message and " GB of memory" in message and fix in message
+    assert f"for its {stage} (" in message and "B of memory" in message and fix in message
     assert f"more than the {available / GB:.1f} GB available here" in message and "\n" not in message
 
 

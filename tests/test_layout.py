@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 
 from layout.core.config import AnchorsConfig, ForcesConfig, SimConfig
-from layout.engine.features import NeuronFeatures, neuron_features
 from layout.engine.energies import build_energy, dominance_energy
-from layout.engine.particles import anchor_positions, make_particles
-from layout.engine.metrics import layout_metrics, silhouette, trustworthiness, distances, off_diagonal
+from layout.engine.features import NeuronFeatures, neuron_features
+from layout.engine.metrics import distances, layout_metrics, off_diagonal, silhouette, trustworthiness
 from layout.engine.pairs import PairTerm, pair_energy, squared_distances
+from layout.engine.particles import anchor_positions, make_particles
 from layout.engine.simulate import SimulationError, simulate
 from models.data.datasets import Split
 from models.network.network import History, Network, Snapshots
-
 
 # ---------------------------------------------------------------------------------------------
 # Helpers

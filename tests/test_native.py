@@ -13,14 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from layout.engine import native
 from layout.core.config import AnchorsConfig, ForcesConfig, SimConfig
+from layout.engine import native
 from layout.engine.energies import build_energy, euclid_term, repulsion_term
-from layout.engine.particles import make_particles
 from layout.engine.pairs import REST_ROW, pair_energy, pair_step_function, rest_lengths, with_rest_lengths
+from layout.engine.particles import make_particles
 from layout.engine.simulate import simulate, simulate_many
-from tests.test_layout import synthetic_features
 from tests.conftest import messages
+from tests.test_layout import synthetic_features
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import pytest
 
 from layout.core.config import RenderConfig
 from render import style
-from render.movie import export, offscreen_scene, render_shots, Shot, shot_list
+from render.movie import Shot, export, offscreen_scene, render_shots, shot_list
 from render.scene import make_scene_data, pick_neuron, project
 
 REPO = Path(__file__).resolve().parents[1]

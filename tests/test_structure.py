@@ -13,8 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layout.insight.structure import (LayerInputs, LayerStructure, NullTest, class_statistics, layer_structure, mantel,
-                                      nearest, pairwise_distances, permutations)
+from layout.insight.structure import (
+    LayerInputs,
+    LayerStructure,
+    NullTest,
+    class_statistics,
+    layer_structure,
+    mantel,
+    nearest,
+    pairwise_distances,
+    permutations,
+)
 from layout.insight.verdicts import headline, verdict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,8 +160,8 @@ def hand_built_network():
 
 
 def test_ablating_the_neuron_that_alone_carries_a_class_drops_that_class():
-    from layout.insight.ablation import ablate
     from layout.engine.features import hidden_activations
+    from layout.insight.ablation import ablate
 
     net = hand_built_network()
     labels = np.repeat(np.arange(3), 50)

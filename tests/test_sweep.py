@@ -12,8 +12,8 @@ import pytest
 
 from layout.core.sweep_file import read_sweep
 from layout.insight.sweep_figures import dead_fraction, dedication, network_sparsity, weight_sparsity
-from layout.run import sweep_main as main
 from layout.insight.sweep_report import seed_summary
+from layout.run import sweep_main as main
 from tests.conftest import messages
 
 BASE = """

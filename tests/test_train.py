@@ -12,12 +12,12 @@ import pytest
 
 from layout.core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
 from layout.run import main as run_main
+from layout.run import train_main
 from models.data.datasets import load_dataset
 from models.network.mlp import apply, init_params, layer_sizes
 from models.network.network import count_params
 from models.network.store import load_network, network_key, obtain_network, save_network
 from models.network.train import train
-from layout.run import train_main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -88,8 +88,8 @@ def memory_needs(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: i
         side_by_side = max(cfg.structure.layout_nulls, cfg.structure.stability_seeds)
         needs.append(Need("structure tests", side_by_side * rest + (8 + 8 * 2) * widest * widest,
                           f"{side_by_side} layouts side by side and {widest:,} x {widest:,} distance matrices",
-                          f"lower structure.layout_nulls and structure.stability_seeds, or set "
-                          f"structure.enabled=false", optional=True))
+                          "lower structure.layout_nulls and structure.stability_seeds, or set "
+                          "structure.enabled=false", optional=True))
     return needs
 
 

@@ -22,7 +22,7 @@ from layout.pipeline.layout_stage import layout_stage
 from layout.pipeline.outputs import run_figures
 from layout.pipeline.render_stage import render_stage, scene_for
 from layout.pipeline.structure_stage import structure_stage
-from layout.pipeline.train_stage import training_stage
+from layout.pipeline.train_stage import data_stage, training_stage
 from render.contact_sheet import contact_sheet
 
 SHEET_COLUMNS = 4
@@ -30,7 +30,7 @@ SHEET_COLUMNS = 4
 
 def run_point(cfg: RunConfig, out: Path, retrain: bool) -> tuple[list[dict], Path | None]:
     """The pipeline for one point (no window): (its layer rows, its snapshot)."""
-    trained = training_stage(cfg, out, retrain=retrain)
+    trained = training_stage(cfg, data_stage(cfg), out, retrain=retrain)
     laid = layout_stage(cfg, trained, out, relayout=retrain)
     structure = structure_stage(cfg, trained, laid, out, retest=retrain)
     write_json(out / "metrics.json", run_figures(trained.figures, laid.figures, structure.figures))

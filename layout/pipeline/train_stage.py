@@ -1,5 +1,5 @@
-"""The training stage: config -> dataset -> network (trained, reused from the cache, or read from a
-network file) -> config.yaml and network.npz."""
+"""The data and training stages: config -> dataset (`data_stage`) -> network (trained, reused from the
+cache, or read from a network file) -> config.yaml and network.npz (`training_stage`)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from layout.core.files import cache_dir, write_text
 from layout.core.progress import progress_bar
 from layout.pipeline.preflight import check_fits_data, check_memory, check_trainable
 from models.data.datasets import Dataset, load_dataset
+from models.network.mlp import layer_sizes
 from models.network.network import Network
 from models.network.store import check_fits, load_network, obtain_network, save_network
 from models.network.train import N_INPUTS, enable_compilation_cache
-from models.network.mlp import layer_sizes
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,20 @@ class TrainResult:
         return self.figures["reused"]
 
 
-def training_stage(cfg: RunConfig, out: Path, *, retrain: bool = False, network_file: str | None = None,
-                   lays_out: bool = True) -> TrainResult:
-    """Load the data, check that the run fits it and this machine (with the stages after training when
-    the run `lays_out` the network), then train or reuse the network (or read the one given as
-    `network_file`); write config.yaml (before training starts) and network.npz."""
-    enable_compilation_cache(cache_dir() / "jax")
+def data_stage(cfg: RunConfig) -> Dataset:
+    """The data the config selects, checked against what the rest of the config asks of it; its notes
+    (the bundled sample was used, say) are for the command to show before training starts."""
     dataset = load_dataset(cfg.data, progressbar=sys.stderr.isatty())
     check_fits_data(cfg, dataset)
+    return dataset
+
+
+def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool = False,
+                   network_file: str | None = None, lays_out: bool = True) -> TrainResult:
+    """Check that the run fits the data and this machine (with the stages after training when the run
+    `lays_out` the network), then train or reuse the network (or read the one given as
+    `network_file`); write config.yaml (before training starts) and network.npz."""
+    enable_compilation_cache(cache_dir() / "jax")
     given = load_network(network_file) if network_file else None
     n_train, n_test = len(dataset.train.labels), len(dataset.test.labels)
     if given is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
 @dataclass(frozen=True)
 class History:
     """Per-epoch curves, each [n_epochs]."""
