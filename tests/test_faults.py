@@ -95,7 +95,8 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
 
 
-def test_a_write_failure_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys, isolated_cache):
+def test_a_write_failure_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys, isolated_cache,
+                                                                shared_data):
     """An OSError while writing an output (as on a full disk) ends the command with one line."""
 
     from layout.run import main
@@ -107,7 +108,7 @@ def test_a_write_failure_is_one_line_and_leaves_no_partial_file(tmp_path, monkey
     monkeypatch.setattr(np, "savez", full_disk)
     code = main([str(REPO / "configs" / "binary01.yaml"), "--out", str(tmp_path / "out"), "--no-window",
                  "--export", "none", "--set", "train.epochs=1", "--data-dir",
-                 os.environ.get("NEURON_LAYOUT_DATA", str(REPO.parent / "shared" / "data"))])
+                 str(shared_data)])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1  # the first write is the network's cache entry: the fix names the cache setting
