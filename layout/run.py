@@ -151,6 +151,7 @@ def train_only(args: argparse.Namespace) -> int:
     dataset = data_stage(cfg)
     note(*dataset.notes)
     trained = training_stage(cfg, dataset, out, retrain=args.retrain, lays_out=False)
+    note(*trained.notes)
     written = trained.written + (write_json(out / "metrics.json", trained.figures),)
     print(training_summary(trained))
     print("wrote " + ", ".join(map(str, written)))
@@ -166,7 +167,7 @@ def pipeline(args: argparse.Namespace) -> int:
         print("no display found: exporting instead of opening a window (use --no-window to silence this)")
     formats = tuple(f for f in (args.export or (("png",) if window else ("mp4", "png"))) if f != "none")
     # the stages, once the config is valid (see the module docstring)
-    from layout.engine.trajectory_file import read_trajectory
+    from layout.engine.trajectory_file import check_settings, read_trajectory
     from layout.pipeline.layout_stage import layout_stage, layout_summary
     from layout.pipeline.outputs import run_figures
     from layout.pipeline.render_stage import details_for, render_stage, scene_for
@@ -174,17 +175,21 @@ def pipeline(args: argparse.Namespace) -> int:
     from layout.pipeline.train_stage import data_stage, training_stage, training_summary
     from render.window import show_window
 
-    if args.trajectory:  # a damaged file is reported before any training
-        read_trajectory(args.trajectory)
+    if args.trajectory:  # a damaged file, or one laid out with other settings, is reported before any training
+        check_settings(args.trajectory, read_trajectory(args.trajectory)[1], cfg.layout, cfg.render.timeline)
     dataset = data_stage(cfg)
     note(*dataset.notes)
     trained = training_stage(cfg, dataset, out, retrain=args.retrain, network_file=args.network)
+    note(*trained.notes)
     print(training_summary(trained))
+    cfg = trained.config  # as used: with --network, the file's model
     laid = layout_stage(cfg, trained, out, relayout=args.retrain, trajectory_file=args.trajectory)
+    note(*laid.notes)
     print(layout_summary(laid))
     say_why_not_native()
     structure = structure_stage(cfg, trained, laid, out, retest=args.retrain) if cfg.structure.enabled else None
     if structure is not None:
+        note(*structure.notes)
         how = "reused from cache, " if structure.reused else ""
         print(f"structure tests ({how}{structure.seconds:.1f} s, details in report.md):\n  "
               + "\n  ".join(structure.verdicts))

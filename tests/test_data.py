@@ -286,13 +286,37 @@ def test_decoded_files_are_cached_and_a_damaged_cache_entry_is_ignored(tmp_path,
     first = load_dataset(cfg, environ={}, system_root=tmp_path)
     decoded = sorted((isolated_cache / "decoded").iterdir())
     sums = {hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}  # equal files share an entry
-    assert {p.name for p in decoded} == {f"{s}.npy" for s in sums}
+    assert {p.name for p in decoded} == {f"{s}.npz" for s in sums}
+    assert first.notes == () and load_dataset(cfg, environ={}, system_root=tmp_path).notes == ()  # used as is
     for path in decoded:
         path.write_bytes(b"garbage")
     again = load_dataset(cfg, environ={}, system_root=tmp_path)
     np.testing.assert_array_equal(first.train.images, again.train.images)
     np.testing.assert_array_equal(first.test.labels, again.test.labels)
-    assert first.digest == again.digest
+    assert first.digest == again.digest and first.key == again.key
+    assert len(again.notes) == 3 and all("is damaged: decoded the file again" in n for n in again.notes)
+
+
+def test_a_decoded_cache_entry_that_does_not_match_its_file_is_never_used(tmp_path, isolated_cache):
+    """An entry copied over another's name, or rewritten (here: every pixel shifted by one), is decoded again."""
+    folder = make_idx_dataset(tmp_path / "d", n=40, marker=4)
+    cfg = DataConfig(dir=str(folder))
+    first = load_dataset(cfg, environ={}, system_root=tmp_path)
+    entry = {stem: isolated_cache / "decoded" / f"{hashlib.sha256((folder / f'{stem}.gz').read_bytes()).hexdigest()}.npz"
+             for stem in STEMS}  # (both splits' label files are equal here: one entry)
+    shutil.copy(entry["t10k-images-idx3-ubyte"], entry["train-labels-idx1-ubyte"])  # another file's entry
+    with np.load(entry["train-images-idx3-ubyte"]) as z:
+        shifted = {"data": z["data"] + 1, "meta": z["meta"]}
+    np.savez(entry["train-images-idx3-ubyte"], **shifted)  # the same record, other pixels
+    again = load_dataset(cfg, environ={}, system_root=tmp_path)
+    np.testing.assert_array_equal(again.train.images, first.train.images)
+    np.testing.assert_array_equal(again.train.labels, first.train.labels)
+    assert again.key == first.key
+    assert [n.split(" in the cache")[0] for n in again.notes] == [
+        f"the decoded copy of {folder / 'train-images-idx3-ubyte.gz'}", f"the decoded copy of {folder / 'train-labels-idx1-ubyte.gz'}"]
+    assert "does not hold what was decoded: decoded the file again" in again.notes[0]
+    assert "was decoded from another file: decoded the file again" in again.notes[1]
+    assert load_dataset(cfg, environ={}, system_root=tmp_path).notes == ()  # the entries were replaced
 
 
 IDX_DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]

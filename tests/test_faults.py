@@ -249,9 +249,9 @@ def run_with(*args: str, config: str = "binary01.yaml", shared_data: Path) -> tu
 def test_a_saved_network_and_trajectory_are_shown_again_without_training(tmp_path, earlier_run, shared_data):
     import json
 
-
     code, out, err = run_with("--out", str(tmp_path / "again"), "--network", str(earlier_run / "network.npz"),
-                              "--trajectory", str(earlier_run / "trajectory.npz"), shared_data=shared_data)
+                              "--trajectory", str(earlier_run / "trajectory.npz"), "--set", "layout.sim.steps=40",
+                              shared_data=shared_data)
     assert code == 0, err
     assert f"(read from {earlier_run / 'network.npz'})" in out[0]
     metrics = json.loads((tmp_path / "again" / "metrics.json").read_text())
@@ -307,10 +307,11 @@ def test_a_network_from_other_data_or_a_trajectory_of_another_network_is_refused
     assert code == 2 and len(err) == 1
     assert "was trained on mnist classes [0, 1], but the config selects mnist classes [0, 1, 2" in err[0]
     code, _, err = run_with("--out", str(tmp_path / "b"), "--trajectory", str(earlier_run / "trajectory.npz"),
-                            "--set", "model.hidden=[3]", "--set", "train.epochs=1", shared_data=shared_data)
+                            "--set", "model.hidden=[3]", "--set", "train.epochs=1", "--set", "layout.sim.steps=40",
+                            shared_data=shared_data)
     assert code == 2 and len(err) == 1
     assert err[0] == (f"error: {earlier_run / 'trajectory.npz'} was laid out for another network (3 particles, this "
-                      "one has 5, or other dominant classes): use the trajectory.npz written with its network.npz")
+                      "one has 5, or other output weights): use the trajectory.npz written with its network.npz")
     for case in ("truncated", "pickled"):
         path = truncated(earlier_run / "trajectory.npz", tmp_path / "t.npz") if case == "truncated" else pickled(
             tmp_path / "p.npz")

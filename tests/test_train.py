@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -141,19 +142,36 @@ def test_network_file_round_trip_without_pickle(small, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["network.npz"]  # no temporary left behind
 
 
-def test_trained_network_is_reused_only_when_data_model_and_train_are_unchanged(small):
+def test_trained_network_is_reused_only_when_data_model_and_train_are_unchanged(small, shared_data):
     cfg = RunConfig(name="a", model=SMALL_MODEL, train=dataclasses.replace(SMALL_TRAIN, epochs=1))
-    first, key, reused = obtain_network(cfg, small)
-    again, key2, reused2 = obtain_network(dataclasses.replace(cfg, name="b"), small)
-    assert not reused and reused2 and key == key2
-    np.testing.assert_array_equal(first.weights[0], again.weights[0])
+    first = obtain_network(cfg, small)
+    again = obtain_network(dataclasses.replace(cfg, name="b"), small)
+    assert not first.reused and again.reused and first.key == again.key and again.notes == ()
+    np.testing.assert_array_equal(first.network.weights[0], again.network.weights[0])
+    key = first.key
     moved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir="/elsewhere"))
     assert network_key(moved, small) == key  # where the files live does not matter
     for changed in (dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, l1=1e-4)),
+                    dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=1)),
                     dataclasses.replace(cfg, model=ModelConfig(hidden=(8,))),
-                    dataclasses.replace(cfg, data=DataConfig(limit=100))):
+                    dataclasses.replace(cfg, model=ModelConfig(hidden=(16,), activation="relu"))):
         assert network_key(changed, small) != key
-    assert network_key(cfg, dataclasses.replace(small, digest="other")) != key
+    fewer = load_dataset(DataConfig(limit=256), environ={"NEURON_LAYOUT_DATA": str(shared_data)},
+                         system_root=Path("/nonexistent"))
+    assert fewer.key != small.key and network_key(cfg, fewer) != key  # the data actually used
+
+
+def test_a_cached_network_copied_over_another_key_is_trained_again(small, isolated_cache):
+    cfg = RunConfig(model=SMALL_MODEL, train=dataclasses.replace(SMALL_TRAIN, epochs=1))
+    wider = dataclasses.replace(cfg, model=ModelConfig(hidden=(24,)))
+    narrow, wide = obtain_network(cfg, small), obtain_network(wider, small)
+    folder = isolated_cache / "networks"
+    shutil.copy(folder / f"{narrow.key}.npz", folder / f"{wide.key}.npz")  # the 16-neuron network under the 24's key
+    again = obtain_network(wider, small)
+    assert not again.reused and again.network.sizes == (784, 24, 10)
+    assert again.notes == (f"the cached network {folder / f'{wide.key}.npz'} was stored for other settings or data: "
+                           "trained it again",)
+    assert obtain_network(wider, small).reused  # the entry was replaced
 
 
 def test_binary01_one_hidden_neuron_separates_zeros_and_ones(shared_data, tmp_path):

@@ -352,6 +352,16 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+def differences(theirs: Any, ours: Any, path: str) -> list[str]:
+    """'layout.forces.euclid.strength = 0.0 there, 1.0 here' for every value that differs between two
+    configs (or sections, as plain data or dataclasses), `path` their dotted location."""
+    theirs, ours = to_plain(theirs), to_plain(ours)
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        return [line for key in sorted(set(theirs) | set(ours))
+                for line in differences(theirs.get(key), ours.get(key), join(path, key))]
+    return [] if theirs == ours else [f"{path} = {theirs!r} there, {ours!r} here"]
+
+
 def config_to_yaml(cfg: RunConfig) -> str:
     """The resolved config, every default spelled out, as YAML that load_config reads back unchanged."""
     return yaml.safe_dump(to_plain(cfg), sort_keys=False, default_flow_style=False)

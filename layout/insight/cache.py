@@ -16,7 +16,8 @@ from layout.insight.structure import LayerStructure, NullTest
 from layout.insight.suite import Tested
 
 
-def save_tested(path: Path, t: Tested) -> Path:
+def save_tested(path: Path, t: Tested, key: str) -> Path:
+    """The results, stored under `key` (recorded in the entry, and checked when it is read)."""
     arrays: dict[str, np.ndarray] = {}
     layers = []
     for i, layer in enumerate(t.layers):
@@ -30,7 +31,7 @@ def save_tested(path: Path, t: Tested) -> Path:
         layers.append({"layer": layer.layer, "n_neurons": layer.n_neurons, "tests": tests})
     a = t.ablation
     arrays.update(ablation_baseline=a.baseline, ablation_drop=a.drop, ablation_class_drop=a.class_drop)
-    meta = {"version": 1, "layers": layers, "ablation_groups": list(a.groups), "stability": None, "retrained": None}
+    meta = {"version": 1, "key": key, "layers": layers, "ablation_groups": list(a.groups), "stability": None, "retrained": None}
     if t.stability is not None:
         meta["stability"] = t.stability.seeds
         arrays.update(stability_disparity=t.stability.disparity, stability_spread=t.stability.spread)
@@ -45,14 +46,15 @@ def save_tested(path: Path, t: Tested) -> Path:
     return write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
-def load_tested(path: Path) -> Tested | None:
-    """The results saved by save_tested, or None when the entry is missing or unusable."""
+def load_tested(path: Path, key: str) -> tuple[Tested | None, str | None]:
+    """(the results save_tested stored under `key`, None); (None, None) when there are none; (None, why)
+    when the entry is damaged or was stored under another key (it is then replaced)."""
     if not path.is_file():
-        return None
+        return None, None
     try:
         arrays, meta = read_npz(path, "structure cache entry")
-        if meta.get("version") != 1:
-            return None
+        if meta.get("version") != 1 or meta.get("key") != key:
+            return None, "the cached structure results were stored for other inputs: tested again"
         layers = tuple(LayerStructure(
             layer["layer"], layer["n_neurons"],
             tuple(NullTest(**test, null_values=arrays[f"layer{i}_test{j}"]) for j, test in enumerate(layer["tests"])),
@@ -65,6 +67,6 @@ def load_tested(path: Path) -> Tested | None:
             tuple(meta["retrained"]), arrays["retrained_class_disparity"], arrays["retrained_class_p"],
             arrays["retrained_neuron_disparity"])
     except (UserError, KeyError, TypeError, ValueError):
-        return None
+        return None, "the cached structure results are damaged: tested again"
     plots = {l.layer: arrays[f"plot{l.layer}"].tobytes() for l in layers if f"plot{l.layer}" in arrays}
-    return Tested(layers, ablation, stability, retrained, plots)
+    return Tested(layers, ablation, stability, retrained, plots), None

@@ -119,7 +119,7 @@ def retrained_stability(cfg: RunConfig, dataset: Dataset, features: NeuronFeatur
     """Train the network again with train seeds train.seed + 1 .. + runs (cached like any network), lay
     each out with the same forces and simulation settings (side by side), and compare with `positions`."""
     seeds = tuple(cfg.train.seed + r for r in range(1, runs + 1))
-    nets = [obtain_network(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=s)), dataset)[0]
+    nets = [obtain_network(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=s)), dataset).network
             for s in seeds]
     others = [neuron_features(net, dataset.test, cfg.layout.influence) for net in nets]
     particles = [make_particles(f, cfg.layout.anchors) for f in others]

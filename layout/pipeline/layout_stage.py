@@ -20,7 +20,7 @@ from layout.engine.metrics import layout_metrics
 from layout.engine.particles import Particles, make_particles
 from layout.engine.simulate import Trajectory, simulate
 from layout.engine.timeline import training_trajectory
-from layout.engine.trajectory_file import cached_trajectory, load_trajectory, save_trajectory
+from layout.engine.trajectory_file import LaidOut, cached_trajectory, inputs_digest, load_trajectory, save_trajectory
 from layout.pipeline.outputs import write_neurons_csv
 from layout.pipeline.train_stage import TrainResult
 
@@ -34,6 +34,14 @@ class LayoutResult:
     written: tuple[Path, ...]
     distortion: np.ndarray  # [N] per-neuron distortion (NaN where undefined)
     labels: tuple[str, ...] | None = None  # a title per frame, when not the simulation's step and energy
+    notes: tuple[str, ...] = ()  # for the user: a cache entry that was refused
+
+
+def layout_key(inputs: str, cfg: RunConfig) -> str:
+    """What decides a layout: the simulation's inputs (inputs_digest: the particles, and the weight
+    snapshots for the training timeline), the layout settings and the timeline. Version 3: keyed by the
+    inputs (version 2: a free anchor and its class's centre attract as two bodies)."""
+    return fingerprint({"version": 3, "inputs": inputs, "layout": cfg.layout, "timeline": cfg.render.timeline})[:20]
 
 
 def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: bool = False,
@@ -46,14 +54,16 @@ def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: b
     start = time.perf_counter()
     features = neuron_features(trained.network, trained.dataset.test, cfg.layout.influence)
     particles = make_particles(features, cfg.layout.anchors)
-    # version 2: a free anchor and its class's centre attract as two bodies (energies.dominance_energy)
-    key = fingerprint({"version": 2, "network": trained.figures["network_key"], "layout": cfg.layout,
-                       "timeline": cfg.render.timeline})[:20]
-    cached = cache_dir() / "layouts" / f"{key}.npz"
+    timeline = cfg.render.timeline
+    snapshots = trained.network.snapshots.weights if timeline == "training" else ()
+    inputs = inputs_digest(particles, snapshots)
+    key = layout_key(inputs, cfg)
+    made_by = LaidOut(inputs, cfg.layout, timeline, key)
+    cached, note = cache_dir() / "layouts" / f"{key}.npz", None
     if trajectory_file:
-        loaded = load_trajectory(Path(trajectory_file), particles)
+        loaded = load_trajectory(Path(trajectory_file), particles, made_by)
     else:
-        loaded = None if relayout else cached_trajectory(cached, particles)
+        loaded, note = (None, None) if relayout else cached_trajectory(cached, particles, made_by)
     if loaded is not None:
         trajectory, labels = loaded
     elif cfg.render.timeline == "training":
@@ -67,7 +77,7 @@ def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: b
                                   on_chunk=lambda step, total: bar.advance_to(step))
         labels = None
     if loaded is None:
-        save_trajectory(cached, trajectory, particles, features, labels)
+        save_trajectory(cached, trajectory, particles, features, made_by, labels)
     seconds = time.perf_counter() - start
     n = features.n_neurons
     figures, distortion = layout_metrics(features.output_vectors, trajectory.final[:n], features.dominant,
@@ -83,10 +93,10 @@ def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: b
         reused=loaded is not None,
     )
     written = (
-        save_trajectory(out / "trajectory.npz", trajectory, particles, features, labels),
+        save_trajectory(out / "trajectory.npz", trajectory, particles, features, made_by, labels),
         write_neurons_csv(out / "neurons.csv", features, trajectory.final[:n], distortion, trained.network.classes),
     )
-    return LayoutResult(features, particles, trajectory, figures, written, distortion, labels)
+    return LayoutResult(features, particles, trajectory, figures, written, distortion, labels, (note,) if note else ())
 
 
 def layout_summary(result: LayoutResult) -> str:

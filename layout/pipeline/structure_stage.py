@@ -34,6 +34,7 @@ class StructureResult:
     seconds: float
     written: tuple[Path, ...]
     reused: bool = False  # the results came from the cache
+    notes: tuple[str, ...] = ()  # for the user: a cache entry that was refused
 
     @property
     def layers(self) -> tuple[LayerStructure, ...]:
@@ -53,6 +54,15 @@ class StructureResult:
         return {"verdicts": list(self.verdicts), "seconds": self.seconds, "reused": self.reused}
 
 
+def structure_key(cfg: RunConfig, network_key: str, data_key: str, layout_key: str, positions: np.ndarray) -> str:
+    """Everything the results depend on: the network, the data (its test set gives the activations; its
+    training set, with the model and train sections, the retrained and shuffled-label networks), the
+    layout and its final positions [N, 3], and the structure settings."""
+    return fingerprint({"version": 2, "network": network_key, "data": data_key, "model": cfg.model, "train": cfg.train,
+                        "layout": layout_key, "structure": cfg.structure,
+                        "positions": hashlib.sha256(np.ascontiguousarray(positions).tobytes()).hexdigest()})[:20]
+
+
 def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: Path, *,
                     retest: bool = False) -> StructureResult:
     """Test the network's class structure against nulls, ablate, check the layout's stability; write
@@ -63,11 +73,10 @@ def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, ou
     start = time.perf_counter()
     f = laid.features
     positions = laid.trajectory.final[:f.n_neurons]
-    key = fingerprint({"version": 1, "network": trained.figures["network_key"], "layout": laid.figures["layout_key"],
-                       "positions": hashlib.sha256(np.ascontiguousarray(positions).tobytes()).hexdigest(),
-                       "structure": cfg.structure})[:20]
+    key = structure_key(cfg, trained.figures["network_key"], trained.dataset.key, laid.figures["layout_key"],
+                        positions)
     cached = cache_dir() / "structure" / f"{key}.npz"
-    tested = None if retest else load_tested(cached)
+    tested, note = (None, None) if retest else load_tested(cached, key)
     reused = tested is not None
     if tested is None:
         subject = Subject(trained.network, trained.dataset, f, laid.particles, positions)
@@ -77,11 +86,11 @@ def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, ou
                            f.class_names, tested.plots_png)
     if not reused or not tested.plots_png:  # (an entry without its plots gets them)
         plots = {l.layer: (out / f"structure_layer{l.layer + 1}.png").read_bytes() for l in tested.layers if l.tests}
-        save_tested(cached, dataclasses.replace(tested, plots_png=plots))
+        save_tested(cached, dataclasses.replace(tested, plots_png=plots), key)
     a = tested.ablation
     extra = {"ablation_drop": a.drop, "ablation_own_class_drop": a.class_drop[np.arange(f.n_neurons), f.dominant]}
     if tested.stability is not None:
         extra["spread"] = tested.stability.spread
     write_neurons_csv(out / "neurons.csv", f, positions, laid.distortion, trained.network.classes, extra)
     return StructureResult(tested, tuple(verdicts(tested.layers, tested.retrained)), time.perf_counter() - start,
-                           written, reused)
+                           written, reused, (note,) if note else ())

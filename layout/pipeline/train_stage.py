@@ -3,28 +3,31 @@ cache, or read from a network file) -> config.yaml and network.npz (`training_st
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from layout.core.config import RunConfig, config_to_yaml
+from layout.core.config import ModelConfig, RunConfig, config_to_yaml
 from layout.core.files import cache_dir, write_text
 from layout.core.progress import progress_bar
 from layout.pipeline.preflight import check_fits_data, check_memory, check_trainable
 from models.data.datasets import Dataset, load_dataset
 from models.network.mlp import layer_sizes
 from models.network.network import Network
-from models.network.store import check_fits, load_network, obtain_network, save_network
+from models.network.store import Obtained, check_fits, load_network, obtain_network, save_network
 from models.network.train import N_INPUTS, enable_compilation_cache
 
 
 @dataclass(frozen=True)
 class TrainResult:
+    config: RunConfig  # the config as used, the one config.yaml records: with a network file, the file's model
     dataset: Dataset
     network: Network
     figures: dict  # the training figures of metrics.json
     written: tuple[Path, ...]
+    notes: tuple[str, ...] = ()  # for the user: the network file's model replaced the config's, a cache entry refused
 
     @property
     def reused(self) -> bool:
@@ -55,13 +58,18 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
         check_trainable(cfg, dataset)
         check_memory(cfg, layer_sizes(N_INPUTS, cfg.model.hidden, dataset.n_classes), n_train, n_test,
                      lays_out=lays_out)
-    config_file = write_text(out / "config.yaml", config_to_yaml(cfg))
     if given is not None:
-        network, key, reused = given, "given-" + file_digest(Path(network_file))[:14], True
+        digest = file_digest(Path(network_file))
+        used, notes = with_model_of(cfg, given, network_file)
+        config_file = write_text(out / "config.yaml", given_header(network_file, digest) + config_to_yaml(used))
+        obtained = Obtained(given, "given-" + digest[:14], True, notes)
     else:
+        used = cfg
+        config_file = write_text(out / "config.yaml", config_to_yaml(cfg))
         with progress_bar(cfg.train.epochs, "training", "epoch") as bar:
-            network, key, reused = obtain_network(cfg, dataset, retrain=retrain, on_epoch=lambda s: bar.advance_to(
+            obtained = obtain_network(cfg, dataset, retrain=retrain, on_epoch=lambda s: bar.advance_to(
                 s.epoch, loss=f"{s.train_loss:.3f}", test_acc=f"{s.test_accuracy:.4f}"))
+    network, key, reused = obtained.network, obtained.key, obtained.reused
     figures = {
         "dataset": dataset.name,
         "data_source": str(dataset.source),
@@ -76,15 +84,34 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
         "train_accuracy": network.train_accuracy,
         "train_seconds": network.train_seconds,
         "network_key": key,
+        "data_key": dataset.key,
         "reused": reused,
         "network_file": str(network_file) if network_file else None,
     }
     written = (config_file, save_network(out / "network.npz", network, key))
-    return TrainResult(dataset, network, figures, written)
+    return TrainResult(used, dataset, network, figures, written, obtained.notes)
 
 
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def with_model_of(cfg: RunConfig, network: Network, path: str) -> tuple[RunConfig, tuple[str, ...]]:
+    """The config with the model of a network read from a file (what was laid out, so that config.yaml
+    records it), and a note when that differs from the config's own model."""
+    model = ModelConfig(hidden=tuple(network.sizes[1:-1]), activation=network.activation)
+    if model == cfg.model:
+        return cfg, ()
+    return dataclasses.replace(cfg, model=model), (
+        f"{path} holds a {'-'.join(map(str, network.sizes))} {network.activation} network: it replaces the config's "
+        f"model (hidden {list(cfg.model.hidden)}, {cfg.model.activation}), and config.yaml records the file's",)
+
+
+def given_header(path: str, digest: str) -> str:
+    """config.yaml's opening lines for a run on a network read from a file."""
+    return (f"# The network was read from {path} (SHA-256 {digest[:16]}...), not trained from this config;\n"
+            f"# to repeat the run: python -m layout.run config.yaml --network {path}\n"
+            "# The model below is the file's; the train section is the config's and did not make the network.\n")
 
 
 def training_summary(result: TrainResult) -> str:

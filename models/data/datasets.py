@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pooch
 
-from layout.core.config import DataConfig
+from layout.core.config import DataConfig, fingerprint
 from layout.core.errors import DataError
 from layout.core.files import cache_dir
 from models.data.idx import read_idx_cached
@@ -98,7 +98,8 @@ class Dataset:
     """A dataset ready for training, after `classes` and `limit` were applied.
 
     classes[k] is the original label of class index k; class_names[k] its name.
-    digest is the SHA-256 over the four source files, so a cache can tell datasets apart.
+    digest is the SHA-256 over the four source files; key identifies the data actually used (those files,
+    the classes and the limit): every cached result that depends on the data is keyed by it.
     notes: what the user should know about where the data came from (one line each), e.g. that it is the
     bundled sample.
     """
@@ -110,6 +111,7 @@ class Dataset:
     class_names: tuple[str, ...]
     source: Path
     digest: str
+    key: str
     notes: tuple[str, ...] = ()
 
     @property
@@ -262,8 +264,10 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
     digest = hashlib.sha256()
     arrays = {}
     for stem in STEMS:
-        arrays[stem], file_digest = read_idx_cached(files[stem])
-        digest.update(file_digest.encode())
+        decoded = read_idx_cached(files[stem])
+        arrays[stem] = decoded.array
+        digest.update(decoded.digest.encode())
+        notes += (decoded.note,) if decoded.note else ()
     classes = cfg.classes or tuple(range(N_LABELS))
     splits = {
         split: select(check_split(arrays[img], arrays[lab], (str(files[img]), str(files[lab]))), classes, cfg.limit)
@@ -275,10 +279,11 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
             raise DataError(f"data.classes names {', '.join(str(classes[m]) for m in missing)}, which the "
                             f"{split_name} split in {files[STEMS[0]].parent} has no examples of: choose "
                             "classes that the data has")
-    names = SOURCES[cfg.dataset].class_names
-    return Dataset(name=DOMAIN.get(cfg.dataset, cfg.dataset), train=splits["train"], test=splits["test"],
-                   classes=tuple(classes), class_names=tuple(names[c] for c in classes), source=files[STEMS[0]].parent,
-                   digest=digest.hexdigest(), notes=notes)
+    names, name = SOURCES[cfg.dataset].class_names, DOMAIN.get(cfg.dataset, cfg.dataset)
+    key = fingerprint({"name": name, "digest": digest.hexdigest(), "classes": classes, "limit": cfg.limit})[:20]
+    return Dataset(name=name, train=splits["train"], test=splits["test"], classes=tuple(classes),
+                   class_names=tuple(names[c] for c in classes), source=files[STEMS[0]].parent,
+                   digest=digest.hexdigest(), key=key, notes=notes)
 
 
 def select(split: Split, classes: tuple[int, ...], limit: int | None) -> Split:

@@ -8,8 +8,8 @@ the dataset files' checksum, so changing anything else never retrains.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,10 +29,9 @@ META_FIELDS = ("sizes", "activation", "dataset", "classes", "class_names", "test
 
 
 def network_key(cfg: RunConfig, dataset: Dataset) -> str:
-    """What decides the trained weights: data selection, model, training settings and the data itself."""
-    data = dataclasses.replace(cfg.data, dir=None, mirrors=None)  # where the files live does not change them
-    return fingerprint({"version": FORMAT_VERSION, "data": data, "model": cfg.model, "train": cfg.train,
-                        "digest": dataset.digest})[:20]
+    """What decides the trained weights: the data actually used (its files, classes and limit: where the
+    files live does not change them), the model and the training settings."""
+    return fingerprint({"version": FORMAT_VERSION, "data": dataset.key, "model": cfg.model, "train": cfg.train})[:20]
 
 
 def network_arrays(network: Network, key: str) -> dict[str, np.ndarray]:
@@ -58,6 +57,11 @@ def save_network(path: str | Path, network: Network, key: str = "") -> Path:
 
 def load_network(path: str | Path) -> Network:
     """Read a network.npz written by save_network, checking every array's shape against its sizes."""
+    return read_network(path)[0]
+
+
+def read_network(path: str | Path) -> tuple[Network, dict]:
+    """(the network, its meta) of a network.npz, checked as load_network says."""
     what = "network file"
     arrays, meta = read_npz(path, what)
     sizes, activation, classes = meta.get("sizes"), meta.get("activation"), meta.get("classes")
@@ -80,7 +84,7 @@ def load_network(path: str | Path) -> Network:
     n_epochs = len(arrays.get("history_epoch", ()))
     shapes.update({f"history_{name}": (n_epochs,) for name in HISTORY_FIELDS})
     require_arrays(path, what, arrays, shapes)
-    return Network(
+    network = Network(
         sizes=tuple(sizes),
         activation=activation,
         weights=tuple(arrays[f"w{l}"].astype(np.float32) for l in layers),
@@ -100,6 +104,7 @@ def load_network(path: str | Path) -> Network:
         train_seconds=meta["train_seconds"],
         epochs=meta["epochs"],
     )
+    return network, meta
 
 
 def check_fits(network: Network, dataset: Dataset, path: str | Path) -> None:
@@ -112,16 +117,33 @@ def check_fits(network: Network, dataset: Dataset, path: str | Path) -> None:
         raise UserError(f"{path} has {network.sizes[0]} inputs, but {dataset.name} images have {N_INPUTS} pixels")
 
 
+@dataclass(frozen=True)
+class Obtained:
+    """A network for a config: from the cache (reused) or trained now, with its cache key, and notes on
+    a cache entry that was found and refused."""
+
+    network: Network
+    key: str
+    reused: bool
+    notes: tuple[str, ...] = ()
+
+
 def obtain_network(cfg: RunConfig, dataset: Dataset, *, retrain: bool = False,
-                   on_epoch: Callable[[EpochStats], None] | None = None) -> tuple[Network, str, bool]:
-    """(network, key, reused): the cached network for this config and data, or a newly trained one."""
+                   on_epoch: Callable[[EpochStats], None] | None = None) -> Obtained:
+    """The cached network for this config and data, or a newly trained one. A cache entry is used only
+    if it is intact and records the key it is stored under (an entry copied over another is not)."""
     key = network_key(cfg, dataset)
     cached = cache_dir() / "networks" / f"{key}.npz"
+    notes = ()
     if cached.is_file() and not retrain:
         try:
-            return load_network(cached), key, True
+            network, meta = read_network(cached)
+            if meta.get("key") == key:
+                return Obtained(network, key, True)
+            why = "was stored for other settings or data"
         except UserError:
-            pass  # a damaged cache entry is replaced below
+            why = "is damaged"
+        notes = (f"the cached network {cached} {why}: trained it again",)
     network = train(cfg.model, cfg.train, dataset, on_epoch=on_epoch)
     save_network(cached, network, key)
-    return network, key, False
+    return Obtained(network, key, False, notes)
