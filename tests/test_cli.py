@@ -26,7 +26,7 @@ def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     (["configs/euclid.yaml", "--set", "train.learnig_rate=0.1"],
      "error: unknown key 'train.learnig_rate': did you mean 'train.learning_rate'?"),
     (["configs/euclid.yaml", "--set", "train.epochs=-2"],
-     "error: train.epochs = -2 is out of range: must be >= 0"),
+     "error: train.epochs = -2 is out of range: must be >= 0 and <= 100000"),
     (["configs/euclid.yaml", "--data-dir", "/no/such/folder"],
      "error: data.dir '/no/such/folder' is not a folder: fix --data-dir or data.dir in the config"),
 ])

@@ -1,6 +1,6 @@
 """Configuration: YAML files and --set overrides into frozen, validated dataclasses.
 
-This is the only module that reads or writes YAML. Defaults live in the dataclasses below; a config
+This is the only module that reads or writes YAML (with layout/core/strict_yaml.py, its loader). Defaults live in the dataclasses below; a config
 file only names what differs. Every field carries its rules (range, choices) in its metadata, so the
 validator, the error messages and the README all read the same source.
 """
@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from layout.core.config_values import coerce
+from layout.core import strict_yaml
+from layout.core.config_values import coerce, excerpt
 from layout.core.errors import ConfigError
 
 DATASETS = ("mnist", "fashion-mnist", "mnist-sample")
@@ -35,6 +36,8 @@ SIZE_BY = ("norm", "none")
 COLOR_BY = ("dominant", "class_mean", "image", "spread", "ablation")
 TIMELINES = ("simulation", "training")
 EXPORTS = ("mp4", "gif", "png", "none")
+MAX_SEED = 2**31 - 1  # seeds become 32-bit JAX keys
+MAX_COUNT = 10**9  # a bound on counts that no run reaches, so that none overflows the code's integers
 
 
 def option(default: Any, doc: str, **rules: Any) -> Any:
@@ -52,13 +55,13 @@ class DataConfig:
     classes: tuple[int, ...] | None = option(
         None, "keep only these labels, remapped to 0..k-1 (e.g. [0, 1])", ge=0, le=9, min_len=2, unique=True
     )
-    limit: int | None = option(None, "keep the first n examples of each split (after `classes`)", ge=1)
+    limit: int | None = option(None, "keep the first n examples of each split (after `classes`)", ge=1, le=MAX_COUNT)
     mirrors: tuple[str, ...] | None = option(None, "base URLs to download from instead of the standard mirrors")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    hidden: tuple[int, ...] = option((100,), "hidden layer sizes, input to output", ge=1, min_len=1)
+    hidden: tuple[int, ...] = option((100,), "hidden layer sizes, input to output", ge=1, le=MAX_COUNT, min_len=1)
     activation: str = option("sigmoid", "hidden activation", choices=ACTIVATIONS)
 
 
@@ -67,12 +70,12 @@ class TrainConfig:
     optimizer: str = option("adam", "optax optimizer", choices=OPTIMIZERS)
     learning_rate: float = option(1e-3, "optimizer step size", gt=0, le=10)
     momentum: float = option(0.9, "momentum for sgd (0 turns it off)", ge=0, lt=1)
-    batch_size: int = option(128, "examples per step", ge=1)
-    epochs: int = option(10, "passes over the training set (0 keeps the random initialisation)", ge=0)
+    batch_size: int = option(128, "examples per step", ge=1, le=2**20)
+    epochs: int = option(10, "passes over the training set (0 keeps the random initialisation)", ge=0, le=100_000)
     l1: float = option(0.0, "L1 penalty on all weights: l1 * sum |w|", ge=0)
     l2: float = option(0.0, "L2 penalty on all weights: l2 * sum w^2", ge=0)
-    seed: int = option(0, "seed for initialisation and batch order", ge=0)
-    snapshot_every: int = option(1, "keep a weight snapshot every this many epochs or steps", ge=1)
+    seed: int = option(0, "seed for initialisation and batch order", ge=0, le=MAX_SEED)
+    snapshot_every: int = option(1, "keep a weight snapshot every this many epochs or steps", ge=1, le=MAX_COUNT)
     snapshot_unit: str = option("epoch", "unit of snapshot_every", choices=SNAPSHOT_UNITS)
 
 
@@ -129,17 +132,17 @@ class ForcesConfig:
 
 @dataclass(frozen=True)
 class SimConfig:
-    steps: int = option(500, "most steps to run; alpha cools from 1 to alpha_min over them", ge=1)
-    record_every: int = option(5, "keep every k-th step as an animation frame", ge=1)
-    chunk: int = option(100, "steps per compiled call; the progress bar advances per chunk", ge=1)
+    steps: int = option(500, "most steps to run; alpha cools from 1 to alpha_min over them", ge=1, le=10_000_000)
+    record_every: int = option(5, "keep every k-th step as an animation frame", ge=1, le=10_000_000)
+    chunk: int = option(100, "steps per compiled call; the progress bar advances per chunk", ge=1, le=100_000)
     init: str = option("pca", "starting positions: PCA of the output vectors, or random", choices=INITS)
     alpha_min: float = option(0.001, "alpha (the step scale) at the last step", gt=0, lt=1)
     velocity_decay: float = option(0.4, "friction: fraction of the velocity lost each step", ge=0, lt=1)
     settle: float = option(1e-4, "stop early once no particle moves more than this per step, as a "
                                  "fraction of the layout's size (0: never)", ge=0)
-    seed: int = option(0, "seed for the starting positions", ge=0)
+    seed: int = option(0, "seed for the starting positions", ge=0, le=MAX_SEED)
     snapshot_steps: int = option(60, "training timeline: steps per weight snapshot, each warm-started from "
-                                     "the previous layout", ge=1)
+                                     "the previous layout", ge=1, le=10_000_000)
     snapshot_alpha: float = option(0.3, "training timeline: alpha at the start of each snapshot's steps",
                                    gt=0, le=1)
 
@@ -180,18 +183,19 @@ class RenderConfig:
 class StructureConfig:
     enabled: bool = option(True, "test the structure against nulls and write report.md and structure.json")
     permutations: int = option(1000, "null samples per permutation test (shuffles and random initialisations)",
-                               ge=19)
+                               ge=19, le=1_000_000)
     layout_nulls: int = option(99, "null networks laid out again by the same simulation, for the 3D tests "
-                                   "(p >= 1 / (n + 1): 99 can show p = 0.01)", ge=0)
-    k: int = option(10, "neighbours for the neighbourhood hit", ge=1)
+                                   "(p >= 1 / (n + 1): 99 can show p = 0.01)", ge=0, le=100_000)
+    k: int = option(10, "neighbours for the neighbourhood hit", ge=1, le=MAX_COUNT)
     stability_seeds: int = option(5, "layouts from random starts (seeds 0..n-1) aligned by Procrustes "
-                                     "(0 or 1: no stability)", ge=0)
-    ablation_groups: int = option(100, "random neuron groups per dominance group, the ablation's null", ge=0)
+                                     "(0 or 1: no stability)", ge=0, le=10_000)
+    ablation_groups: int = option(100, "random neuron groups per dominance group, the ablation's null", ge=0,
+                                 le=1_000_000)
     shuffled_label_runs: int = option(0, "networks trained on shuffled labels, the costly third null "
-                                         "(0: off)", ge=0)
+                                         "(0: off)", ge=0, le=1_000)
     retrain_runs: int = option(0, "networks trained again with train seeds seed+1.. and laid out the same way, "
-                                  "to test whether the class arrangement is reproducible (0: off)", ge=0)
-    seed: int = option(0, "seed of every null sample", ge=0)
+                                  "to test whether the class arrangement is reproducible (0: off)", ge=0, le=1_000)
+    seed: int = option(0, "seed of every null sample", ge=0, le=MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,7 @@ def read_yaml_mapping(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file '{path}': {e}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = strict_yaml.load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -268,18 +272,23 @@ def apply_override(raw: dict, text: str) -> None:
     dotted, sep, value_text = text.partition("=")
     keys = dotted.strip().split(".")
     if not sep or not all(keys):
-        raise ConfigError(f"--set {text!r} is not of the form section.key=value (e.g. train.epochs=5)")
+        raise ConfigError(f"--set {excerpt(text)} is not of the form section.key=value (e.g. train.epochs=5)")
+    if dotted.strip() in sections():
+        raise ConfigError(f"--set {excerpt(text)}: {dotted.strip()!r} is a section: set one key at a time, e.g. "
+                          f"--set {next(p for p in valid_paths() if p.startswith(dotted.strip() + '.'))}=...")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
+        value = strict_yaml.load(value_text) if value_text.strip() else None
+    except strict_yaml.StrictLoadError as e:
+        raise ConfigError(f"--set {excerpt(text)}: {e.problem}") from None
     except yaml.YAMLError:
-        value = value_text
+        value = value_text  # not YAML: the text itself
     node = raw
     for depth, key in enumerate(keys[:-1]):
         child = node.setdefault(key, {})
         if child is None:
             child = node[key] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {text!r}: {'.'.join(keys[:depth + 1])!r} is a value, not a section")
+            raise ConfigError(f"--set {excerpt(text)}: {'.'.join(keys[:depth + 1])!r} is a value, not a section")
         node = child
     node[keys[-1]] = value
 
@@ -290,7 +299,7 @@ def build(cls: type, raw: Any, path: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path or 'the config'} must be a mapping of keys to values, "
-                          f"got {type(raw).__name__} {raw!r}")
+                          f"got {type(raw).__name__} {excerpt(raw)}")
     names = [f.name for f in fields(cls)]
     for key in raw:
         if key not in names:
@@ -324,6 +333,11 @@ def valid_paths(cls: type = RunConfig, path: str = "") -> list[str]:
     return out
 
 
+def sections(cls: type = RunConfig) -> set[str]:
+    """Every dotted section of a config, e.g. 'train', 'layout.forces.euclid'."""
+    return {p.rpartition(".")[0] for p in valid_paths(cls)} - {""}
+
+
 def unknown_key_message(dotted: str) -> str:
     """'unknown key ...' with the closest valid key: same name in another section, else the nearest spelling."""
     paths = valid_paths()
@@ -334,7 +348,7 @@ def unknown_key_message(dotted: str) -> str:
              or difflib.get_close_matches(dotted, siblings, n=1, cutoff=0.6)
              or difflib.get_close_matches(dotted, paths, n=1, cutoff=0.6))
     hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(siblings) or 'none'}"
-    return f"unknown key {dotted!r}: {hint}"
+    return f"unknown key {excerpt(dotted)}: {hint}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,31 +50,31 @@ def coerce_scalar(value: Any, tp: type, where: str, shown: Any, path: str) -> An
             pass
     if not ok:
         expected = TYPE_NAMES[tp] if where == path else f"a list of {TYPE_NAMES[tp].split(' ', 1)[1]}s"
-        raise ConfigError(f"{path} = {shown!r} has the wrong type: expected {expected}")
+        raise ConfigError(f"{path} = {excerpt(shown)} has the wrong type: expected {expected}")
     return float(value) if tp is float else value
 
 
 def check_sequence(items: tuple, path: str, rules: typing.Mapping[str, Any]) -> None:
     if len(items) < rules.get("min_len", 0):
-        raise ConfigError(f"{path} = {list(items)!r} is too short: give at least {rules['min_len']} values")
+        raise ConfigError(f"{path} = {excerpt(list(items))} is too short: give at least {rules['min_len']} values")
     if rules.get("unique") and len(set(items)) != len(items):
-        raise ConfigError(f"{path} = {list(items)!r} repeats a value: give each value once")
+        raise ConfigError(f"{path} = {excerpt(list(items))} repeats a value: give each value once")
 
 
 def check_scalar(value: Any, path: str, rules: typing.Mapping[str, Any], shown: Any) -> None:
     if rules.get("folder_name") and not is_folder_name(value):
-        raise ConfigError(f"{path} = {shown!r} is not a plain folder name: use letters, digits, '-', '_' and '.' "
+        raise ConfigError(f"{path} = {excerpt(shown)} is not a plain folder name: use letters, digits, '-', '_' and '.' "
                           "(not '.' or '..'), e.g. my-run")
     choices = rules.get("choices")
     if choices is not None and value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{path} = {shown!r} is not valid: choose one of {', '.join(choices)}{hint}")
+        raise ConfigError(f"{path} = {excerpt(shown)} is not valid: choose one of {', '.join(choices)}{hint}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         tests = {"gt": value > rules.get("gt", -float("inf")), "ge": value >= rules.get("ge", -float("inf")),
                  "lt": value < rules.get("lt", float("inf")), "le": value <= rules.get("le", float("inf"))}
         if not all(tests.values()) or math.isnan(value):
-            raise ConfigError(f"{path} = {shown!r} is out of range: must be {describe_range(rules)}")
+            raise ConfigError(f"{path} = {excerpt(shown)} is out of range: must be {describe_range(rules)}")
 
 
 def describe_range(rules: typing.Mapping[str, Any]) -> str:
@@ -85,3 +85,12 @@ def describe_range(rules: typing.Mapping[str, Any]) -> str:
 def is_folder_name(value: str) -> bool:
     """Whether `value` names one folder, inside its parent (no separators, no '.' or '..')."""
     return bool(FOLDER_NAME.fullmatch(value)) and value not in (".", "..")
+
+
+EXCERPT = 60  # characters of a value quoted in a message
+
+
+def excerpt(value: Any) -> str:
+    """repr(value), cut to EXCERPT characters: a message quotes what was wrong, never a megabyte of it."""
+    text = repr(value)
+    return text if len(text) <= EXCERPT else text[:EXCERPT - 4] + " ..."

@@ -69,6 +69,9 @@ def memory_needs(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: i
     snapshots = 1 + n_snapshots(cfg, n_train) if trains else given_snapshots
     particles = n + (0 if cfg.layout.anchors.mode == "none" else sizes[-1])
     rest = particles * -(-particles // REST_ROW) * REST_ROW * FLOAT  # one system's spring rest lengths
+    sim = cfg.layout.sim
+    frames = sim.steps // sim.record_every + 2 + sim.chunk // sim.record_every  # kept, and one chunk's
+    trajectory = 2 * frames * particles * 3 * FLOAT  # the frames, and the scene's copy of them
     fewer = "use fewer hidden neurons (model.hidden)"
     needs = [
         Need("training", FLOAT * (n_params * (OPTIMIZER_COPIES + snapshots) + 2 * n_test * n),
@@ -81,14 +84,18 @@ def memory_needs(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: i
     needs += [
         Need("neuron features", FLOAT * (2 * n_test * n + 2 * sizes[0] * n),
              f"the activations of {n:,} neurons on {n_test:,} test images", f"{fewer}, or set data.limit"),
-        Need("layout", rest + 8 * 6 * min(n, cfg.layout.metrics_sample) * n,
-             f"the spring lengths of {particles:,} particles, all pairs", fewer),
+        Need("layout", rest + trajectory + 8 * 6 * min(n, cfg.layout.metrics_sample) * n,
+             f"the spring lengths of {particles:,} particles, all pairs, and {frames:,} frames",
+             f"{fewer}, or keep fewer frames (fewer layout.sim.steps, more layout.sim.record_every)"),
     ]
     if cfg.structure.enabled:
-        side_by_side = max(cfg.structure.layout_nulls, cfg.structure.stability_seeds)
-        needs.append(Need("structure tests", side_by_side * rest + (8 + 8 * 2) * widest * widest,
-                          f"{side_by_side} layouts side by side and {widest:,} x {widest:,} distance matrices",
-                          "lower structure.layout_nulls and structure.stability_seeds, or set "
+        sc = cfg.structure
+        side_by_side = max(sc.layout_nulls, sc.stability_seeds)
+        samples = sc.permutations * widest * (1 + 2 * sizes[-1]) * FLOAT  # permutations, two sets of null vectors
+        needs.append(Need("structure tests", side_by_side * rest + (8 + 8 * 2) * widest * widest + samples,
+                          f"{side_by_side} layouts side by side, {widest:,} x {widest:,} distance matrices and "
+                          f"{sc.permutations:,} null samples",
+                          "lower structure.layout_nulls, structure.stability_seeds and structure.permutations, or set "
                           "structure.enabled=false", optional=True))
     return needs
 

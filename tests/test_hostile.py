@@ -1,0 +1,119 @@
+"""Hostile configs and overrides get one short line: alias bombs, duplicate keys, YAML 1.1 numbers, a
+whole section set at once, and integers beyond what the code can hold."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from layout.core.config import load_config, valid_paths
+from layout.core.errors import ConfigError
+from tests.test_fuzz import FUZZ
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def error_of(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message
+    return message
+
+
+def alias_bomb(levels: int) -> str:
+    """The issue's 413-byte file: each alias repeats the one before nine times."""
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nmodel:\n  hidden: *a{levels}\n"
+
+
+@pytest.mark.parametrize("levels", [8, 9])
+def test_an_alias_bomb_is_one_short_line(tmp_path, levels):
+    message = error_of(tmp_path, alias_bomb(levels))
+    assert "anchors and aliases (&name, *name) are not allowed in a config" in message
+    assert "at line 1, column" in message
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    message = error_of(tmp_path, "train:\n  epochs: 3\nmodel:\n  hidden: [10]\ntrain:\n  epochs: 5\n")
+    assert message == (f"config file '{tmp_path / 'c.yaml'}' is not valid YAML at line 5, column 1: key 'train' "
+                       "appears twice (lines 1 and 5): keep one")
+    assert "appears twice (lines 2 and 3)" in error_of(tmp_path, "train:\n  epochs: 3\n  epochs: 4\n")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("train:\n  epochs: 1:30\n", "train.epochs = '1:30' has the wrong type: expected an integer"),  # not 90
+    ("train:\n  learning_rate: 1:30\n", "train.learning_rate = '1:30' has the wrong type: expected a number"),
+    ("train:\n  epochs: 017\n", "train.epochs = '017' has the wrong type: expected an integer"),  # not octal 15
+    ("train:\n  epochs: 0x1F\n", "train.epochs = '0x1F' has the wrong type: expected an integer"),
+])
+def test_yaml_1_1_numbers_are_not_numbers(tmp_path, text, expected):
+    assert expected in error_of(tmp_path, text)
+
+
+def test_yaml_1_2_numbers_still_are(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rate: 1e-3\n  epochs: 1_000\n  l1: .5\n")
+    cfg = load_config(path)
+    assert (cfg.train.learning_rate, cfg.train.epochs, cfg.train.l1) == (1e-3, 1000, 0.5)
+
+
+def test_a_whole_section_cannot_be_set_at_once(tmp_path):
+    message = error_of(tmp_path, "train:\n  learning_rate: 0.01\n", ("train={epochs: 3}",))
+    assert message == "--set 'train={epochs: 3}': 'train' is a section: set one key at a time, e.g. " \
+                      "--set train.optimizer=..."
+    assert "'layout.forces' is a section" in error_of(tmp_path, "", ("layout.forces=1",))
+
+
+def test_a_huge_value_is_quoted_as_a_short_excerpt(tmp_path):
+    message = error_of(tmp_path, "", (f"model.hidden=[{', '.join(['-1'] * 5_000)}]",))
+    assert message.startswith("model.hidden = [-1, -1, -1") and " ... is out of range: must be >= 1 and <= 1e+09" \
+        in message
+    assert error_of(tmp_path, "", (f"model.hidden=[{', '.join(['1'] * 100_000)}]",)).endswith(
+        "more than 10,000 values: a config is a few dozen")
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.seed=2147483648", "train.seed = 2147483648 is out of range: must be >= 0 and <= 2.14748e+09"),
+    (f"layout.sim.seed={2**63}", "layout.sim.seed = 9223372036854775808 is out of range"),
+    ("layout.sim.steps=1e10", "layout.sim.steps = 10000000000.0 has the wrong type: expected an integer"),
+    ("layout.sim.steps=10000000000", "layout.sim.steps = 10000000000 is out of range: must be >= 1 and <= 1e+07"),
+    ("layout.sim.chunk=1000000000", "layout.sim.chunk = 1000000000 is out of range: must be >= 1 and <= 100000"),
+    ("structure.permutations=100000000", "structure.permutations = 100000000 is out of range"),
+    ("train.epochs=" + "9" * 30, "train.epochs = " + "9" * 30 + " is out of range: must be >= 0 and <= 100000"),
+])
+def test_integers_beyond_what_the_code_can_hold_are_refused(tmp_path, override, expected):
+    assert expected in error_of(tmp_path, "", (override,))
+
+
+def test_the_command_refuses_an_alias_bomb_at_once_in_one_line(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb(9))
+    result = subprocess.run([sys.executable, "-m", "layout.run", str(path), "--no-window"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "anchors and aliases" in result.stderr and "Traceback" not in result.stderr
+
+
+KEYS = [p for p in valid_paths() if "." in p]
+
+
+@FUZZ
+@given(st.sampled_from(KEYS + [k.rpartition(".")[0] for k in KEYS]),
+       st.one_of(st.integers(-2**70, 2**70), st.text(max_size=40), st.floats(), st.lists(st.integers(-2**40, 2**40),
+                                                                                         max_size=3)))
+def test_any_override_gives_a_config_or_one_short_line(tmp_path_factory, key, value):
+    path = tmp_path_factory.mktemp("fuzz") / "c.yaml"
+    path.write_text("")
+    try:
+        load_config(path, (f"{key}={value}",))
+    except ConfigError as e:
+        assert "\n" not in str(e) and len(str(e)) < 400
