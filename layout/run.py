@@ -80,13 +80,15 @@ def run_command(command: Callable[[argparse.Namespace], int], argv: list[str] | 
             raise
         print(f"error: {write_failure(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # partial files were removed as the interrupt unwound the stages
-        print("interrupted: finished outputs are kept, nothing half-written was left", file=sys.stderr)
+    except KeyboardInterrupt as e:  # partial files were removed as the interrupt unwound the stages
+        terminated = isinstance(e, ctrl_c.Terminated)
+        print(f"{'terminated' if terminated else 'interrupted'}: finished outputs are kept, nothing half-written "
+              "was left", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         # Leave at once: XLA may still be running a computation dispatched before the interrupt, and
         # finalizing the interpreter underneath it crashes with a segmentation fault.
-        os._exit(130)
+        os._exit(143 if terminated else 130)
 
 
 def write_failure(e: OSError) -> str:

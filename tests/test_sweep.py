@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layout.core.sweep_file import read_sweep
+from layout.core.sweep_file import point_label, read_sweep
 from layout.insight.sweep_figures import dead_fraction, dedication, network_sparsity, weight_sparsity
 from layout.insight.sweep_report import seed_summary
 from layout.run import sweep_main as main
@@ -125,3 +125,8 @@ def test_a_missing_base_config_is_named(tmp_path):
     sweep.write_text("base: nowhere.yaml\ngrid: {train.l1: [0]}\n")
     with pytest.raises(Exception, match="base config .*nowhere.yaml' not found"):
         read_sweep(sweep)
+
+
+def test_point_labels_tell_keys_with_the_same_last_part_apart():
+    assert point_label({"train.seed": 1, "layout.sim.seed": 0}) == "train.seed=1 sim.seed=0"
+    assert point_label({"train.l1": 0.001, "model.hidden": [64, 32]}) == "l1=0.001 hidden=[64,32]"

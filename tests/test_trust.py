@@ -205,3 +205,36 @@ def test_config_yaml_records_the_network_that_was_laid_out(tmp_path, shared_data
     same = command("euclid.yaml", tmp_path / "same", tmp_path / "cache", shared_data, "--network", NETWORK,
                    *sets("model.hidden=[30]", "layout.sim.steps=30", "structure.enabled=false"))
     assert not [m for m in messages(same.stderr) if "replaces the config's model" in m]  # nothing replaced
+
+
+# ---------------------------------------------------------------------------------------------
+# Network files that are not network files
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"\x08\x07\x12\x07pytorch", "it is not an .npz archive (a zip of .npy arrays): it starts with b'\\x08\\x07\\x12\\x07pyto'"),
+    (b"\x93NUMPY\x01\x00v\x00", "it is a single .npy array, not an .npz archive of named arrays"),
+    (b"\x80\x04\x95\x10\x00", "it holds pickled Python objects, which are never loaded (they can run code)"),
+    (b"", "it is empty"),
+])
+def test_a_file_that_is_not_an_npz_says_what_it_is(tmp_path, content, reason):
+    from layout.core.errors import UserError
+    from models.network.store import load_network
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as info:
+        load_network(path)
+    assert str(info.value) == f"{path} is not a network file written by neuron-layout: {reason}"
+
+
+def test_a_fifo_is_refused_without_waiting_for_it(tmp_path):
+    import os
+
+    from layout.core.errors import UserError
+    from models.network.store import load_network
+
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="pipe.npz is not a regular file: name a .npz file"):
+        load_network(fifo)  # opening it would block until a writer came

@@ -1,4 +1,4 @@
-"""Ctrl-C that is never lost.
+"""Ctrl-C (and SIGTERM, as `kill` or a scheduler sends it) that is never lost.
 
 Python raises KeyboardInterrupt wherever the interpreter happens to be when SIGINT arrives. Inside a
 garbage-collector callback (JAX registers one) or a VTK callback the exception is printed as "ignored"
@@ -16,21 +16,33 @@ import threading
 from typing import Iterator
 
 _pressed = threading.Event()
+_terminated = threading.Event()
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: handled as Ctrl-C is (nothing half-written is left), with its own exit code."""
+
+
+def interruption() -> KeyboardInterrupt:
+    return Terminated() if _terminated.is_set() else KeyboardInterrupt()
 
 
 def check() -> None:
-    """Raise KeyboardInterrupt if Ctrl-C was pressed since the watch began."""
+    """Raise KeyboardInterrupt (Terminated for SIGTERM) if a signal came since the watch began."""
     if _pressed.is_set():
-        raise KeyboardInterrupt
-
-
-def _note_and_raise(signum, frame) -> None:
-    _pressed.set()
-    raise KeyboardInterrupt
+        raise interruption()
 
 
 def _note(signum, frame) -> None:
+    if signum == signal.SIGTERM:
+        _terminated.set()
     _pressed.set()
+
+
+def _note_and_raise(signum, frame) -> None:
+    _note(signum, frame)
+    raise interruption()
 
 
 @contextlib.contextmanager
@@ -38,11 +50,12 @@ def _handling(handler) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
         return
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 @contextlib.contextmanager
@@ -50,6 +63,7 @@ def watched() -> Iterator[None]:
     """A whole command: Ctrl-C raises at once, as usual, and is noted for `check()` too; where Python
     has to drop it (see above), it prints nothing."""
     _pressed.clear()
+    _terminated.clear()
     previous = sys.unraisablehook
 
     def quiet(unraisable) -> None:
@@ -63,6 +77,7 @@ def watched() -> Iterator[None]:
     finally:
         sys.unraisablehook = previous
         _pressed.clear()
+        _terminated.clear()
 
 
 def deferred() -> Iterator[None]:

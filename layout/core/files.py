@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -77,12 +78,22 @@ def read_npz(path: str | Path, what: str) -> tuple[dict[str, np.ndarray], dict]:
         return UserError(f"{path} is not a {what} written by neuron-layout: {reason}")
 
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise UserError(f"{path} does not exist: check the path") from None
-    except IsADirectoryError:
-        raise UserError(f"{path} is a folder, not a {what}: name the .npz file inside it") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path} is a folder, not a {what}: name the .npz file inside it")
+    if not stat.S_ISREG(mode):  # a FIFO or a device would block the read, or never end
+        raise UserError(f"{path} is not a regular file: name a .npz file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] != ZIP_MAGIC:
+        raise refuse(not_npz(head))
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
     except ValueError as e:
         if "allow_pickle" in str(e):
             raise refuse("it holds pickled Python objects, which are never loaded (they can run code)") from None
@@ -98,6 +109,20 @@ def read_npz(path: str | Path, what: str) -> tuple[dict[str, np.ndarray], dict]:
     if not isinstance(meta, dict):
         raise refuse("its 'meta' entry is not a JSON object")
     return arrays, meta
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # an .npz is a zip of .npy arrays
+
+
+def not_npz(head: bytes) -> str:
+    """Why a file that does not start like a zip archive is not an .npz, from its first bytes."""
+    if head.startswith(b"\x93NUMPY"):
+        return "it is a single .npy array, not an .npz archive of named arrays"
+    if head[:1] == b"\x80":  # pickle protocols 2 and up
+        return "it holds pickled Python objects, which are never loaded (they can run code)"
+    if not head:
+        return "it is empty"
+    return f"it is not an .npz archive (a zip of .npy arrays): it starts with {head[:8]!r}"
 
 
 def require_arrays(path: str | Path, what: str, arrays: dict, shapes: dict[str, tuple]) -> None:

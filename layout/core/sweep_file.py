@@ -87,8 +87,19 @@ def mapping(raw, path: Path, section: str) -> dict:
 
 
 def point_label(point: dict) -> str:
-    """'l1=0.0003 hidden=[100] seed=1': the last part of each key and its value."""
-    return " ".join(f"{k.rpartition('.')[2]}={json.dumps(v, separators=(',', ':'))}" for k, v in point.items())
+    """'l1=0.0003 hidden=[100] seed=1': each key by its shortest ending that no other key of the point
+    shares (train.seed and layout.sim.seed: 'train.seed=1 sim.seed=0'), and its value."""
+    return " ".join(f"{short_name(k, point)}={json.dumps(v, separators=(',', ':'))}" for k, v in point.items())
+
+
+def short_name(key: str, keys) -> str:
+    """The last parts of a dotted key, as few as tell it from the other keys."""
+    parts = key.split(".")
+    for n in range(1, len(parts) + 1):
+        ending = ".".join(parts[-n:])
+        if not any(other != key and (other == ending or other.endswith("." + ending)) for other in keys):
+            return ending
+    return key
 
 
 def point_configs(sweep: Sweep, extra: tuple[str, ...], data_dir: str | None) -> list[RunConfig]:
