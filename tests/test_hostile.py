@@ -3,6 +3,8 @@ whole section set at once, and integers beyond what the code can hold."""
 
 from __future__ import annotations
 
+import gzip
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from layout.core.config import load_config, valid_paths
-from layout.core.errors import ConfigError
+from layout.core.config import DataConfig, load_config, valid_paths
+from layout.core.errors import ConfigError, DataError
+from models.data.datasets import load_dataset
+from models.data.idx import decompress, parse_idx
+from tests.conftest import make_idx_dataset
 from tests.test_fuzz import FUZZ
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,3 +122,48 @@ def test_any_override_gives_a_config_or_one_short_line(tmp_path_factory, key, va
         load_config(path, (f"{key}={value}",))
     except ConfigError as e:
         assert "\n" not in str(e) and len(str(e)) < 400
+
+
+# ---------------------------------------------------------------------------------------------
+# Gzip bombs and absurd IDX headers
+
+
+def idx_header(type_byte: int, dims: tuple[int, ...]) -> bytes:
+    return bytes([0, 0, type_byte, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def test_a_header_whose_size_overflows_int64_is_truncated_not_accepted():
+    raw = idx_header(0x08, (2**32 - 1,) * 3) + b"\0" * 100
+    with pytest.raises(DataError, match=r"x is truncated: its header promises 79228162458924105385300197375 bytes"):
+        parse_idx(raw, "x")
+
+
+def test_a_header_with_255_dimensions_is_one_line():
+    with pytest.raises(DataError, match="x has a bad IDX header: it declares 255 dimensions"):
+        parse_idx(bytes([0, 0, 0x08, 255]) + b"\0" * 2000, "x")
+
+
+def test_a_gzip_bomb_is_refused_before_it_is_inflated():
+    bomb = gzip.compress(idx_header(0x08, (6_000_000, 28, 28)) + bytes(50_000_000))  # 4.7 GB declared, 49 KB
+    assert len(bomb) < 100_000
+    with pytest.raises(DataError, match=r"declares 6000000 x 28 x 28 values \(4.7 GB decompressed\), more than the "
+                                        r"1.0 GB available here"):
+        decompress(bomb, "bomb.gz", available=10**9)
+    with pytest.raises(DataError, match="bomb.gz is truncated: its header promises 4704000000 bytes"):
+        parse_idx(decompress(bomb, "bomb.gz", available=10**10), "bomb.gz")  # inflates only what is there
+
+
+def test_more_data_than_the_header_declares_is_refused_without_inflating_it():
+    raw = gzip.compress(idx_header(0x08, (2,)) + bytes(3) + bytes(10_000_000))
+    with pytest.raises(DataError, match=r"holds more data than its header \(dimensions 2\) accounts for"):
+        decompress(raw, "x.gz", available=10**9)
+
+
+def test_a_dataset_whose_files_disagree_is_refused_from_their_headers(tmp_path, isolated_cache):
+    folder = make_idx_dataset(tmp_path / "d", n=16)
+    bomb = gzip.compress(idx_header(0x08, (6_000_000, 28, 28)) + bytes(50_000_000))
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(bomb)
+    with pytest.raises(DataError, match=r"has 6000000 images but .* has 16 labels: the two files do not belong"):
+        load_dataset(DataConfig(dir=str(folder)), environ={}, system_root=tmp_path)
+    assert not (isolated_cache / "decoded").exists() or all(p.stat().st_size < 10**6
+                                                           for p in (isolated_cache / "decoded").iterdir())

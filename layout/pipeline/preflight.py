@@ -11,12 +11,11 @@ on top.
 
 from __future__ import annotations
 
-import os
-import resource
 from dataclasses import dataclass
 
 from layout.core.config import RunConfig
 from layout.core.errors import ConfigError, UserError
+from layout.core.memory import available_memory, gigabytes
 from models.data.datasets import Dataset
 from models.network.train import check_batches
 
@@ -106,31 +105,6 @@ def n_snapshots(cfg: RunConfig, n_train: int) -> int:
     return cfg.train.epochs * per_epoch // cfg.train.snapshot_every
 
 
-def available_memory() -> int:
-    """Bytes this process may still take: the system's available memory, and no more than what an
-    address-space limit (ulimit -v) leaves."""
-    available = 2**63
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        available = int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        pass
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if limit != resource.RLIM_INFINITY:
-        available = min(available, max(limit - address_space(), 0))
-    return available
-
-
-def address_space() -> int:
-    """Bytes of address space this process uses now."""
-    try:
-        with open(f"/proc/{os.getpid()}/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
-    except (OSError, StopIteration, ValueError):
-        return 0
-
-
 def check_memory(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: int,
                  given_snapshots: int | None = None, lays_out: bool = True, available: int | None = None) -> None:
     """Refuse, in one line, a run that needs more memory than this machine has, naming the largest stage
@@ -143,10 +117,3 @@ def check_memory(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: i
         raise UserError(f"a {'-'.join(map(str, sizes))} network needs about {gigabytes(worst.bytes)} of memory for "
                         f"its {worst.stage} ({worst.holds}), more than the {gigabytes(available)} available here: "
                         f"{worst.fix}")
-
-
-def gigabytes(n: int) -> str:
-    """'43.0 GB', '310 MB', '40,010 TB'."""
-    if n >= 1e13:
-        return f"{n / 1e12:,.0f} TB"
-    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.0f} MB"

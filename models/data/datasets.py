@@ -24,7 +24,7 @@ import pooch
 from layout.core.config import DataConfig, fingerprint
 from layout.core.errors import DataError
 from layout.core.files import cache_dir
-from models.data.idx import read_idx_cached
+from models.data.idx import file_header, read_bytes, read_idx_cached
 
 SYSTEM_ROOT = Path("/usr/share/datasets")
 IMAGE_SHAPE = (28, 28)
@@ -119,17 +119,24 @@ class Dataset:
         return len(self.classes)
 
 
-def check_split(images: np.ndarray, labels: np.ndarray, names: tuple[str, str]) -> Split:
-    """Check that an image file and a label file form an MNIST-style split."""
-    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE or images.dtype != np.uint8:
+def check_shapes(images, labels, names: tuple[str, str]) -> None:
+    """Check that an image file and a label file can form an MNIST-style split: 28x28 uint8 images, as
+    many uint8 labels. `images` and `labels` are arrays, or their IDX headers (checked before a byte of
+    data is decompressed)."""
+    if len(images.shape) != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE or images.dtype != np.uint8:
         raise DataError(f"{names[0]} should hold 28x28 uint8 images, found a {images.dtype} array of shape "
                         f"{'x'.join(map(str, images.shape))}")
-    if labels.ndim != 1 or labels.dtype != np.uint8:
+    if len(labels.shape) != 1 or labels.dtype != np.uint8:
         raise DataError(f"{names[1]} should hold a list of uint8 labels, found a {labels.dtype} array of shape "
                         f"{'x'.join(map(str, labels.shape))}")
     if len(images) != len(labels):
         raise DataError(f"{names[0]} has {len(images)} images but {names[1]} has {len(labels)} labels: "
                         "the two files do not belong together")
+
+
+def check_split(images: np.ndarray, labels: np.ndarray, names: tuple[str, str]) -> Split:
+    """Check that an image file and a label file form an MNIST-style split, labels in range included."""
+    check_shapes(images, labels, names)
     if len(labels) and labels.max() >= N_LABELS:
         raise DataError(f"{names[1]} has label {labels.max()}; labels must be 0-{N_LABELS - 1}")
     return Split(images=images, labels=labels.astype(np.int32))
@@ -261,6 +268,9 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
                  progressbar: bool = False) -> Dataset:
     """Find, read and check the dataset, then apply `classes` and `limit`."""
     files, notes = locate(cfg, environ=environ, system_root=system_root, progressbar=progressbar)
+    for img, lab in SPLIT_FILES.values():  # from the headers alone, before anything is decompressed
+        check_shapes(*(file_header(read_bytes(files[stem]), str(files[stem])) for stem in (img, lab)),
+                     (str(files[img]), str(files[lab])))
     digest = hashlib.sha256()
     arrays = {}
     for stem in STEMS:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -15,49 +16,101 @@ import numpy as np
 
 from layout.core.errors import DataError, UserError
 from layout.core.files import cache_dir, read_npz, write_atomic
+from layout.core.memory import available_memory, gigabytes
 
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's code for a gzip stream (header and CRC checked)
+MAX_DIMS = 4  # images have 3 dimensions, labels 1; more is a damaged header
 
 # IDX type codes (third byte of the magic number) and their big-endian numpy types.
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def parse_idx(data: bytes, name: str) -> np.ndarray:
-    """Decode the bytes of an (uncompressed) IDX file, checking its header against its length."""
+class Header(NamedTuple):
+    """An IDX header: the values' type, the dimensions, the header's own length in bytes."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    size: int
+
+    @property
+    def data_bytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize  # Python integers: no overflow, however large
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def read_header(data: bytes, name: str) -> Header:
+    """The header at the start of (uncompressed) IDX bytes, checked: magic number, type, 1 to MAX_DIMS
+    dimensions, all of them present."""
     if len(data) < 4:
         raise DataError(f"{name} is not an IDX file: only {len(data)} bytes long")
     if data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
         magic = int.from_bytes(data[:4], "big")
-        raise DataError(f"{name} is not an IDX file: bad magic number 0x{magic:08x} "
-                        f"(expected 0x00000801 for labels or 0x00000803 for images)")
+        raise DataError(f"{name} is not an IDX file: bad magic number 0x{magic:08x} (expected 0x00000801 for labels "
+                        f"or 0x00000803 for images; its type byte is 0x{data[2]:02x}, valid: "
+                        f"{', '.join(f'0x{t:02x}' for t in IDX_TYPES)})")
     ndim = data[3]
-    header = 4 + 4 * ndim
-    if ndim == 0:
-        raise DataError(f"{name} has a bad IDX header: it declares 0 dimensions")
-    if len(data) < header:
-        raise DataError(f"{name} is truncated: its header needs {header} bytes, the file has {len(data)}")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(IDX_TYPES[data[2]])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    actual = len(data) - header
+    if not 1 <= ndim <= MAX_DIMS:
+        raise DataError(f"{name} has a bad IDX header: it declares {ndim} dimensions (the magic number's last "
+                        f"byte); images have 3 and labels 1")
+    size = 4 + 4 * ndim
+    if len(data) < size:
+        raise DataError(f"{name} is truncated: its header needs {size} bytes, the file has {len(data)}")
+    return Header(np.dtype(IDX_TYPES[data[2]]), struct.unpack(f">{ndim}I", data[4:size]), size)
+
+
+def parse_idx(data: bytes, name: str) -> np.ndarray:
+    """Decode the bytes of an (uncompressed) IDX file, checking its header against its length."""
+    header = read_header(data, name)
+    dims, dtype, expected = header.shape, header.dtype, header.data_bytes
+    actual = len(data) - header.size
     if actual < expected:
         raise DataError(f"{name} is truncated: its header promises {expected} bytes of data "
                         f"(dimensions {'x'.join(map(str, dims))}), the file has {actual}")
     if actual > expected:
         raise DataError(f"{name} has {actual - expected} bytes after the data that its header "
                         f"(dimensions {'x'.join(map(str, dims))}) does not account for")
-    array = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header)
+    array = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header.size)
     return array.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
-def decompress(raw: bytes, name: str) -> bytes:
-    """Gunzip `raw` if it starts with the gzip magic bytes; plain IDX passes through."""
+def file_header(raw: bytes, name: str) -> Header:
+    """The IDX header of a file's bytes, gzip-compressed or not, decompressing no more than the header."""
+    if raw[:2] != GZIP_MAGIC:
+        return read_header(raw, name)
+    try:
+        return read_header(zlib.decompressobj(GZIP_WBITS).decompress(raw, 4 + 4 * MAX_DIMS), name)
+    except zlib.error as e:
+        raise DataError(f"{name} is a damaged gzip file ({e}): delete it or download it again") from None
+
+
+def decompress(raw: bytes, name: str, available: int | None = None) -> bytes:
+    """Gunzip `raw` if it starts with the gzip magic bytes (plain IDX passes through), within a bound: the
+    size its IDX header declares, which must fit in the memory `available` (by default, what this process
+    may still take). A gzip bomb is refused before it is inflated, and never inflated past what it declares."""
     if raw[:2] != GZIP_MAGIC:
         return raw
+    header = file_header(raw, name)
+    total = header.size + header.data_bytes
+    available = available_memory() if available is None else available
+    if total > available:
+        raise DataError(f"{name} declares {' x '.join(map(str, header.shape))} values ({gigabytes(total)} "
+                        f"decompressed), more than the {gigabytes(available)} available here: it is not MNIST-sized, "
+                        "or needs a larger machine")
+    stream = zlib.decompressobj(GZIP_WBITS)
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
+        data = stream.decompress(raw, total + 1)
+    except zlib.error as e:
         raise DataError(f"{name} is a damaged gzip file ({e}): delete it or download it again") from None
+    if len(data) > total or stream.unused_data.strip(b"\0"):
+        raise DataError(f"{name} holds more data than its header (dimensions {'x'.join(map(str, header.shape))}) "
+                        "accounts for")
+    if not stream.eof:  # (reached once its checksum was read and matched)
+        raise DataError(f"{name} is a damaged gzip file (it ends before its end-of-stream marker): delete it or "
+                        "download it again")
+    return data
 
 
 def read_idx(path: str | Path) -> np.ndarray:
