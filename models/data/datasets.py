@@ -268,13 +268,14 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
                  progressbar: bool = False) -> Dataset:
     """Find, read and check the dataset, then apply `classes` and `limit`."""
     files, notes = locate(cfg, environ=environ, system_root=system_root, progressbar=progressbar)
+    raw = {stem: read_bytes(files[stem]) for stem in STEMS}
     for img, lab in SPLIT_FILES.values():  # from the headers alone, before anything is decompressed
-        check_shapes(*(file_header(read_bytes(files[stem]), str(files[stem])) for stem in (img, lab)),
+        check_shapes(*(file_header(raw[stem], str(files[stem])) for stem in (img, lab)),
                      (str(files[img]), str(files[lab])))
     digest = hashlib.sha256()
     arrays = {}
     for stem in STEMS:
-        decoded = read_idx_cached(files[stem])
+        decoded = read_idx_cached(files[stem], raw[stem])
         arrays[stem] = decoded.array
         digest.update(decoded.digest.encode())
         notes += (decoded.note,) if decoded.note else ()

@@ -127,12 +127,13 @@ class Decoded(NamedTuple):
     note: str | None = None
 
 
-def read_idx_cached(path: Path) -> Decoded:
-    """A gzip file is decoded once and kept in the cache as <cache>/decoded/<its SHA-256>.npz: reading
-    47 MB of arrays is about 20 times faster than gunzipping it again. The entry records the file it
-    was decoded from and the SHA-256 of its own array; an entry that does not match both (copied from
-    another file, rewritten) is not used: the file is decoded again, with a note."""
-    raw = read_bytes(path)
+def read_idx_cached(path: Path, raw: bytes | None = None) -> Decoded:
+    """An IDX file (its bytes `raw`, when already read). A gzip file is decoded once and kept in the
+    cache as <cache>/decoded/<its SHA-256>.npz: reading 47 MB of arrays is about 20 times faster than
+    gunzipping it again. The entry records the file it was decoded from and a checksum of its own array;
+    an entry that does not match both (copied from another file, rewritten) is not used: the file is
+    decoded again, with a note."""
+    raw = read_bytes(path) if raw is None else raw
     digest = hashlib.sha256(raw).hexdigest()
     if raw[:2] != GZIP_MAGIC:
         return Decoded(parse_idx(raw, str(path)), digest)
@@ -142,7 +143,7 @@ def read_idx_cached(path: Path) -> Decoded:
         array, note = None, f"the decoded copy of {path} in the cache ({entry}) {array}: decoded the file again"
     if array is None:
         array = parse_idx(decompress(raw, str(path)), str(path))
-        meta = {"source_sha256": digest, "data_sha256": array_digest(array)}
+        meta = {"source_sha256": digest, "data_checksum": array_checksum(array)}
         try:
             write_atomic(entry, lambda f: np.savez(f, data=array, meta=np.array(json.dumps(meta))))
         except OSError:
@@ -161,16 +162,16 @@ def cached_decoding(entry: Path, digest: str) -> np.ndarray | str | None:
         return "is damaged"
     if meta.get("source_sha256") != digest:
         return "was decoded from another file"
-    if meta.get("data_sha256") != array_digest(array):
+    if meta.get("data_checksum") != array_checksum(array):
         return "does not hold what was decoded"
     return array
 
 
-def array_digest(array: np.ndarray) -> str:
-    """SHA-256 of an array's shape, type and bytes."""
-    digest = hashlib.sha256(f"{array.shape} {array.dtype.str}".encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
+def array_checksum(array: np.ndarray) -> str:
+    """An array's shape, type and CRC-32 of its bytes. A CRC, not a cryptographic hash: the record sits in
+    the same entry, so it tells a changed entry from its record, which is all a stronger hash could do
+    here, at 8 ms for 47 MB instead of 31 (SHA-256)."""
+    return f"{array.shape} {array.dtype.str} {zlib.crc32(np.ascontiguousarray(array).data):08x}"
 
 
 def read_bytes(path: Path) -> bytes:
