@@ -23,7 +23,7 @@ P_TOLERANCE = 0.03  # a null sample landing on the other side of the observed va
 @pytest.fixture(scope="module")
 def rerun(shared_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("reference")
-    reference.run(["--network", str(reference.NETWORK), *reference.settings(reference.LAYOUT)], str(shared_data),
+    reference.run(["--network", str(reference.NETWORK), *reference.settings(*reference.LAYOUT)], str(shared_data),
                   folder / "run", cache=folder / "cache")
     return reference.reference_figures(folder / "run")
 

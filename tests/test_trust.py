@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,16 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 NETWORK = str(reference.NETWORK)  # a committed 784-30-10 sigmoid network
 QUICK = ("layout.sim.steps=60", "structure.permutations=99", "structure.layout_nulls=19", "structure.stability_seeds=0",
          "structure.ablation_groups=19")
+sets = reference.settings  # the --set pairs of overrides
 
 
 def command(config: str, out: Path, cache: Path, shared_data: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "layout.run", f"configs/{config}", "--no-window", "--export", "none",
                            "--out", str(out), "--data-dir", str(shared_data), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env={**__import__("os").environ, "NEURON_LAYOUT_CACHE": str(cache)})
-
-
-def sets(*settings: str) -> list[str]:
-    return [part for s in settings for part in ("--set", s)]
+                          text=True, timeout=600, env={**os.environ, "NEURON_LAYOUT_CACHE": str(cache)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +158,8 @@ def test_the_same_trajectory_under_its_own_config_is_shown_and_tested(tmp_path, 
     config = dominance_run / "config.yaml"
     result = subprocess.run([sys.executable, "-m", "layout.run", str(config), "--no-window", "--export", "none",
                              "--out", str(tmp_path / "out"), "--network", NETWORK, "--trajectory",
-                             str(dominance_run / "trajectory.npz"), *sets(*QUICK[1:], "structure.enabled=true")], cwd=REPO,
+                             str(dominance_run / "trajectory.npz"), *sets(*QUICK[1:], "structure.enabled=true")],
+                            cwd=REPO,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["layout"]["reused"] is True
@@ -212,7 +211,8 @@ def test_config_yaml_records_the_network_that_was_laid_out(tmp_path, shared_data
 
 
 @pytest.mark.parametrize("content, reason", [
-    (b"\x08\x07\x12\x07pytorch", "it is not an .npz archive (a zip of .npy arrays): it starts with b'\\x08\\x07\\x12\\x07pyto'"),
+    (b"\x08\x07\x12\x07pytorch",
+     "it is not an .npz archive (a zip of .npy arrays): it starts with b'\\x08\\x07\\x12\\x07pyto'"),
     (b"\x93NUMPY\x01\x00v\x00", "it is a single .npy array, not an .npz archive of named arrays"),
     (b"\x80\x04\x95\x10\x00", "it holds pickled Python objects, which are never loaded (they can run code)"),
     (b"", "it is empty"),

@@ -38,7 +38,8 @@ def run(args: list[str], data_dir: str, out: Path, cache: Path | None = None) ->
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True, env=env)
 
 
-def settings(sets: tuple[str, ...]) -> list[str]:
+def settings(*sets: str) -> list[str]:
+    """The command-line form of config overrides: --set a=1 --set b=2."""
     return [part for s in sets for part in ("--set", s)]
 
 
@@ -60,11 +61,11 @@ def reference_figures(out: Path) -> dict:
 def main(data_dir: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trained = Path(tmp) / "trained"
-        run(settings(TRAIN + ("structure.enabled=false", "layout.sim.steps=1")), data_dir, trained)
+        run(settings(*TRAIN, "structure.enabled=false", "layout.sim.steps=1"), data_dir, trained)
         with np.load(trained / "network.npz", allow_pickle=False) as z:
             np.savez_compressed(NETWORK, **{k: z[k] for k in z.files})
         laid = Path(tmp) / "laid"
-        run(["--network", str(NETWORK), *settings(LAYOUT)], data_dir, laid)
+        run(["--network", str(NETWORK), *settings(*LAYOUT)], data_dir, laid)
         REFERENCE.write_text(json.dumps(reference_figures(laid), indent=1) + "\n")
 
 
