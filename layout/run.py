@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -23,8 +24,10 @@ from typing import Callable
 
 from layout.core import ctrl_c
 from layout.core.config import EXPORTS, RunConfig, read_config, with_data_dir
+from layout.core.display import display_problem
 from layout.core.errors import UserError
 from layout.core.files import cache_dir, write_json
+from layout.core.run_folder import notes, physical, run_folder
 from layout.core.sweep_file import point_configs, read_sweep
 
 
@@ -66,24 +69,26 @@ def run_command(command: Callable[[argparse.Namespace], int], argv: list[str] | 
                 description: str, view_options: bool = False) -> int:
     """Parse arguments and run `command`; a UserError or Ctrl-C becomes one line on stderr and an exit code."""
     parser = make_parser(prog, description)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = (add_view_options(parser) if view_options else parser).parse_args(argv)
+    args.command = shlex.join([prog, *argv])  # recorded in manifest.json
     try:
         with ctrl_c.watched():
             return command(args)
     except UserError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}{notes(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk or a vanished folder while writing: partial files are already removed
         if args.debug:
             raise
-        print(f"error: {write_failure(e)}", file=sys.stderr)
+        print(f"error: {write_failure(e)}{notes(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # partial files were removed as the interrupt unwound the stages
         terminated = isinstance(e, ctrl_c.Terminated)
-        print(f"{'terminated' if terminated else 'interrupted'}: finished outputs are kept, nothing half-written "
-              "was left", file=sys.stderr)
+        print(f"{'terminated' if terminated else 'interrupted'}: nothing half-written was left{notes(e)}",
+              file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         # Leave at once: XLA may still be running a computation dispatched before the interrupt, and
@@ -112,24 +117,28 @@ def note(*lines: str) -> None:
 
 
 def output_dir(out: str | None, name: str) -> Path:
-    """The output folder, checked for writing before any work starts (it is created only when the
-    first output is written, so a run that fails early leaves no empty folder)."""
+    """The output folder, checked for writing before any work starts: the run works beside it and moves
+    its outputs in when complete (layout/core/run_folder.py), so it is created only then."""
     folder = Path(out) if out else Path("runs") / name
-    existing = folder
+    real = physical(folder)
+    if real == real.parent:
+        raise UserError(f"the output folder {folder} is the file system's root: choose a folder with --out")
+    existing = real.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     try:
-        if not existing.is_dir():
-            raise NotADirectoryError(20, "Not a directory")
-        tempfile.TemporaryDirectory(dir=existing).cleanup()  # can we create entries there?
+        for place in (existing, real) if real.exists() else (existing,):
+            if not place.is_dir():
+                raise NotADirectoryError(20, "Not a directory")
+            tempfile.TemporaryDirectory(dir=place).cleanup()  # can we create entries there?
     except OSError as e:
         raise UserError(f"cannot write to the output folder {folder} ({e.strerror}): choose another with --out") from None
     return folder
 
 
-def display_available() -> bool:
-    """Whether an interactive window can open here (an X or Wayland display)."""
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+def say_written(folder, written: tuple[Path, ...]) -> None:
+    """The outputs, by the names they have now that the run is complete."""
+    print("wrote " + ", ".join(str(folder.shown(p)) for p in (*written, folder.staging / "manifest.json")))
 
 
 def say_why_not_native() -> None:
@@ -152,11 +161,12 @@ def train_only(args: argparse.Namespace) -> int:
 
     dataset = data_stage(cfg)
     note(*dataset.notes)
-    trained = training_stage(cfg, dataset, out, retrain=args.retrain, lays_out=False)
-    note(*trained.notes)
-    written = trained.written + (write_json(out / "metrics.json", trained.figures),)
+    with run_folder(out, args.command) as folder:
+        trained = training_stage(cfg, dataset, folder.staging, retrain=args.retrain, lays_out=False)
+        note(*trained.notes)
+        written = trained.written + (write_json(folder.staging / "metrics.json", trained.figures),)
     print(training_summary(trained))
-    print("wrote " + ", ".join(map(str, written)))
+    say_written(folder, written)
     return 0
 
 
@@ -164,9 +174,10 @@ def pipeline(args: argparse.Namespace) -> int:
     """Train (or reuse) the network, lay its neurons out, measure the layout, then show or export it."""
     cfg = config_from_args(args)
     out = output_dir(args.out, cfg.name)
-    window = not args.no_window and display_available()
-    if not args.no_window and not window:
-        print("no display found: exporting instead of opening a window (use --no-window to silence this)")
+    problem = None if args.no_window else display_problem()
+    window = not args.no_window and problem is None
+    if problem:
+        print(f"{problem}: exporting instead of opening a window (use --no-window to silence this)")
     formats = tuple(f for f in (args.export or (("png",) if window else ("mp4", "png"))) if f != "none")
     # the stages, once the config is valid (see the module docstring)
     from layout.engine.trajectory_file import check_settings, read_trajectory
@@ -181,26 +192,29 @@ def pipeline(args: argparse.Namespace) -> int:
         check_settings(args.trajectory, read_trajectory(args.trajectory)[1], cfg.layout, cfg.render.timeline)
     dataset = data_stage(cfg)
     note(*dataset.notes)
-    trained = training_stage(cfg, dataset, out, retrain=args.retrain, network_file=args.network)
-    note(*trained.notes)
-    print(training_summary(trained))
-    cfg = trained.config  # as used: with --network, the file's model
-    laid = layout_stage(cfg, trained, out, relayout=args.retrain, trajectory_file=args.trajectory)
-    note(*laid.notes)
-    print(layout_summary(laid))
-    say_why_not_native()
-    structure = structure_stage(cfg, trained, laid, out, retest=args.retrain) if cfg.structure.enabled else None
-    if structure is not None:
-        note(*structure.notes)
-        how = "reused from cache, " if structure.reused else ""
-        print(f"structure tests ({how}{structure.seconds:.1f} s, details in report.md):\n  "
-              + "\n  ".join(structure.verdicts))
-    metrics = write_json(out / "metrics.json", run_figures(trained.figures, laid.figures,
-                                                          structure.figures if structure else None))
-    scene = scene_for(cfg, trained, laid, structure)  # built once for the exports and the window
-    exported = render_stage(scene, cfg, out, formats) if formats else ()
-    written = trained.written + laid.written + (structure.written if structure else ()) + (metrics,) + exported
-    print("wrote " + ", ".join(map(str, written)))
+    with run_folder(out, args.command) as folder:
+        work = folder.staging
+        trained = training_stage(cfg, dataset, work, retrain=args.retrain, network_file=args.network)
+        note(*trained.notes)
+        print(training_summary(trained))
+        cfg = trained.config  # as used: with --network, the file's model
+        laid = layout_stage(cfg, trained, work, relayout=args.retrain, trajectory_file=args.trajectory)
+        note(*laid.notes)
+        print(layout_summary(laid))
+        say_why_not_native()
+        structure = structure_stage(cfg, trained, laid, work, retest=args.retrain) if cfg.structure.enabled else None
+        if structure is not None:
+            note(*structure.notes)
+            how = "reused from cache, " if structure.reused else ""
+            print(f"structure tests ({how}{structure.seconds:.1f} s, details in report.md):\n  "
+                  + "\n  ".join(structure.verdicts))
+        metrics = write_json(work / "metrics.json", run_figures(trained.figures, laid.figures,
+                                                               structure.figures if structure else None))
+        scene = scene_for(cfg, trained, laid, structure)  # built once for the exports and the window
+        exported, export_notes = render_stage(scene, cfg, work, formats) if formats else ((), ())
+        note(*export_notes)
+        written = trained.written + laid.written + (structure.written if structure else ()) + (metrics,) + exported
+    say_written(folder, written)
     if window:
         show_window(scene, cfg.render, details_for(laid))
     return 0
@@ -214,11 +228,18 @@ def sweep_pipeline(args: argparse.Namespace) -> int:
     from layout.pipeline.sweep import point_summary, run_points, write_sweep  # see the module docstring
 
     results = []
-    for result in run_points(sweep, configs, out, args.retrain):
-        results.append(result)
-        print(point_summary(result, len(configs)), flush=True)
-    say_why_not_native()
-    print("wrote " + ", ".join(map(str, write_sweep(out, sweep, results))))
+    with run_folder(out, args.command) as folder:
+        try:
+            for result in run_points(sweep, configs, folder.staging, args.retrain, args.debug):
+                results.append(result)
+                print(point_summary(result, len(configs)), flush=True)
+        except KeyboardInterrupt:  # the finished points' table and contact sheet, kept apart with them
+            if results:
+                write_sweep(folder.staging, sweep, results, len(configs))
+            raise
+        say_why_not_native()
+        written = write_sweep(folder.staging, sweep, results, len(configs))
+    say_written(folder, written)
     failed = [r for r in results if r.error]
     if failed:
         print(f"error: {len(failed)} of {len(results)} points failed (listed in sweep.md); the others are in the "

@@ -7,6 +7,8 @@ Every file is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import struct
 import warnings
 from dataclasses import dataclass
@@ -136,16 +138,54 @@ def close_quietly(writer) -> None:
         pass
 
 
+GIF_MAX_FPS = 50  # a gif's frame delays are whole hundredths of a second; viewers slow down any below 0.02 s
+
+
+def gif_step(fps: int) -> int:
+    """Keep every this many frames in a gif, so that no frame is shown for less than 0.02 s."""
+    return math.ceil(fps / GIF_MAX_FPS)
+
+
+def gif_delays(n_frames: int, fps: float) -> list[int]:
+    """Per-frame delays in milliseconds, each a whole number of hundredths, that add up to the movie's
+    time (so 30 fps is 30, 40, 30, 30, 40, ... ms, not 30 ms throughout: 10% fast)."""
+    ends = np.round(np.arange(1, n_frames + 1) * 100 / fps).astype(int)
+    return (np.diff(ends, prepend=0) * 10).tolist()
+
+
 def write_gif(path: Path, images: Iterator[np.ndarray], cfg: RenderConfig,
               on_frame: Callable[[int], None] | None = None) -> Path:
+    step = gif_step(cfg.fps)
     frames = []
     for i, image in enumerate(images):
-        frames.append(image)
+        if i % step == 0:
+            frames.append(image)
         if on_frame:
             on_frame(i + 1)
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=1000 / cfg.fps, loop=0)
+        iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=gif_delays(len(frames), cfg.fps / step), loop=0)
     return path
+
+
+def export_settings(cfg: RenderConfig, formats: tuple[str, ...]) -> tuple[RenderConfig, tuple[str, ...]]:
+    """The render settings the exports use, and a note for each way they differ from what was asked: an
+    H.264 movie needs an even width and height (odd ones are rendered a pixel larger, for every file
+    alike), and a gif at most 50 frames a second."""
+    notes = []
+    if "mp4" in formats and (cfg.width % 2 or cfg.height % 2):
+        even = dataclasses.replace(cfg, width=cfg.width + cfg.width % 2, height=cfg.height + cfg.height % 2)
+        notes.append(f"render.width x height = {cfg.width} x {cfg.height} is odd, and an H.264 movie needs even "
+                     f"sizes: rendered at {even.width} x {even.height}")
+        cfg = even
+    if "gif" in formats and gif_step(cfg.fps) > 1:
+        notes.append(f"a gif shows at most {GIF_MAX_FPS} frames a second (its delays are whole hundredths, and "
+                     f"viewers slow down shorter ones): layout.gif keeps every {ordinal(gif_step(cfg.fps))} frame "
+                     f"of the {cfg.fps} fps movie, at its speed")
+    return cfg, tuple(notes)
+
+
+def ordinal(n: int) -> str:
+    return f"{n}{'nd' if n == 2 else 'rd' if n == 3 else 'th'}"
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:

@@ -12,10 +12,21 @@ from dataclasses import dataclass
 import numpy as np
 import pyvista as pv
 from scipy.spatial import cKDTree
+from vtkmodules.vtkCommonCore import vtkLookupTable
+from vtkmodules.vtkRenderingAnnotation import vtkScalarBarActor
 
 from render import style
 
 HALO_OPACITY = 0.3
+
+
+@dataclass(frozen=True)
+class ColorScale:
+    """A colour bar: the quantity the neurons' colours measure, from pale at `low` to dark red at `high`."""
+
+    quantity: str
+    low: float
+    high: float
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,8 @@ class SceneData:
     edge_sign: np.ndarray
     colorings: tuple[tuple[str, np.ndarray], ...] = ()  # (caption, neuron rgb [N, 3]); () = by class
     halo: np.ndarray | None = None  # [N] radius of a translucent halo around each neuron (None: no halos)
+    scale: ColorScale | None = None  # with colorings: what their colours measure, shown as a colour bar
+
 
     @property
     def n_frames(self) -> int:
@@ -52,15 +65,24 @@ class SceneData:
 
 def activation_colorings(activations: np.ndarray, captions: tuple[str, ...]) -> tuple[tuple[str, np.ndarray], ...]:
     """One coloring per column of activations [N, K] (e.g. K classes), on a common scale."""
-    top = float(np.max(activations)) or 1.0
+    top = activation_top(activations)
     return tuple((caption, style.activation_rgb(np.append(activations[:, k], top))[:-1])
                  for k, caption in enumerate(captions))
+
+
+def activation_top(activations: np.ndarray) -> float:
+    return float(np.max(activations)) or 1.0
+
+
+def activation_scale(activations: np.ndarray, quantity: str) -> ColorScale:
+    """The colour bar of activation_colorings(activations, ...): values below 0 are drawn as 0."""
+    return ColorScale(quantity, 0.0, activation_top(activations))
 
 
 def make_scene_data(positions: np.ndarray, labels: tuple[str, ...], group: np.ndarray, is_anchor: np.ndarray,
                     vectors: np.ndarray, class_names: tuple[str, ...], name: str, edges_per_neuron: int,
                     size_by: str, colorings: tuple[tuple[str, np.ndarray], ...] = (),
-                    spread: np.ndarray | None = None) -> SceneData:
+                    spread: np.ndarray | None = None, scale: ColorScale | None = None) -> SceneData:
     """SceneData from a trajectory's frames and the neurons' output vectors [N, C].
 
     Sizes follow the output-vector norm, scaled to the final layout's spacing; with anchors present,
@@ -83,7 +105,8 @@ def make_scene_data(positions: np.ndarray, labels: tuple[str, ...], group: np.nd
         halo = (np.asarray(spread, np.float32) * rms_radius).astype(np.float32)
     return SceneData(positions=np.asarray(positions, np.float32), labels=tuple(labels), group=np.asarray(group),
                      is_anchor=np.asarray(is_anchor, bool), radius=radius, class_names=tuple(class_names),
-                     name=name, edges=edges, edge_sign=sign, colorings=tuple(colorings), halo=halo)
+                     name=name, edges=edges, edge_sign=sign, colorings=tuple(colorings), halo=halo,
+                     scale=scale if colorings else None)
 
 
 @dataclass
@@ -149,12 +172,10 @@ def build_scene(plotter: pv.Plotter, data: SceneData) -> Scene:
     if len(data.edges):
         edges = edge_lines(data, first)
         plotter.add_mesh(edges, scalars="rgb", rgb=True, opacity=0.35, line_width=1, show_scalar_bar=False)
-    legend = plotter.add_legend([(name, style.CLASS_COLORS[i % len(style.CLASS_COLORS)])
-                                 for i, name in enumerate(data.class_names)], bcolor="white", border=False,
-                                face="circle")
-    height = min(0.045 * len(data.class_names), 0.8)
-    legend.SetPosition(0.89, 0.93 - height)  # the right edge, below the title's height
-    legend.SetPosition2(0.1, height)
+    if data.colorings and data.scale is not None:  # colours that measure something: a colour bar says what
+        plotter.add_actor(color_bar(data.scale))
+    elif not data.colorings:  # colours by class: the legend names them
+        add_class_legend(plotter, data.class_names)
     height = plotter.window_size[1]
     # a plain text actor: a corner annotation re-lays itself out on every change (20 ms a frame)
     title = plotter.add_text(style.frame_title(data.name, data.labels[0]), position=(8, height - 26),
@@ -164,6 +185,41 @@ def build_scene(plotter: pv.Plotter, data: SceneData) -> Scene:
     if anchors is not None:  # labels follow their anchors through frames, orbits and mouse moves
         plotter.renderer.AddObserver("StartEvent", lambda *_: place_labels(scene, np.asarray(anchors.points)))
     return scene
+
+
+def add_class_legend(plotter: pv.Plotter, class_names: tuple[str, ...]) -> None:
+    legend = plotter.add_legend([(name, style.CLASS_COLORS[i % len(style.CLASS_COLORS)])
+                                 for i, name in enumerate(class_names)], bcolor="white", border=False, face="circle")
+    height = min(0.045 * len(class_names), 0.8)
+    legend.SetPosition(0.89, 0.93 - height)  # the right edge, below the title's height
+    legend.SetPosition2(0.1, height)
+
+
+def color_bar(scale: ColorScale) -> vtkScalarBarActor:
+    """A vertical colour bar at the right edge, from style.activation_rgb's pale to its dark red."""
+    table = vtkLookupTable()
+    table.SetNumberOfTableValues(COLOR_BAR_STEPS)
+    table.SetRange(scale.low, scale.high)
+    table.Build()
+    for i, rgb in enumerate(style.activation_rgb(np.arange(COLOR_BAR_STEPS, dtype=float))):
+        table.SetTableValue(i, *(rgb / 255.0), 1.0)
+    bar = vtkScalarBarActor()
+    bar.SetLookupTable(table)
+    bar.SetTitle(scale.quantity)
+    bar.SetNumberOfLabels(3)
+    bar.SetLabelFormat("%.3g")
+    bar.SetPosition(0.88, 0.12)
+    bar.SetWidth(0.1)
+    bar.SetHeight(0.7)
+    for text in (bar.GetTitleTextProperty(), bar.GetLabelTextProperty()):
+        text.SetColor(*pv.Color(style.TEXT_COLOR).float_rgb)
+        text.SetFontSize(12)
+        text.ShadowOff()
+        text.ItalicOff()
+    return bar
+
+
+COLOR_BAR_STEPS = 64
 
 
 def frame_camera(plotter: pv.Plotter, positions: np.ndarray) -> None:

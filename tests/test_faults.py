@@ -64,29 +64,32 @@ def test_a_broken_encoder_suggests_gif_or_png_and_leaves_no_partial_movie(tmp_pa
     assert process.returncode == 2
     assert err.strip().splitlines()[-1].startswith("error: writing layout.mp4 failed")
     assert "--export gif or png" in err and "Traceback" not in err
-    assert not (out / "layout.mp4").exists() and part_files(out) == []
-    assert (out / "trajectory.npz").exists()  # the stages that finished keep their outputs
+    kept = tmp_path / "run.incomplete"  # the stages that finished keep their outputs, apart from the folder
+    assert f"this run's finished files are in {kept}; {out} was not created" in err
+    assert not out.exists() and not (kept / "layout.mp4").exists() and part_files(kept) == []
+    assert (kept / "trajectory.npz").exists()
 
 
 @pytest.mark.parametrize("sent, code, said", [(signal.SIGINT, 130, "interrupted:"), (signal.SIGTERM, 143, "terminated:")])
 def test_ctrl_c_or_sigterm_during_export_keeps_finished_files_and_no_partial_one(tmp_path, shared_data, sent, code,
                                                                                   said):
-    out = tmp_path / "run"
+    out, work, kept = tmp_path / "run", tmp_path / ".run.running", tmp_path / "run.incomplete"
     process = run_layout("--export", "mp4", "--out", str(out), "--data-dir", str(shared_data),
                          "--set", "render.settle_seconds=60", "--set", "render.width=320",
                          "--set", "render.height=240")
     deadline = time.time() + 240
-    while time.time() < deadline and not (out.exists() and any(n.startswith(".layout.mp4") for n in part_files(out))):
+    while time.time() < deadline and not (work.exists() and any(n.startswith(".layout.mp4") for n in part_files(work))):
         time.sleep(0.1)
-    assert part_files(out), "the export never started"
+    assert part_files(work), "the export never started"
     time.sleep(1.5)  # well into rendering: the signal must not be lost inside a VTK callback
     process.send_signal(sent)
     _, err = process.communicate(timeout=120)
     assert process.returncode == code
     assert err.strip().splitlines()[-1].startswith(said) and "Traceback" not in err
-    assert part_files(out) == [] and not (out / "layout.mp4").exists()
+    assert f"this run's finished files are in {kept}" in err.strip().splitlines()[-1]
+    assert part_files(kept) == [] and not (kept / "layout.mp4").exists() and not out.exists() and not work.exists()
     for name in ("config.yaml", "network.npz", "trajectory.npz", "neurons.csv", "metrics.json"):
-        assert (out / name).stat().st_size > 0, name
+        assert (kept / name).stat().st_size > 0, name
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -205,29 +208,32 @@ def leftovers(*folders: Path) -> list[str]:
 
 def test_ctrl_c_during_training_exits_130_and_caches_no_network(tmp_path, shared_data):
     out, cache = tmp_path / "run", tmp_path / "cache"
+    work, kept = tmp_path / ".run.running", tmp_path / "run.incomplete"
     process = run_layout("--out", str(out), "--data-dir", str(shared_data), "--set", "train.epochs=2000",
                          env={"NEURON_LAYOUT_CACHE": str(cache)})
-    err = interrupt_when(process, lambda: (out / "config.yaml").exists(), "training")  # written as training starts
+    err = interrupt_when(process, lambda: (work / "config.yaml").exists(), "training")  # written as training starts
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("interrupted:") and "Traceback" not in err
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # completed, and nothing else
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml"]  # completed, and nothing else
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run.incomplete"]  # no lock, no work folder
     assert not (cache / "networks").exists() or not list((cache / "networks").iterdir())
-    assert leftovers(out, cache) == []
+    assert leftovers(kept, cache) == []
 
 
 def test_ctrl_c_during_the_simulation_keeps_the_network_and_writes_no_layout(tmp_path, shared_data):
     out, cache = tmp_path / "run", tmp_path / "cache"
+    work, kept = tmp_path / ".run.running", tmp_path / "run.incomplete"
     process = run_layout("--out", str(out), "--data-dir", str(shared_data), "--set", "train.epochs=1",
                          "--set", "layout.sim.steps=2000000", "--set", "layout.sim.settle=0",
                          "--set", "layout.sim.record_every=100000",
                          env={"NEURON_LAYOUT_CACHE": str(cache)})
-    err = interrupt_when(process, lambda: (out / "network.npz").exists(), "the simulation", settle=2.0)
+    err = interrupt_when(process, lambda: (work / "network.npz").exists(), "the simulation", settle=2.0)
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("interrupted:") and "Traceback" not in err
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "network.npz"]
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "network.npz"] and not out.exists()
     assert len(list((cache / "networks").glob("*.npz"))) == 1  # the finished training is kept for next time
     assert not (cache / "layouts").exists() or not list((cache / "layouts").iterdir())
-    assert leftovers(out, cache) == []
+    assert leftovers(kept, cache) == []
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +293,7 @@ def reshaped(source: Path, path: Path, name: str) -> Path:
     ("missing", "does not exist: check the path"),
     ("truncated", "is not a network file written by neuron-layout: not an intact .npz archive"),
     ("pickled", "holds pickled Python objects, which are never loaded"),
-    ("trajectory", "is not a network file written by neuron-layout: its sizes None"),
+    ("trajectory", "is a trajectory file, not a network file: give it with --trajectory"),
     ("reshaped", "does not fit: 'w0' has shape 784x0, expected 784x1"),
 ])
 def test_a_bad_network_file_is_one_line_before_any_work(tmp_path, earlier_run, shared_data, case, message):
@@ -313,7 +319,8 @@ def test_a_network_from_other_data_or_a_trajectory_of_another_network_is_refused
                             shared_data=shared_data)
     assert code == 2 and len(err) == 1
     assert err[0] == (f"error: {earlier_run / 'trajectory.npz'} was laid out for another network (3 particles, this "
-                      "one has 5, or other output weights): use the trajectory.npz written with its network.npz")
+                      "one has 5, or other output weights): use the trajectory.npz written with its network.npz; "
+                      f"this run's finished files are in {tmp_path / 'b.incomplete'}; {tmp_path / 'b'} was not created")
     for case in ("truncated", "pickled"):
         path = truncated(earlier_run / "trajectory.npz", tmp_path / "t.npz") if case == "truncated" else pickled(
             tmp_path / "p.npz")
@@ -362,7 +369,10 @@ def test_a_full_disk_during_export_removes_the_partial_movie_and_keeps_the_earli
                              "--data-dir", str(shared_data), *movie, "--set", "render.settle_seconds=30"],
                             cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=small_disk)
     assert result.returncode == 2
+    kept = tmp_path / "run.incomplete"
     assert result.stderr.strip().splitlines() == [
         "error: writing layout.mp4 failed (ffmpeg stopped early: the movie is incomplete (60000 bytes)): free some "
-        "disk space, or export --export gif or png instead"]
-    assert (out / "layout.mp4").read_bytes() == earlier and part_files(out) == []
+        f"disk space, or export --export gif or png instead; this run's finished files are in {kept}; {out} is as it "
+        "was"]
+    assert (out / "layout.mp4").read_bytes() == earlier and part_files(out) == [] and part_files(kept) == []
+    assert not (kept / "layout.mp4").exists() and (kept / "trajectory.npz").exists()

@@ -4,20 +4,24 @@ whole section set at once, and integers beyond what the code can hold."""
 from __future__ import annotations
 
 import gzip
+import json
+import re
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from layout.core.config import DataConfig, load_config, valid_paths
-from layout.core.errors import ConfigError, DataError
+from layout.core.errors import ConfigError, DataError, UserError
 from models.data.datasets import load_dataset
 from models.data.idx import decompress, parse_idx
-from tests.conftest import make_idx_dataset
+from tests.conftest import make_idx_dataset, messages
+from tests.data.make_reference import NETWORK as REFERENCE_NETWORK
 from tests.test_fuzz import FUZZ
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,3 +171,154 @@ def test_a_dataset_whose_files_disagree_is_refused_from_their_headers(tmp_path, 
         load_dataset(DataConfig(dir=str(folder)), environ={}, system_root=tmp_path)
     assert not (isolated_cache / "decoded").exists() or all(p.stat().st_size < 10**6
                                                            for p in (isolated_cache / "decoded").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# Network and trajectory files: every meta field type-checked, every array checked after casting
+
+
+def network_file_with(tmp_path: Path, meta_changes: dict | None = None, arrays_changes: dict | None = None,
+                      name: str = "given.npz") -> Path:
+    """The committed reference network, with some meta fields and arrays replaced (None: removed)."""
+    with np.load(REFERENCE_NETWORK) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    for changes, target in ((meta_changes, meta), (arrays_changes, arrays)):
+        for key, value in (changes or {}).items():
+            if value is None:
+                target.pop(key, None)
+            else:
+                target[key] = value
+    path = tmp_path / name
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+    return path
+
+
+@pytest.mark.parametrize("meta, expected", [
+    ({"test_accuracy": "high"}, "its meta's 'test_accuracy' is 'high', not a fraction between 0 and 1"),
+    ({"test_accuracy": 1.5}, "its meta's 'test_accuracy' is 1.5, not a fraction between 0 and 1"),
+    ({"class_names": []}, "its 10 outputs, classes [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] and class names [] do not match"),
+    ({"class_names": list(range(10))}, "its meta's 'class_names' is [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], not a list of "
+                                       "class names (text)"),
+    ({"classes": [0] * 10}, "classes [0, 0, 0, 0, 0, 0, 0, 0, 0, 0] and class names"),
+    ({"sizes": [784, True, 10]}, "its meta's 'sizes' is [784, True, 10], not a list of at least three layer widths"),
+    ({"epochs": 2.5}, "its meta's 'epochs' is 2.5, not a whole number of epochs"),
+    ({"dataset": None}, "its meta lacks 'dataset'"),
+])
+def test_every_meta_field_of_a_network_file_is_checked(tmp_path, meta, expected):
+    from models.network.store import load_network
+
+    path = network_file_with(tmp_path, meta)
+    with pytest.raises(UserError) as info:
+        load_network(path)
+    assert str(info.value).startswith(f"{path} is not a network file written by neuron-layout: ")
+    assert expected in str(info.value)
+
+
+def test_weights_that_float32_cannot_hold_or_that_are_not_numbers_are_refused(tmp_path):
+    from models.network.store import load_network
+
+    with np.load(REFERENCE_NETWORK) as z:
+        w0 = z["w0"].astype(np.float64)
+    w0[3, 4] = 1e300  # finite in float64, infinite once cast to float32, as everything is computed
+    path = network_file_with(tmp_path, arrays_changes={"w0": w0})
+    with pytest.raises(UserError, match=re.escape(f"{path} is damaged: 'w0' holds NaN or infinite values, or values "
+                                                  "beyond float32's range")):
+        load_network(path)
+    path = network_file_with(tmp_path, arrays_changes={"b1": np.array(["abc"] * 10)})
+    with pytest.raises(UserError, match=re.escape("'b1' holds <U3 values, not real numbers")):
+        load_network(path)
+
+
+def test_a_network_without_snapshots_is_refused_for_the_training_timeline_in_one_line(tmp_path, shared_data):
+    with np.load(REFERENCE_NETWORK) as z:
+        empty = {k: z[k][:0] for k in z.files if k.startswith("snapshot_")}
+    path = network_file_with(tmp_path, arrays_changes=empty)
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window", "--export",
+                             "none", "--network", str(path), "--out", str(out), "--data-dir", str(shared_data),
+                             "--set", "render.timeline=training"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2
+    assert messages(result.stderr)[-1] == (
+        f"error: {path} holds no weight snapshots, which render.timeline = training lays out one by one: set "
+        "render.timeline=simulation, or retrain it with train.snapshot_every set")
+    assert "Traceback" not in result.stderr and not out.exists() and result.stdout == ""
+
+
+JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=8),
+                        st.lists(st.one_of(st.integers(-3, 12), st.text(max_size=3), st.booleans()), max_size=12),
+                        st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+
+
+def odd_array(original: np.ndarray, kind: int) -> np.ndarray:
+    """Arrays a hand-made file might hold instead: text, float64 beyond float32, NaN, other shapes."""
+    if kind == 0:
+        return np.full(original.shape, "x")
+    if kind == 1:
+        return np.full(original.shape, 1e300)
+    if kind == 2:
+        return np.full(original.shape, np.nan, np.float32)
+    if kind == 3:
+        return original.reshape(-1)
+    if kind == 4:
+        return original[:0]
+    if kind == 5:
+        return original.astype(bool)
+    return original.astype(np.complex64)
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["sizes", "activation", "dataset", "classes", "class_names", "test_accuracy",
+                                        "train_accuracy", "train_seconds", "epochs", "key"]), JSON_VALUES, max_size=3),
+       st.dictionaries(st.sampled_from(["w0", "b0", "w1", "b1", "snapshot_w0", "snapshot_step", "history_epoch",
+                                        "history_test_loss"]), st.integers(0, 7), max_size=2))
+def test_the_network_reader_gives_a_usable_network_or_one_line(tmp_path_factory, meta, arrays):
+    from models.network.store import load_network
+
+    with np.load(REFERENCE_NETWORK) as z:
+        replaced = {name: (None if kind == 7 else odd_array(z[name], kind)) for name, kind in arrays.items()}
+    path = network_file_with(tmp_path_factory.mktemp("fuzz"), meta, replaced)
+    try:
+        network = load_network(path)
+    except UserError as e:
+        assert "\n" not in str(e) and len(str(e)) < 600, str(e)
+    else:
+        assert all(w.dtype == np.float32 and np.isfinite(w).all() for w in network.weights + network.biases)
+        assert 0 <= network.test_accuracy <= 1 and len(network.class_names) == network.sizes[-1]
+
+
+def test_a_trajectory_files_meta_is_checked_field_by_field(tmp_path):
+    from layout.engine.trajectory_file import read_trajectory
+
+    base = {"terms": ["euclid"], "labels": None, "settled_step": None}
+    for meta, expected in (({"terms": [1, 2]}, "its meta's 'terms' is [1, 2], not a list of term names"),
+                           ({"labels": "frame"}, "its meta's 'labels' is 'frame', not a list of frame titles"),
+                           ({"settled_step": -3}, "its meta's 'settled_step' is -3, not a step number")):
+        path = tmp_path / "t.npz"
+        np.savez(path, meta=np.array(json.dumps({**base, **meta})), positions=np.zeros((2, 4, 3), np.float32),
+                 energy=np.zeros((2, 1), np.float32), step=np.arange(2), group=np.zeros(4, np.int32))
+        with pytest.raises(UserError) as info:
+            read_trajectory(path)
+        assert str(info.value) == f"{path} is not a trajectory file written by neuron-layout: {expected}"
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["terms", "labels", "settled_step", "made_by"]), JSON_VALUES, max_size=3),
+       st.dictionaries(st.sampled_from(["positions", "energy", "step", "group"]), st.integers(0, 7), max_size=2))
+def test_the_trajectory_reader_gives_frames_or_one_line(tmp_path_factory, meta, arrays):
+    from layout.core.config import LayoutConfig
+    from layout.engine.trajectory_file import check_settings, read_trajectory
+
+    base = {"positions": np.zeros((2, 4, 3), np.float32), "energy": np.zeros((2, 1), np.float32),
+            "step": np.arange(2), "group": np.zeros(4, np.int32)}
+    for name, kind in arrays.items():
+        base[name] = odd_array(base[name], kind) if kind != 7 else None
+    full = {"terms": ["euclid"], "labels": None, "settled_step": None, "made_by": {"layout": {}, "timeline": "x"}}
+    path = tmp_path_factory.mktemp("fuzz") / "t.npz"
+    np.savez(path, meta=np.array(json.dumps({**full, **meta})), **{k: v for k, v in base.items() if v is not None})
+    try:
+        loaded, theirs = read_trajectory(path)
+        check_settings(path, theirs, LayoutConfig(), "simulation")
+    except UserError as e:
+        assert "\n" not in str(e) and len(str(e)) < 600, str(e)

@@ -15,7 +15,7 @@ from layout.engine.features import NeuronFeatures, neuron_features
 from layout.engine.metrics import distances, layout_metrics, off_diagonal, silhouette, trustworthiness
 from layout.engine.pairs import PairTerm, pair_energy, squared_distances
 from layout.engine.particles import anchor_positions, make_particles
-from layout.engine.simulate import SimulationError, simulate
+from layout.engine.simulate import SimulationError, friction_scale, simulate
 from models.data.datasets import Split
 from models.network.network import History, Network, Snapshots
 
@@ -348,6 +348,15 @@ def test_simulation_settles_early_and_energy_falls(terms, particles):
     assert out.settled_step is not None and out.settled_step < 5000
     assert out.step[-1] == out.settled_step
     assert out.energy[-1].sum() < out.energy[0].sum()
+
+
+def test_friction_near_1_is_not_taken_for_settling(terms, particles):
+    """With velocity_decay 0.999 every step is tiny because of friction, not balanced forces: before the
+    threshold was scaled, the run "settled" after one step."""
+    frozen = simulate(terms, particles, SimConfig(steps=300, settle=1e-4, velocity_decay=0.999), jax.random.key(0))
+    assert frozen.settled_step is None and frozen.step[-1] == 300  # all its steps
+    assert friction_scale(0.4) == friction_scale(0.0) == 1.0  # the default's layouts are unchanged
+    assert friction_scale(0.999) == pytest.approx((0.001 / 0.999) / 1.5)
 
 
 def test_a_run_that_settles_inside_a_chunk_stays_where_it_settled(terms, particles):

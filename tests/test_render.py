@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 
 from layout.core.config import RenderConfig
+from layout.core.run_folder import is_output_name
 from render import style
-from render.movie import Shot, export, offscreen_scene, render_shots, shot_list
+from render.movie import Shot, export, export_settings, gif_delays, gif_step, offscreen_scene, render_shots, shot_list
 from render.scene import make_scene_data, pick_neuron, project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +137,50 @@ def test_mp4_decodes_with_the_expected_frames(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layout.gif", "layout.mp4", "snapshot.png"]
 
 
+def gif_durations(path: Path) -> list[int]:
+    """Each frame's delay in ms, as a viewer reads it (Pillow merges identical consecutive frames)."""
+    from PIL import Image
+
+    with Image.open(path) as gif:
+        durations = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+    return durations
+
+
+def test_gif_delays_are_whole_hundredths_that_add_up_to_the_movies_time():
+    assert gif_delays(3, 30) == [30, 40, 30]
+    assert sum(gif_delays(30, 30)) == 1000 and set(gif_delays(30, 30)) == {30, 40}
+    assert gif_delays(4, 50) == [20] * 4 and [gif_step(fps) for fps in (30, 50, 51, 120)] == [1, 1, 2, 3]
+
+
+def test_a_fast_gif_keeps_every_nth_frame_at_the_movies_speed(tmp_path):
+    fast = RenderConfig(width=160, height=120, fps=120, settle_seconds=0.25, orbit_seconds=0.25)
+    render, notes = export_settings(fast, ("gif",))
+    assert render == fast and notes == ("a gif shows at most 50 frames a second (its delays are whole hundredths, "
+                                        "and viewers slow down shorter ones): layout.gif keeps every 3rd frame of "
+                                        "the 120 fps movie, at its speed",)
+    data = tiny_data(seed=3)
+    export(data, tmp_path, ("gif",), render)
+    durations = gif_durations(tmp_path / "layout.gif")
+    shots = len(shot_list(data.n_frames, fast))
+    assert shots == 60 and min(durations) >= 20 and all(d % 10 == 0 for d in durations)
+    assert sum(durations) == pytest.approx(shots * 1000 / 120, abs=10)  # 0.5 s, as the mp4 at 120 fps
+
+
+def test_odd_sizes_are_rendered_a_pixel_larger_for_an_mp4_and_said_so(tmp_path):
+    odd = RenderConfig(width=161, height=121, fps=10, settle_seconds=0.5, orbit_seconds=0.5)
+    render, notes = export_settings(odd, ("mp4", "png"))
+    assert (render.width, render.height) == (162, 122)
+    assert notes == ("render.width x height = 161 x 121 is odd, and an H.264 movie needs even sizes: rendered at "
+                     "162 x 122",)
+    export(tiny_data(), tmp_path, ("mp4", "png"), render)
+    assert decode_mp4(tmp_path / "layout.mp4")[0].shape == (122, 162, 3)
+    assert imageio.imread(tmp_path / "snapshot.png").shape[:2] == (122, 162)  # every file alike
+    assert export_settings(odd, ("png",)) == (odd, ())  # a png of any size is fine
+
+
 def test_shot_list_settles_then_orbits_once():
     shots = shot_list(50, SMALL)
     settle, orbit = shots[:10], shots[10:]
@@ -146,15 +192,23 @@ def test_shot_list_settles_then_orbits_once():
 def test_command_exports_every_output_file(shared_data, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window", "--export", "mp4", "png",
+        [sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window", "--export", "mp4", "gif", "png",
          "--out", str(out), "--data-dir", str(shared_data), "--set", "render.width=320",
          "--set", "render.height=240", "--set", "render.settle_seconds=1", "--set", "render.orbit_seconds=0.5",
          "--set", "render.fps=10", "--set", "layout.sim.steps=150"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["config.yaml", "layout.mp4", "metrics.json", "network.npz", "neurons.csv", "report.md",
-                     "snapshot.png", "structure.json", "structure_layer1.png", "trajectory.npz"]
+    assert names == ["config.yaml", "layout.gif", "layout.mp4", "manifest.json", "metrics.json", "network.npz",
+                     "neurons.csv", "report.md", "snapshot.png", "structure.json", "structure_layer1.png",
+                     "trajectory.npz"]
+    assert all(is_output_name(name) for name in names)  # what a later run into the folder replaces
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == [n for n in names if n != "manifest.json"]
+    for name, entry in manifest["files"].items():
+        digest = hashlib.sha256((out / name).read_bytes()).hexdigest()
+        assert entry == {"bytes": (out / name).stat().st_size, "sha256": digest}, name
+    assert manifest["command"].startswith("neuron-layout configs/euclid.yaml --no-window --export mp4 gif png")
     frames = decode_mp4(out / "layout.mp4")
     assert len(frames) == 15 and frames[0].shape == (240, 320, 3)
     assert imageio.imread(out / "snapshot.png").shape[:2] == (240, 320)
@@ -185,3 +239,34 @@ def test_activation_colorings_recolour_the_neurons_and_the_movie_cycles_them(tmp
     shots = shot_list(data.n_frames, SMALL, n_colorings=3)
     orbit = [shot.coloring for shot in shots if shot.azimuth > 0]
     assert orbit == sorted(orbit) and set(orbit) == {0, 1, 2}  # each class in turn during the orbit
+
+
+def color_bars(plotter) -> list:
+    props = plotter.renderer.GetViewProps()
+    items = (props.GetItemAsObject(i) for i in range(props.GetNumberOfItems()))
+    return [p for p in items if p.IsA("vtkScalarBarActor")]
+
+
+def test_colours_that_measure_something_get_a_colour_bar_not_the_class_legend():
+    from render.scene import activation_colorings, activation_scale
+
+    base = tiny_data()
+    drop = np.linspace(0, 0.04, 12)[:, None]
+    data = type(base)(**{**base.__dict__, "colorings": activation_colorings(drop, ("accuracy drop when silenced",)),
+                         "scale": activation_scale(drop, "accuracy drop")})
+    s = offscreen_scene(data, SMALL)
+    try:
+        image = next(render_shots(s, data, [Shot(data.n_frames - 1, 0.0)]))
+        bars = color_bars(s.plotter)
+        assert s.plotter.legend is None and len(bars) == 1
+        assert bars[0].GetTitle() == "accuracy drop" and bars[0].GetLookupTable().GetRange() == (0.0, 0.04)
+    finally:
+        s.plotter.close()
+    right = image[:, int(0.85 * image.shape[1]):]  # the bar's gradient, from the pale end to the dark red
+    assert has_color(right, style.ACTIVATION_HIGH, tolerance=20)
+    plain = offscreen_scene(base, SMALL)  # coloured by class: the legend, no bar
+    try:
+        assert plain.plotter.legend is not None
+        assert not color_bars(plain.plotter)
+    finally:
+        plain.plotter.close()

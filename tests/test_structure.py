@@ -120,6 +120,16 @@ def test_a_verdict_needs_null_samples_enough_to_decide():
     line = headline(LayerStructure(0, 40, (beaten("relayout_untrained", 19), few), None), "layout")
     assert line.endswith("weak evidence (every one of its 19 samples is beaten, the most they can show: raise "
                          "structure.layout_nulls for a firmer verdict)")
+    line = headline(LayerStructure(0, 40, (beaten("relayout_untrained", 3), beaten("relayout_shuffled_columns", 3)),
+                                   None), "layout")
+    assert line == ("dominance clustering in 3D: not tested (too few null samples to reach p <= 0.05 "
+                    "(relayout_untrained 3, relayout_shuffled_columns 3): raise structure.layout_nulls to at least 19)")
+    only_output = NullTest("silhouette", "output", "dominant", "untrained", 0.5, np.linspace(-0.1, 0.1, 99))
+    line = headline(LayerStructure(0, 40, (only_output,), None), "layout")  # the training timeline: no null layouts
+    assert line == ("dominance clustering in 3D: not tested (no null layouts were made: they are laid out for "
+                    "render.timeline = simulation, with structure.layout_nulls of at least 19)")
+    assert headline(LayerStructure(0, 40, (few,), None), "layout").endswith(
+        "(shuffled_labels 3): raise structure.shuffled_label_runs to at least 19)")
     chance = NullTest("silhouette", "layout", "dominant", "untrained", 0.0, np.linspace(-0.1, 0.1, 99))
     assert verdict([beaten("relayout_untrained", 99), chance]) == "consistent with chance"  # the weakest decides
 

@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from layout.core.run_folder import is_output_name
 from layout.core.sweep_file import point_label, read_sweep
 from layout.insight.sweep_figures import dead_fraction, dedication, network_sparsity, weight_sparsity
 from layout.insight.sweep_report import seed_summary
 from layout.run import sweep_main as main
 from tests.conftest import messages
+
+REPO = Path(__file__).resolve().parents[1]
 
 BASE = """
 data: {limit: 1000}
@@ -69,8 +76,8 @@ def test_a_sweep_runs_every_point_and_writes_its_table_and_contact_sheet(tmp_pat
     assert stdout.count("point ") == 4 and "point 4/4 (l1=0.003 seed=1)" in stdout
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert [(r["point"], r["train.l1"], r["train.seed"], r["layer"]) for r in rows] == [
-        ("0", "0", "0", "1"), ("1", "0", "1", "1"), ("2", "0.003", "0", "1"), ("3", "0.003", "1", "1")]
-    for i, row in enumerate(rows):  # each point is a full run, with its own outputs
+        ("1", "0", "0", "1"), ("2", "0", "1", "1"), ("3", "0.003", "0", "1"), ("4", "0.003", "1", "1")]
+    for i, row in enumerate(rows, start=1):  # each point is a full run, with its own outputs, numbered from 1
         metrics = json.loads((out / "points" / f"{i:02d}" / "metrics.json").read_text())
         assert float(row["test_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-4)
         structure = json.loads((out / "points" / f"{i:02d}" / "structure.json").read_text())
@@ -99,10 +106,55 @@ def test_a_failing_point_is_reported_and_the_sweep_goes_on(tmp_path, shared_data
     assert "point 2/2 (l2=1000): failed: the training loss became nan" in captured.out
     assert messages(captured.err) == ["error: 1 of 2 points failed (listed in sweep.md); the others are in the table"]
     rows = list(csv.DictReader((out / "sweep.csv").open()))
-    assert [(r["point"], r["train.l2"], r["layer"], bool(r["error"])) for r in rows] == [("0", "0", "1", False),
-                                                                                            ("1", "1000", "", True)]
+    assert [(r["point"], r["train.l2"], r["layer"], bool(r["error"])) for r in rows] == [("1", "0", "1", False),
+                                                                                            ("2", "1000", "", True)]
     assert float(rows[0]["test_accuracy"]) > 0.5 and "lower train.learning_rate" in rows[1]["error"]
     assert "## Failed points" in (out / "sweep.md").read_text() and (out / "contact_sheet.png").is_file()
+
+
+def test_a_point_failing_in_any_way_is_a_failed_point(tmp_path, shared_data, capsys, monkeypatch):
+    """Not only the user's errors: a point that crashes (here XLA running out of memory, injected) is
+    listed as failed with its type and message, and the other points are in the table."""
+    from layout.pipeline import sweep as sweep_module
+
+    real = sweep_module.run_point
+
+    def crashing_second(cfg, out, retrain):
+        if out.name == "02":
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4.2 GiB")
+        return real(cfg, out, retrain)
+
+    monkeypatch.setattr(sweep_module, "run_point", crashing_second)
+    sweep = write_sweep(tmp_path, "  train.seed: [0, 1]\n")
+    out = tmp_path / "out"
+    assert main([str(sweep), "--out", str(out), "--data-dir", str(shared_data)]) == 1
+    captured = capsys.readouterr()
+    assert ("point 2/2 (seed=1): failed: RuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
+            "4.2 GiB (--debug shows its traceback)") in captured.out
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [(r["point"], bool(r["error"])) for r in rows] == [("1", False), ("2", True)]
+    assert (out / "points" / "01" / "snapshot.png").is_file() and (out / "contact_sheet.png").is_file()
+    assert all(is_output_name(p.name) for p in out.iterdir())
+
+
+def test_an_interrupted_sweep_keeps_the_finished_points_table_and_sheet_apart(tmp_path, shared_data):
+    sweep = write_sweep(tmp_path, "  train.seed: [0, 1, 2]\n")
+    out, work = tmp_path / "out", tmp_path / ".out.running"
+    process = subprocess.Popen([sys.executable, "-m", "layout.sweep", str(sweep), "--out", str(out), "--data-dir",
+                                str(shared_data)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not (work / "points" / "02").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    kept = tmp_path / "out.incomplete"
+    assert messages(stderr)[-1] == (f"interrupted: nothing half-written was left; this run's finished files are in "
+                                    f"{kept}; {out} was not created")
+    assert "point 1/3 (seed=0): test accuracy" in stdout and not out.exists()
+    assert "**Interrupted: 1 of 3 points ran.**" in (kept / "sweep.md").read_text()
+    assert [r["point"] for r in csv.DictReader((kept / "sweep.csv").open())] == ["1"]
+    assert (kept / "contact_sheet.png").is_file() and (kept / "points" / "01" / "metrics.json").is_file()
 
 
 @pytest.mark.parametrize("grid, extra, message", [

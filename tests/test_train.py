@@ -190,7 +190,8 @@ def test_euclid_config_end_to_end(shared_data, tmp_path, capsys):
     argv = [str(REPO / "configs" / "euclid.yaml"), "--out", str(out), "--data-dir", str(shared_data),
             "--no-window", "--export", "png"]
     assert run_main(argv) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "network.npz", "neurons.csv",
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "metrics.json", "network.npz",
+                                                     "neurons.csv",
                                                      "report.md", "snapshot.png", "structure.json",
                                                      "structure_layer1.png", "trajectory.npz"]
     metrics = json.loads((out / "metrics.json").read_text())

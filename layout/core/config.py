@@ -373,7 +373,7 @@ def differences(theirs: Any, ours: Any, path: str) -> list[str]:
     if isinstance(theirs, dict) and isinstance(ours, dict):
         return [line for key in sorted(set(theirs) | set(ours))
                 for line in differences(theirs.get(key), ours.get(key), join(path, key))]
-    return [] if theirs == ours else [f"{path} = {theirs!r} there, {ours!r} here"]
+    return [] if theirs == ours else [f"{path} = {excerpt(theirs)} there, {excerpt(ours)} here"]
 
 
 def config_to_yaml(cfg: RunConfig) -> str:

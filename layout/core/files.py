@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import stat
 import tempfile
@@ -18,6 +19,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import platformdirs
 
+from layout.core.config_values import excerpt
 from layout.core.errors import UserError
 
 
@@ -125,8 +127,12 @@ def not_npz(head: bytes) -> str:
     return f"it is not an .npz archive (a zip of .npy arrays): it starts with {head[:8]!r}"
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def require_arrays(path: str | Path, what: str, arrays: dict, shapes: dict[str, tuple]) -> None:
-    """Check that each named array exists, has the expected shape (None: any length) and is finite."""
+    """Check that each named array exists, has the expected shape (None: any length) and holds real
+    numbers that float32, the precision everything is computed in, can hold (float64 1e300 cannot)."""
     for name, shape in shapes.items():
         if name not in arrays:
             raise UserError(f"{path} is not a {what} written by neuron-layout: it has no '{name}' array")
@@ -135,5 +141,48 @@ def require_arrays(path: str | Path, what: str, arrays: dict, shapes: dict[str, 
             expected = "x".join("any" if s is None else str(s) for s in shape) or "a scalar"
             raise UserError(f"{path} does not fit: '{name}' has shape {'x'.join(map(str, a.shape)) or 'scalar'}, "
                             f"expected {expected}")
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise UserError(f"{path} is damaged: '{name}' holds NaN or infinite values")
+        if a.dtype.kind not in "biuf":
+            raise UserError(f"{path} is not a {what} written by neuron-layout: '{name}' holds {a.dtype} values, "
+                            "not real numbers")
+        if a.dtype.kind == "f" and a.size and not (np.isfinite(a).all() and -FLOAT32_MAX <= a.min()
+                                                   and a.max() <= FLOAT32_MAX):
+            raise UserError(f"{path} is damaged: '{name}' holds NaN or infinite values, or values beyond float32's "
+                            "range")
+
+
+# The .npz files a user gives back: the meta fields that mark each, and the option that takes it.
+KINDS = {"network file": ({"sizes", "activation", "classes"}, "--network"),
+         "trajectory file": ({"terms", "made_by"}, "--trajectory")}
+
+# What a meta field must be: a test of its value, and its description for the message.
+Field = tuple[Callable[[Any], bool], str]
+
+
+def whole(v: Any, low: int = 0) -> bool:
+    return type(v) is int and v >= low  # (not bool, which is an int in Python)
+
+
+def number(v: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    return type(v) in (int, float) and math.isfinite(v) and low <= v <= high
+
+
+def list_of(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and all(test(x) for x in v)
+
+
+def optional(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or test(v)
+
+
+def require_meta(path: str | Path, what: str, meta: dict, fields: dict[str, Field]) -> None:
+    """Check that each named meta field is there and is what it must be (a file of this tool's other
+    kind is named as what it is)."""
+    for other, (marks, option) in KINDS.items():
+        if other != what and marks <= set(meta) and not set(fields) <= set(meta):
+            raise UserError(f"{path} is a {other}, not a {what}: give it with {option}")
+    for name, (test, wanted) in fields.items():
+        if name not in meta:
+            raise UserError(f"{path} is not a {what} written by neuron-layout: its meta lacks '{name}'")
+        if not test(meta[name]):
+            raise UserError(f"{path} is not a {what} written by neuron-layout: its meta's '{name}' is "
+                            f"{excerpt(meta[name])}, not {wanted}")

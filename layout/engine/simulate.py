@@ -181,6 +181,21 @@ def one_pass(x: jax.Array, v: jax.Array, moved: jax.Array) -> tuple[jax.Array, j
     return squares, fastest, jnp.isfinite(moved_squares)
 
 
+DEFAULT_DECAY = SimConfig().velocity_decay
+
+
+def friction_scale(velocity_decay: float) -> float:
+    """How much smaller the settle threshold is than `layout.sim.settle` under this friction.
+
+    Under a steady force a particle comes to move alpha F (1 - d) / d per step (d the velocity decay), so
+    with more friction than the default a small step no longer means the forces are near balance: with
+    d = 0.999 every particle moves 1/1000 of what its force asks, and the run would "settle" after one
+    step. The threshold shrinks in proportion to (1 - d) / d, relative to the default (1 at and below it,
+    so the default's layouts are unchanged)."""
+    ratio = lambda d: (1 - d) / d  # noqa: E731
+    return 1.0 if velocity_decay <= DEFAULT_DECAY else ratio(velocity_decay) / ratio(DEFAULT_DECAY)
+
+
 def chunk(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, n_frames: int,
           alpha_start: float, native: bool, end_energies: bool = True):
     """n_frames x record_every steps from `state`; returns the new State; per frame, the positions and
@@ -197,6 +212,7 @@ def chunk(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, n_fram
     parts = split_parts(terms, native)
     movable = movable[:, None]
     last = max(cfg.steps - 1, 1)
+    settle = cfg.settle * friction_scale(cfg.velocity_decay)
 
     def advance(state: State, g: jax.Array, bad: jax.Array) -> State:
         """The next state of a running simulation, g the gradient at its positions; a step that moves a
@@ -207,7 +223,7 @@ def chunk(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, n_fram
         squares, fastest, finite = one_pass(state.x, v, x)
         ok = finite & ~bad
         size = jnp.sqrt(squares / state.x.shape[0]) + 1e-12  # RMS distance from the origin
-        settled = fastest <= cfg.settle * size  # no coordinate moved more than settle x size
+        settled = fastest <= settle * size  # no coordinate moved more than settle x size (friction-scaled)
         stop_now = ~ok | settled | (state.step + 1 >= cfg.steps)
         return State(
             x=jnp.where(ok, x, state.x),

@@ -15,7 +15,7 @@ import numpy as np
 
 from layout.core.config import LayoutConfig, differences, to_plain
 from layout.core.errors import UserError
-from layout.core.files import read_npz, require_arrays, write_atomic
+from layout.core.files import list_of, optional, read_npz, require_arrays, require_meta, whole, write_atomic
 from layout.engine.features import NeuronFeatures
 from layout.engine.particles import Particles
 from layout.engine.simulate import Trajectory
@@ -63,13 +63,20 @@ def save_trajectory(path: Path, trajectory: Trajectory, particles: Particles, fe
     return write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
+TEXTS = list_of(lambda v: isinstance(v, str))
+META_CHECKS = {
+    "terms": (TEXTS, "a list of term names"),
+    "labels": (optional(TEXTS), "a list of frame titles"),
+    "settled_step": (optional(whole), "a step number"),
+}
+
+
 def read_trajectory(path: Path) -> tuple[dict, dict]:
     """(arrays, meta) of a trajectory.npz, checked for everything that does not depend on the network."""
     what = "trajectory file"
     arrays, meta = read_npz(path, what)
-    terms, labels = meta.get("terms"), meta.get("labels")
-    if not isinstance(terms, list) or (labels is not None and not isinstance(labels, list)):
-        raise UserError(f"{path} is not a {what} written by neuron-layout: its meta has no term names")
+    require_meta(path, what, meta, META_CHECKS)
+    terms, labels = meta["terms"], meta["labels"]
     n_frames = len(arrays.get("positions", ()))
     require_arrays(path, what, arrays, {"positions": (n_frames, None, 3), "energy": (n_frames, len(terms)),
                                         "step": (n_frames,), "group": (None,)})

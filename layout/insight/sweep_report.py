@@ -43,9 +43,10 @@ def value_text(v) -> str:
 
 
 def write_tables(out: Path, name: str, keys: tuple[str, ...], rows: list[dict],
-                 failed: list[dict] | None = None) -> tuple[Path, ...]:
+                 failed: list[dict] | None = None, planned: int | None = None) -> tuple[Path, ...]:
     """sweep.csv and sweep.md from the finished points' layer rows; `failed` (dicts with point, the
-    grid values and error) become rows with only their values and the error."""
+    grid values and error) become rows with only their values and the error. With fewer points than
+    `planned`, sweep.md says that the sweep was interrupted."""
     failed = failed or []
     columns = list(rows[0]) if rows else ["point", *keys]
     columns += ["error"] if failed else []
@@ -55,7 +56,7 @@ def write_tables(out: Path, name: str, keys: tuple[str, ...], rows: list[dict],
     writer.writerows([[value_text(row.get(c, "")) for c in columns]
                       for row in sorted(rows + failed, key=lambda r: r["point"])])
     return (write_text(out / "sweep.csv", text.getvalue()),
-            write_text(out / "sweep.md", markdown(name, keys, rows, failed)))
+            write_text(out / "sweep.md", markdown(name, keys, rows, failed, planned)))
 
 
 def with_p(row: dict, column: str) -> str:
@@ -72,11 +73,14 @@ def table(header: list[str], lines: list[list[str]]) -> str:
                      + ["| " + " | ".join(line) + " |" for line in lines])
 
 
-def markdown(name: str, keys: tuple[str, ...], rows: list[dict], failed: list[dict]) -> str:
+def markdown(name: str, keys: tuple[str, ...], rows: list[dict], failed: list[dict], planned: int | None = None) -> str:
     per_point = table(["point", *keys, "layer", *FIGURES, *TESTED],
                       [[str(r["point"]), *(value_text(r[k]) for k in keys), str(r["layer"]),
                         *(value_text(r[c]) for c in FIGURES), *(with_p(r, c) for c in TESTED)] for r in rows])
-    parts = [f"# Sweep {name}", "", f"{len({r['point'] for r in rows})} points, a row per point and hidden layer. "
+    ran = len({r["point"] for r in rows + failed})
+    interrupted = [f"**Interrupted: {ran} of {planned} points ran.**", ""] if planned and ran < planned else []
+    parts = [f"# Sweep {name}", "", *interrupted,
+             f"{len({r['point'] for r in rows})} points, a row per point and hidden layer. "
              "Tested figures show the observed value and the p-value of the weakest null (for the dominant-class "
              "statistics the largest p over shuffled columns, untrained and, in 3D, their re-laid-out "
              "networks; see each point's report.md).", "", per_point, ""]

@@ -49,7 +49,8 @@ def headline(layer: LayerStructure, space: str) -> str:
     tests = decisive(layer.find("silhouette", space))
     where = "3D" if space == "layout" else "output-vector space"
     if not tests:
-        return f"dominance clustering in {where}: not tested (no null with at least 19 samples)"
+        why = untested_reason(layer.find("silhouette", space), space)
+        return f"dominance clustering in {where}: not tested ({why})"
     weakest = max(tests, key=lambda t: (t.p if np.isfinite(t.p) else 2))
     text = (f"dominance clustering in {where}: silhouette {weakest.observed:.3f}, null {weakest.null_mean:.3f} "
             f"+/- {weakest.null_sd:.3f} ({weakest.null}, the weakest of {len(tests)} nulls), "
@@ -58,6 +59,18 @@ def headline(layer: LayerStructure, space: str) -> str:
         text += (f" (every one of its {weakest.n} samples is beaten, the most they can show: raise "
                  f"structure.{NULL_SETTING.get(weakest.null, 'permutations')} for a firmer verdict)")
     return text
+
+
+def untested_reason(tests: list[NullTest], space: str) -> str:
+    """Why a space has no verdict: no null was made for it, or its nulls have too few samples."""
+    if not tests and space == "layout":
+        return ("no null layouts were made: they are laid out for render.timeline = simulation, with "
+                "structure.layout_nulls of at least 19")
+    if not tests:
+        return "no null was made: set structure.permutations to at least 19"
+    counts = ", ".join(f"{t.null} {t.n}" for t in tests)
+    settings = " and ".join(sorted({f"structure.{NULL_SETTING.get(t.null, 'permutations')}" for t in tests}))
+    return f"too few null samples to reach p <= 0.05 ({counts}): raise {settings} to at least 19"
 
 
 def verdicts(layers: tuple[LayerStructure, ...], retrained: Retrained | None = None) -> list[str]:

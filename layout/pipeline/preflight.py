@@ -24,6 +24,14 @@ REST_ROW = 1024  # the native kernel pads its rest-length rows to a multiple of 
 OPTIMIZER_COPIES = 5  # weights, gradients, Adam's two moments and the update, while training
 
 
+def check_snapshots(cfg: RunConfig, n_snapshots: int, path: str, lays_out: bool) -> None:
+    """The training timeline lays out a network's weight snapshots: a network file given without any
+    cannot be shown that way."""
+    if lays_out and cfg.render.timeline == "training" and n_snapshots == 0:
+        raise ConfigError(f"{path} holds no weight snapshots, which render.timeline = training lays out one by one: "
+                          "set render.timeline=simulation, or retrain it with train.snapshot_every set")
+
+
 def check_fits_data(cfg: RunConfig, dataset: Dataset) -> None:
     """What the config asks that only the data (or another section) can check, before any training."""
     if cfg.render.color_by in ("spread", "ablation") and not cfg.structure.enabled:

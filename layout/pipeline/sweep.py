@@ -1,7 +1,8 @@
 """A sweep (`python -m layout.sweep SWEEP.yaml`): the whole pipeline over a grid of configs, compared.
-The sweep file (layout/core/sweep_file.py) names a base run config, overrides and a grid. Each point runs like `python -m layout.run` (training and layouts come from the cache when they match)
-into <out>/points/<id>/ with its snapshot. The sweep then writes sweep.csv (a row per point and hidden
-layer), sweep.md (the same, and a summary over train.seed) and contact_sheet.png (every point's final
+The sweep file (layout/core/sweep_file.py) names a base run config, overrides and a grid. Each point
+runs like `python -m layout.run` (training and layouts come from the cache when they match) into
+<out>/points/<NN>/ with its snapshot (points numbered from 1, as everywhere). The sweep then writes
+sweep.csv (a row per point and hidden layer), sweep.md (the same, and a summary over train.seed) and contact_sheet.png (every point's final
 layout). Every point's config is checked before the first one runs.
 """
 
@@ -34,7 +35,7 @@ def run_point(cfg: RunConfig, out: Path, retrain: bool) -> tuple[list[dict], Pat
     laid = layout_stage(cfg, trained, out, relayout=retrain)
     structure = structure_stage(cfg, trained, laid, out, retest=retrain)
     write_json(out / "metrics.json", run_figures(trained.figures, laid.figures, structure.figures))
-    snapshot = render_stage(scene_for(cfg, trained, laid, structure), cfg, out, ("png",))
+    snapshot, _ = render_stage(scene_for(cfg, trained, laid, structure), cfg, out, ("png",))  # (no notes for a png)
     net, f = trained.network, laid.features
     activations = hidden_activations(net, trained.dataset.test.images)
     vectors = [f.output_vectors[f.layer == l] for l in range(f.n_layers)]
@@ -58,22 +59,27 @@ def sheet_title(i: int, point: dict, rows: list[dict], error: str | None = None)
 
 @dataclass(frozen=True)
 class PointResult:
-    index: int
+    index: int  # from 1
     point: dict
     rows: list  # its layer rows, each with the point's grid values (empty if it failed)
     snapshot: Path | None
     error: str | None = None  # why the point failed (a diverging training, say); the sweep goes on
 
 
-def run_points(sweep: Sweep, configs: list[RunConfig], out: Path, retrain: bool) -> Iterator[PointResult]:
-    """Run every point into <out>/points/<id>/, yielding each result as it finishes."""
+def run_points(sweep: Sweep, configs: list[RunConfig], out: Path, retrain: bool,
+               debug: bool = False) -> Iterator[PointResult]:
+    """Run every point into <out>/points/<NN>/, yielding each result as it finishes. A point that fails in
+    any way (a diverging training, a full disk, a bug) is a failed point, and the sweep goes on;
+    Ctrl-C ends the sweep. With `debug`, an error that is not the user's ends it with its traceback."""
     if not all(cfg.structure.enabled for cfg in configs):
         raise ConfigError("a sweep compares structure statistics: leave structure.enabled true")
-    for i, (point, cfg) in enumerate(zip(sweep.points(), configs)):
+    for i, (point, cfg) in enumerate(zip(sweep.points(), configs), start=1):
         try:
             rows, snapshot = run_point(cfg, out / "points" / f"{i:02d}", retrain)
-        except UserError as e:  # one point's failure (a diverging training, say) does not end the sweep
-            yield PointResult(i, point, [], None, str(e))
+        except Exception as e:
+            if debug and not isinstance(e, UserError):
+                raise
+            yield PointResult(i, point, [], None, failure(e))
             continue
         yield PointResult(i, point, [{"point": i, **point, **row} for row in rows], snapshot)
 
@@ -82,17 +88,27 @@ def point_summary(result: PointResult, total: int) -> str:
     """One line per finished point: its values, accuracy and verdicts."""
     rows = result.rows
     if result.error:
-        return f"point {result.index + 1}/{total} ({point_label(result.point)}): failed: {result.error}"
-    return (f"point {result.index + 1}/{total} ({point_label(result.point)}): test accuracy "
+        return f"point {result.index}/{total} ({point_label(result.point)}): failed: {result.error}"
+    return (f"point {result.index}/{total} ({point_label(result.point)}): test accuracy "
             f"{rows[0]['test_accuracy']:.4f}; " + "; ".join(
                 f"layer {r['layer']}: 3D {r['verdict_3d']}, output space {r['verdict_output']}" for r in rows))
 
 
-def write_sweep(out: Path, sweep: Sweep, results: list[PointResult]) -> tuple[Path, ...]:
-    """sweep.csv, sweep.md and contact_sheet.png."""
+def failure(e: Exception) -> str:
+    """Why a point failed, in one line: a UserError says it; anything else is named with its type."""
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, OSError) and e.filename:
+        return f"cannot write {e.filename}: {e.strerror or e}"
+    text = " ".join(str(e).split())[:200]
+    return f"{type(e).__name__}{': ' + text if text else ''} (--debug shows its traceback)"
+
+
+def write_sweep(out: Path, sweep: Sweep, results: list[PointResult], planned: int) -> tuple[Path, ...]:
+    """sweep.csv, sweep.md and contact_sheet.png of the points that ran (of `planned`)."""
     rows = [row for r in results for row in r.rows]
     failed = [{"point": r.index, **r.point, "error": r.error} for r in results if r.error]
     sheet = contact_sheet(out / "contact_sheet.png", [r.snapshot for r in results],
                           [sheet_title(r.index, r.point, r.rows, r.error) for r in results], SHEET_COLUMNS)
-    return write_tables(out, sweep.name, sweep.keys, rows, failed) + (sheet,)
+    return write_tables(out, sweep.name, sweep.keys, rows, failed, planned) + (sheet,)
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from layout.core.config import ModelConfig, RunConfig, config_to_yaml
 from layout.core.files import cache_dir, write_text
+from layout.core.memory import gigabytes
 from layout.core.progress import progress_bar
-from layout.pipeline.preflight import check_fits_data, check_memory, check_trainable
+from layout.pipeline.preflight import check_fits_data, check_memory, check_snapshots, check_trainable
 from models.data.datasets import Dataset, load_dataset
 from models.network.mlp import layer_sizes
 from models.network.network import Network
@@ -52,6 +53,7 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
     n_train, n_test = len(dataset.train.labels), len(dataset.test.labels)
     if given is not None:
         check_fits(given, dataset, network_file)
+        check_snapshots(cfg, len(given.snapshots.step), network_file, lays_out)
         check_memory(cfg, given.sizes, n_train, n_test, given_snapshots=len(given.snapshots.step),
                      lays_out=lays_out)
     else:
@@ -88,8 +90,22 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
         "reused": reused,
         "network_file": str(network_file) if network_file else None,
     }
-    written = (config_file, save_network(out / "network.npz", network, key))
-    return TrainResult(used, dataset, network, figures, written, obtained.notes)
+    saved = save_network(out / "network.npz", network, key)
+    notes = obtained.notes + size_note(saved, network, network_file is None)
+    return TrainResult(used, dataset, network, figures, (config_file, saved), notes)
+
+
+LARGE = 256 * 10**6  # bytes: a network file this big is worth a word
+
+
+def size_note(path: Path, network: Network, cached: bool) -> tuple[str, ...]:
+    """A word on a large network file: what makes it large, that the cache holds it too, and the fix."""
+    size = path.stat().st_size
+    if size < LARGE:
+        return ()
+    twice = " and once more in the cache" if cached else ""
+    return (f"{path.name} is {gigabytes(size)}, most of it its {len(network.snapshots.step):,} weight snapshots; it "
+            f"is written to the output folder{twice}: raise train.snapshot_every to keep fewer",)
 
 
 def file_digest(path: Path) -> str:

@@ -16,8 +16,9 @@ from typing import Callable
 import numpy as np
 
 from layout.core.config import ACTIVATIONS, RunConfig, fingerprint
+from layout.core.config_values import excerpt
 from layout.core.errors import UserError
-from layout.core.files import cache_dir, read_npz, require_arrays, write_atomic
+from layout.core.files import cache_dir, list_of, number, read_npz, require_arrays, require_meta, whole, write_atomic
 from models.data.datasets import Dataset
 from models.network.network import History, Network, Snapshots
 from models.network.train import N_INPUTS, EpochStats, train
@@ -26,6 +27,18 @@ FORMAT_VERSION = 1
 HISTORY_FIELDS = ("epoch", "train_loss", "test_loss", "test_accuracy")
 META_FIELDS = ("sizes", "activation", "dataset", "classes", "class_names", "test_accuracy",
                "train_accuracy", "train_seconds", "epochs")
+META_CHECKS = {
+    "sizes": (lambda v: list_of(lambda n: whole(n, 1))(v) and len(v) >= 3,
+              "a list of at least three layer widths (inputs, hidden..., outputs)"),
+    "activation": (lambda v: isinstance(v, str) and v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+    "dataset": (lambda v: isinstance(v, str), "a dataset name"),
+    "classes": (list_of(whole), "a list of class labels (whole numbers)"),
+    "class_names": (list_of(lambda n: isinstance(n, str)), "a list of class names (text)"),
+    "test_accuracy": (lambda v: number(v, 0, 1), "a fraction between 0 and 1"),
+    "train_accuracy": (lambda v: number(v, 0, 1), "a fraction between 0 and 1"),
+    "train_seconds": (lambda v: number(v, 0), "a number of seconds"),
+    "epochs": (whole, "a whole number of epochs"),
+}
 
 
 def network_key(cfg: RunConfig, dataset: Dataset) -> str:
@@ -64,16 +77,12 @@ def read_network(path: str | Path) -> tuple[Network, dict]:
     """(the network, its meta) of a network.npz, checked as load_network says."""
     what = "network file"
     arrays, meta = read_npz(path, what)
-    sizes, activation, classes = meta.get("sizes"), meta.get("activation"), meta.get("classes")
-    if not (isinstance(sizes, list) and len(sizes) >= 3 and all(isinstance(n, int) and n > 0 for n in sizes)):
-        raise UserError(f"{path} is not a {what} written by neuron-layout: its sizes {sizes!r} are not a list of "
-                        "at least three layer widths (inputs, hidden..., outputs)")
-    if activation not in ACTIVATIONS or not isinstance(classes, list) or len(classes) != sizes[-1]:
-        raise UserError(f"{path} is not a {what} written by neuron-layout: activation {activation!r} or classes "
-                        f"{classes!r} do not fit sizes {sizes}")
-    missing = [name for name in META_FIELDS if name not in meta]
-    if missing:
-        raise UserError(f"{path} is not a {what} written by neuron-layout: its meta lacks {', '.join(missing)}")
+    require_meta(path, what, meta, META_CHECKS)
+    sizes, classes = meta["sizes"], meta["classes"]
+    if len(classes) != sizes[-1] or len(set(classes)) != len(classes) or len(meta["class_names"]) != len(classes):
+        raise UserError(f"{path} is not a {what} written by neuron-layout: its {sizes[-1]} outputs, classes "
+                        f"{excerpt(classes)} and class names {excerpt(meta['class_names'])} do not match (one "
+                        "distinct class and one name per output)")
     layers = range(len(sizes) - 1)
     n_snapshots = len(arrays.get("snapshot_step", ()))
     shapes = {"snapshot_step": (None,), "snapshot_epoch": (n_snapshots,), "snapshot_test_accuracy": (n_snapshots,)}
@@ -86,7 +95,7 @@ def read_network(path: str | Path) -> tuple[Network, dict]:
     require_arrays(path, what, arrays, shapes)
     network = Network(
         sizes=tuple(sizes),
-        activation=activation,
+        activation=meta["activation"],
         weights=tuple(arrays[f"w{l}"].astype(np.float32) for l in layers),
         biases=tuple(arrays[f"b{l}"].astype(np.float32) for l in layers),
         dataset=meta["dataset"],
