@@ -8,6 +8,13 @@
                      as sphere glyphs rebuilt per frame (PyVista's movie example)
   export_ratio       export_fps / plain_fps (target >= 1.5)
   frame_ms_10k       one frame (move points, render, read back) with 10,000 neurons (target <= 33 ms)
+  field_export_fps   the same mp4 export with the 1,000 neurons drawn as their fields (render.glyph: field)
+                     (target >= 30), beside sphere_export_fps (the spheres, measured again in this run)
+  field_ratio        field_export_fps / sphere_export_fps (target >= 0.8)
+  field_frame_ms_10k one frame with 10,000 neurons as fields (the default top 2,000 as images, dots for
+                     the rest), beside sphere_frame_ms_10k (target: field_frame_ratio <= 1.5)
+  atlas_build_s_10k  the glyph images and their texture atlas for 10,000 neurons, all of them as
+                     images (target <= 0.3 s)
   e2e_cold_s         `python -m layout.run configs/euclid.yaml --no-window --export mp4` with an empty
                      cache: training, compilation and all (target <= 30 s)
   e2e_warm_s         the same again: cached network and compiled programs (target <= 10 s)
@@ -33,15 +40,26 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from layout.core.config import RenderConfig  # noqa: E402
+from render.glyphs import atlas, field_images  # noqa: E402
 from render.movie import offscreen_scene, render_shots, shot_list, write_mp4  # noqa: E402
 from render.scene import make_scene_data  # noqa: E402
 
 TARGETS = {"export_fps": (30, ">="), "export_ratio": (1.5, ">="), "frame_ms_10k": (33, "<="),
-           "e2e_cold_s": (30, "<="), "e2e_warm_s": (10, "<=")}
+           "e2e_cold_s": (30, "<="), "e2e_warm_s": (10, "<="), "field_export_fps": (30, ">="),
+           "field_ratio": (0.8, ">="), "field_frame_ratio": (1.5, "<="), "atlas_build_s_10k": (0.3, "<=")}
 
 
-def moving_layout(n: int, n_frames: int, seed: int = 0):
-    """n neurons of 10 classes drifting into 10 clusters, with 10 anchors: a SceneData."""
+def random_fields(n: int, rng) -> np.ndarray:
+    """[n, 28, 28] fields with blobs, as trained ones have: smoothed noise."""
+    noise = rng.normal(size=(n, 28, 28)).astype(np.float32)
+    for axis in (1, 2):
+        noise = (noise + np.roll(noise, 1, axis) + np.roll(noise, -1, axis)) / 3
+    return noise
+
+
+def moving_layout(n: int, n_frames: int, seed: int = 0, fields: bool = False, top: int = 2000):
+    """n neurons of 10 classes drifting into 10 clusters, with 10 anchors: a SceneData (with `fields`,
+    the neurons drawn as random receptive fields, the `top` largest as images)."""
     rng = np.random.default_rng(seed)
     group = rng.integers(0, 10, n)
     centres = rng.normal(scale=2.0, size=(10, 3))
@@ -50,9 +68,25 @@ def moving_layout(n: int, n_frames: int, seed: int = 0):
     w = np.linspace(0, 1, n_frames)[:, None, None]
     positions = ((1 - w) * start + w * end).astype(np.float32)
     vectors = np.eye(10)[group] + 0.2 * rng.random((n, 10))
+    images = None
+    if fields:
+        images = field_images(random_fields(n, rng), group, np.zeros(n, int), np.linalg.norm(vectors, axis=1),
+                              "neuron", top)
     return make_scene_data(positions, tuple(f"step {i}" for i in range(n_frames)),
                            np.concatenate([group, np.arange(10)]), np.arange(n + 10) >= n, vectors,
-                           tuple(map(str, range(10))), "benchmark", edges_per_neuron=0, size_by="norm")
+                           tuple(map(str, range(10))), "benchmark", edges_per_neuron=0, size_by="norm", fields=images)
+
+
+def atlas_build_s(n: int, repeats: int = 5) -> float:
+    """The glyph images and their atlas for n neurons, all as images: median seconds."""
+    rng = np.random.default_rng(1)
+    fields, group, norms = random_fields(n, rng), rng.integers(0, 10, n), rng.random(n)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        atlas(field_images(fields, group, np.zeros(n, int), norms, "neuron", n).tiles)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def our_export_fps(data, cfg: RenderConfig) -> float:
@@ -126,11 +160,17 @@ def measure(n_frames: int) -> dict:
     cfg = RenderConfig(width=1280, height=720, fps=30, settle_seconds=n_frames / 60, orbit_seconds=n_frames / 60)
     data_1k = moving_layout(1000, 60)
     ours, plain = our_export_fps(data_1k, cfg), plain_fps(data_1k, cfg)
+    field_1k = moving_layout(1000, 60, fields=True)
+    sphere_again, field = our_export_fps(data_1k, cfg), our_export_fps(field_1k, cfg)  # side by side
+    sphere_10k, field_10k = frame_ms(moving_layout(10000, 10), cfg), frame_ms(moving_layout(10000, 10, fields=True), cfg)
     with tempfile.TemporaryDirectory() as cache:
         cold = end_to_end(cache)
         warm = end_to_end(cache)
     return {"export_fps": ours, "plain_fps": plain, "export_ratio": ours / plain,
-            "frame_ms_1k": frame_ms(data_1k, cfg), "frame_ms_10k": frame_ms(moving_layout(10000, 10), cfg),
+            "sphere_export_fps": sphere_again, "field_export_fps": field, "field_ratio": field / sphere_again,
+            "sphere_frame_ms_10k": sphere_10k, "field_frame_ms_10k": field_10k,
+            "field_frame_ratio": field_10k / sphere_10k, "atlas_build_s_10k": atlas_build_s(10000),
+            "frame_ms_1k": frame_ms(data_1k, cfg), "frame_ms_10k": sphere_10k,
             "e2e_cold_s": cold, "e2e_warm_s": warm, "frames": len(shot_list(data_1k.n_frames, cfg)),
             "size": [cfg.width, cfg.height]}
 

@@ -16,6 +16,7 @@ from vtkmodules.vtkCommonCore import vtkLookupTable
 from vtkmodules.vtkRenderingAnnotation import vtkScalarBarActor
 
 from render import style
+from render.glyphs import FieldImages, Glyphs, add_glyphs, place_glyphs
 
 HALO_OPACITY = 0.3
 
@@ -52,6 +53,7 @@ class SceneData:
     colorings: tuple[tuple[str, np.ndarray], ...] = ()  # (caption, neuron rgb [N, 3]); () = by class
     halo: np.ndarray | None = None  # [N] radius of a translucent halo around each neuron (None: no halos)
     scale: ColorScale | None = None  # with colorings: what their colours measure, shown as a colour bar
+    fields: FieldImages | None = None  # render.glyph: field: the neurons drawn as their receptive fields
 
 
     @property
@@ -82,16 +84,18 @@ def activation_scale(activations: np.ndarray, quantity: str) -> ColorScale:
 def make_scene_data(positions: np.ndarray, labels: tuple[str, ...], group: np.ndarray, is_anchor: np.ndarray,
                     vectors: np.ndarray, class_names: tuple[str, ...], name: str, edges_per_neuron: int,
                     size_by: str, colorings: tuple[tuple[str, np.ndarray], ...] = (),
-                    spread: np.ndarray | None = None, scale: ColorScale | None = None) -> SceneData:
+                    spread: np.ndarray | None = None, scale: ColorScale | None = None,
+                    fields: FieldImages | None = None, size_values: np.ndarray | None = None) -> SceneData:
     """SceneData from a trajectory's frames and the neurons' output vectors [N, C].
 
-    Sizes follow the output-vector norm, scaled to the final layout's spacing; with anchors present,
+    Sizes follow the output-vector norm (or `size_values`, as render.size_by asks), scaled to the final layout's spacing; with anchors present,
     each neuron gets lines to the `edges_per_neuron` outputs with the largest |weight|. `spread` [N]
     (positional spread in units of the layout's RMS radius) becomes a halo of that radius."""
     n = int((~is_anchor).sum())
     final = positions[-1][:n]
     spacing = float(np.median(cKDTree(final).query(final, k=2)[0][:, 1])) if n > 1 else 1.0
-    radius = style.particle_radii(np.linalg.norm(vectors, axis=1), size_by, max(spacing, 1e-6),
+    sizes = np.linalg.norm(vectors, axis=1) if size_values is None else np.clip(size_values, 0, None)
+    radius = style.particle_radii(sizes, "none" if size_by == "none" else "norm", max(spacing, 1e-6),
                                   int(is_anchor.sum()))
     edges, sign = np.zeros((0, 2), int), np.zeros(0)
     k = min(edges_per_neuron, vectors.shape[1])
@@ -106,7 +110,7 @@ def make_scene_data(positions: np.ndarray, labels: tuple[str, ...], group: np.nd
     return SceneData(positions=np.asarray(positions, np.float32), labels=tuple(labels), group=np.asarray(group),
                      is_anchor=np.asarray(is_anchor, bool), radius=radius, class_names=tuple(class_names),
                      name=name, edges=edges, edge_sign=sign, colorings=tuple(colorings), halo=halo,
-                     scale=scale if colorings else None)
+                     scale=scale if colorings else None, fields=fields)
 
 
 @dataclass
@@ -120,6 +124,7 @@ class Scene:
     labels: list | None  # the anchors' text actors
     edges: pv.PolyData | None
     title: object  # the title text actor
+    glyphs: Glyphs | None = None  # render.glyph: field
 
 
 def point_cloud(points: np.ndarray, groups: np.ndarray, radius: np.ndarray) -> pv.PolyData:
@@ -152,7 +157,7 @@ def build_scene(plotter: pv.Plotter, data: SceneData) -> Scene:
     plotter.set_background(style.BACKGROUND)
     first = data.positions[0]
     neuron = ~data.is_anchor
-    neurons = point_cloud(first[neuron], data.group[neuron], data.radius[neuron])
+    neurons = point_cloud(first[neuron], data.group[neuron], sphere_radii(data))
     add_spheres(plotter, neurons)
     halos = None
     if data.halo is not None:  # soft translucent glows in the neuron's class colour
@@ -181,10 +186,26 @@ def build_scene(plotter: pv.Plotter, data: SceneData) -> Scene:
     title = plotter.add_text(style.frame_title(data.name, data.labels[0]), position=(8, height - 26),
                              font_size=12, color=style.TEXT_COLOR)
     frame_camera(plotter, data.positions)
-    scene = Scene(plotter, neurons, halos, anchors, labels, edges, title)
+    glyphs = None if data.fields is None else add_glyphs(plotter, data.fields, first[neuron], data.radius[neuron])
+    scene = Scene(plotter, neurons, halos, anchors, labels, edges, title, glyphs)
     if anchors is not None:  # labels follow their anchors through frames, orbits and mouse moves
         plotter.renderer.AddObserver("StartEvent", lambda *_: place_labels(scene, np.asarray(anchors.points)))
+    if glyphs is not None:  # glyphs follow their neurons and face the camera, however it moved
+        plotter.renderer.AddObserver("StartEvent", lambda *_: place_glyphs(glyphs, np.asarray(neurons.points),
+                                                                           plotter.camera))
     return scene
+
+
+DOT = 0.5  # the radius of a neuron left without an image (above render.field_top), in its sphere radii
+
+
+def sphere_radii(data: SceneData) -> np.ndarray:
+    """The neurons' sphere radii: none for those drawn as images, small dots for the rest of a field scene."""
+    radius = data.radius[~data.is_anchor].copy()
+    if data.fields is not None:
+        radius *= DOT
+        radius[data.fields.members] = 0.0
+    return radius
 
 
 def add_class_legend(plotter: pv.Plotter, class_names: tuple[str, ...]) -> None:
@@ -274,11 +295,17 @@ def project(plotter: pv.Plotter, points: np.ndarray) -> np.ndarray:
 
 def pick_neuron(scene: Scene, data: SceneData, t: int, x: float, y: float, tolerance: float = 12.0) -> int | None:
     """The neuron drawn nearest to screen pixel (x, y) (VTK's origin, bottom left) at frame t, if one
-    is within `tolerance` pixels; among several, the one closest to the camera."""
+    is within `tolerance` pixels or its glyph covers the pixel; among several, the one closest to the
+    camera."""
     neurons = data.positions[t][~data.is_anchor]
     screen = project(scene.plotter, neurons)
     gap = np.hypot(screen[:, 0] - x, screen[:, 1] - y)
-    near = np.flatnonzero(gap <= tolerance)
+    hit = gap <= tolerance
+    if scene.glyphs is not None and len(scene.glyphs.members):  # a glyph's square, as last drawn
+        corners = project(scene.plotter, np.asarray(scene.glyphs.mesh.points)).reshape(-1, 4, 2)
+        low, high = corners.min(1), corners.max(1)
+        hit[scene.glyphs.members] |= (low[:, 0] <= x) & (x <= high[:, 0]) & (low[:, 1] <= y) & (y <= high[:, 1])
+    near = np.flatnonzero(hit)
     if len(near) == 0:
         return None
     camera = np.array(scene.plotter.camera.position)

@@ -51,5 +51,32 @@ def activation_rgb(values: np.ndarray) -> np.ndarray:
     return np.round(low + share * (high - low)).astype(np.uint8)
 
 
+# ColorBrewer's RdBu (11 classes), from strongly negative (dark blue) through white at 0 to strongly
+# positive (dark red): diverging, and safe for the common colour-vision deficiencies.
+DIVERGING = ("#053061", "#2166AC", "#4393C3", "#92C5DE", "#D1E5F0", "#F7F7F7", "#FDDBC7", "#F4A582", "#D6604D",
+             "#B2182B", "#67001F")
+
+
+def diverging_table(steps: int = 511) -> np.ndarray:
+    """[steps, 3] uint8: the diverging map sampled evenly from -1 to +1 (the middle entry is 0, white)."""
+    share = np.linspace(0, len(DIVERGING) - 1, steps)
+    stops = np.stack([hex_to_rgb(c) for c in DIVERGING]).astype(np.float64)
+    low = np.minimum(np.floor(share).astype(int), len(DIVERGING) - 2)
+    t = (share - low)[:, None]
+    return np.round(stops[low] * (1 - t) + stops[low + 1] * t).astype(np.uint8)
+
+
+DIVERGING_TABLE = diverging_table()
+
+
+def diverging_rgb(values: np.ndarray, limit: np.ndarray | float) -> np.ndarray:
+    """[..., 3] uint8: values / limit from -1 (dark blue) through 0 (white) to +1 (dark red), clipped, in
+    511 steps; `limit` broadcasts against `values` (one per neuron, say)."""
+    limit = np.where(np.asarray(limit, np.float32) > 0, limit, 1.0).astype(np.float32)
+    half = (len(DIVERGING_TABLE) - 1) // 2
+    index = np.rint(np.clip(np.asarray(values, np.float32) / limit, -1, 1) * half).astype(np.intp) + half
+    return DIVERGING_TABLE[index]
+
+
 def frame_title(name: str, label: str) -> str:
     return f"{name}   {label}"

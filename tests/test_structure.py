@@ -3,6 +3,7 @@ tests, ablation of a hand-built network, stability, and the report of a real run
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from layout.core.config import DataConfig
 from layout.insight.structure import (
     LayerInputs,
     LayerStructure,
@@ -300,3 +302,51 @@ def test_structure_results_are_reused_until_something_they_depend_on_changes(tmp
     assert json.loads((tmp_path / "more" / "structure.json").read_text())["layers"][0]["tests"][0]["n_null"] == 199
     _, said = run("retest", "--retrain")
     assert "structure tests (reused" not in said
+
+
+def test_selectivity_and_effective_classes_follow_their_formulas_on_a_hand_made_case():
+    from layout.insight.selectivity import effective_classes, selectivity_index
+
+    means = np.array([[1.0, 0, 0], [1, 1, 1], [2, 1, 0]])
+    np.testing.assert_allclose(selectivity_index(means), [1.0, 0.0, (2 - 0.5) / (2 + 0.5)])
+    p = np.array([2, 1, 0]) / 3
+    np.testing.assert_allclose(effective_classes(means), [1.0, 3.0, np.exp(-(p[:2] * np.log(p[:2])).sum())])
+    tanh_like = np.array([[1.0, -0.5, 0.0], [-1.0, -1.0, -1.0]])  # class means below 0, as tanh gives
+    np.testing.assert_allclose(selectivity_index(tanh_like)[0], (1 + 0.25) / (1 - 0.25))  # above 1
+    assert np.isnan(selectivity_index(tanh_like)[1]) and np.isnan(effective_classes(tanh_like)).all()
+
+
+def test_a_one_class_layer_is_more_selective_than_untrained_networks():
+    from layout.insight.selectivity import layer_tests, untrained_class_means
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (300, 28, 28)).astype(np.uint8)
+    labels = np.arange(300) % 3
+    null = untrained_class_means((784, 8, 3), "sigmoid", images, labels, 19, rng)
+    assert len(null) == 1 and null[0].shape == (19, 8, 3)
+    one_class = np.eye(3)[np.arange(8) % 3] * 0.9 + 0.01  # each neuron fires for one class only
+    selectivity, effective = layer_tests(one_class, null[0])
+    assert selectivity.p == effective.p == pytest.approx(1 / 20)  # beyond all 19 untrained networks
+    assert selectivity.observed > 0.9 > selectivity.null_values.max()
+    assert effective.observed < 1.2 < effective.null_values.min()
+
+
+def test_the_euclid_run_writes_each_neurons_selectivity_and_compares_it_with_untrained(euclid_run, shared_data):
+    from layout.insight.selectivity import effective_classes, selectivity_index
+    from models.data.datasets import load_dataset
+    from models.network.store import load_network
+
+    out, _ = euclid_run
+    rows = list(csv.DictReader((out / "neurons.csv").open()))
+    network = load_network(out / "network.npz")
+    test = load_dataset(DataConfig(dir=str(shared_data))).test
+    hidden = 1 / (1 + np.exp(-(test.images.reshape(-1, 784) / 255.0 @ network.weights[0] + network.biases[0])))
+    means = np.stack([hidden[test.labels == c].mean(0) for c in range(10)], 1)  # numpy, apart from the tool
+    np.testing.assert_allclose([float(r["selectivity"]) for r in rows], selectivity_index(means), rtol=1e-4)
+    np.testing.assert_allclose([float(r["effective_classes"]) for r in rows], effective_classes(means), rtol=1e-4)
+    (layer,) = json.loads((out / "structure.json").read_text())["layers"]
+    tests = {t["statistic"]: t for t in layer["tests"] if t["space"] == "activations"}
+    assert tests["selectivity"]["n_null"] == 99 and tests["selectivity"]["p"] == pytest.approx(0.01)
+    assert tests["selectivity"]["observed"] > tests["selectivity"]["null_mean"]
+    assert layer["selectivity"]["selectivity"]["observed"][1] > layer["selectivity"]["selectivity"]["untrained"][2]
+    assert "| selectivity | 0." in (out / "report.md").read_text()

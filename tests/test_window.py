@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from layout.core.config import RenderConfig
+from render.glyphs import field_images
 from render.scene import activation_colorings, project
 from render.window import NeuronDetails, build_window
 from tests.test_render import tiny_data
@@ -143,6 +144,37 @@ def test_a_click_on_a_neuron_fills_the_details_panel(window):
     assert window.selected == k and panel_text.GetText(0).startswith(f"neuron {k}:")
 
 
+def field_data():
+    """tiny_data with its neurons drawn as their fields (render.glyph: field)."""
+    data, details = tiny_data(), details_for_tiny()
+    images = field_images(details.receptive_fields, details.dominant, np.zeros(N, int), np.ones(N), "neuron", 2000)
+    return type(data)(**{**data.__dict__, "fields": images})
+
+
+def test_glyphs_in_the_window_face_the_camera_and_a_click_on_one_picks_it():
+    player = build_window(field_data(), WINDOW, details_for_tiny(), off_screen=True)
+    try:
+        plotter = player.scene.plotter
+        tick(player, 5)
+        plotter.render()
+        quads = np.asarray(player.scene.glyphs.mesh.points).reshape(N, 4, 3)
+        np.testing.assert_allclose(quads.mean(1), player.data.positions[player.frame][:N], atol=1e-5)
+        screen = project(plotter, quads.reshape(-1, 3)).reshape(N, 4, 2)
+        picked = []
+        for k in range(N):
+            near_corner = screen[k, 0] + 0.2 * (screen[k, 2] - screen[k, 0])  # inside the square, off centre
+            others = [j for j in range(N) if j != k and (screen[j].min(0) <= near_corner).all()
+                      and (near_corner <= screen[j].max(0)).all()]
+            if others:  # another glyph covers that pixel too: the test needs a pixel of k's alone
+                continue
+            click(player, *near_corner)
+            assert player.selected == k
+            picked.append(k)
+        assert len(picked) >= 3
+    finally:
+        plotter.close()
+
+
 @pytest.fixture
 def xvfb():
     """A virtual display for the real-window test (apt-get install xvfb; .ci/run installs it)."""
@@ -163,9 +195,8 @@ WINDOW_SCRIPT = """
 import json
 from layout.core.config import RenderConfig
 from render.window import show_window
-from tests.test_render import tiny_data
-from tests.test_window import details_for_tiny
-player = show_window(tiny_data(), RenderConfig(width=400, height=300, fps=20), details_for_tiny(),
+from tests.test_window import details_for_tiny, field_data
+player = show_window(field_data(), RenderConfig(width=400, height=300, fps=20), details_for_tiny(),
                      close_after_frames=15)
 print(json.dumps({"frame": player.frame, "window": type(player.scene.plotter.ren_win).__name__}))
 """

@@ -32,9 +32,11 @@ WEIGHTINGS = ("uniform", "inverse", "inverse_square")
 LAYER_SHAPES = ("plane", "shell")
 INITS = ("pca", "random")
 INFLUENCES = ("weights", "jacobian")
-SIZE_BY = ("norm", "none")
-COLOR_BY = ("dominant", "class_mean", "image", "spread", "ablation")
+SIZE_BY = ("norm", "none", "selectivity", "effective_classes")
+COLOR_BY = ("dominant", "class_mean", "image", "spread", "ablation", "selectivity", "effective_classes")
 TIMELINES = ("simulation", "training")
+GLYPHS = ("field", "sphere")
+FIELD_SCALES = ("neuron", "layer")
 EXPORTS = ("mp4", "gif", "png", "none")
 MAX_SEED = 2**31 - 1  # seeds become 32-bit JAX keys
 MAX_COUNT = 10**9  # a bound on counts that no run reaches, so that none overflows the code's integers
@@ -166,17 +168,26 @@ class RenderConfig:
     settle_seconds: float = option(4.0, "how long the movie shows the layout settling", ge=0)
     orbit_seconds: float = option(6.0, "how long the movie orbits the final layout once (0: no orbit)", ge=0)
     edges: int = option(0, "lines from each neuron to the k outputs it drives most (0: none)", ge=0, le=10)
-    size_by: str = option("norm", "neuron size: by output-vector norm, or all the same", choices=SIZE_BY)
+    size_by: str = option("norm", "neuron size: by output-vector norm, all the same, by class selectivity, or by "
+                                  "the effective number of classes", choices=SIZE_BY)
     timeline: str = option("simulation", "what the animation shows: the simulation settling, or the layout "
                                          "across the training snapshots", choices=TIMELINES)
     color_by: str = option("dominant", "neuron colour: the class it drives hardest, its mean activation per "
                                        "class (cycling through the classes), its activation for one test image, "
-                                       "its positional spread over the stability seeds, or the test-accuracy "
-                                       "drop when it is ablated",
+                                       "its positional spread over the stability seeds, the test-accuracy "
+                                       "drop when it is ablated, its class selectivity, or its effective number "
+                                       "of classes",
                            choices=COLOR_BY)
     image_index: int = option(0, "the test image whose activations color_by: image shows", ge=0)
     halo: bool = option(False, "draw each neuron's positional spread over the stability layouts as a "
                                "translucent halo around it (needs structure.stability_seeds >= 2)")
+    glyph: str = option("field", "how a hidden neuron is drawn: as its receptive field (its input weights, or "
+                                 "effective input weights for deeper layers) on a square facing the camera, "
+                                 "or as a sphere", choices=GLYPHS)
+    field_scale: str = option("neuron", "the fields' colour limits: each neuron's own largest |weight|, or its "
+                                        "layer's", choices=FIELD_SCALES)
+    field_top: int = option(2000, "draw at most this many neurons (the largest output-vector norms) as fields, "
+                                  "the rest as dots", ge=0, le=MAX_COUNT)
 
 
 @dataclass(frozen=True)
@@ -193,6 +204,8 @@ class StructureConfig:
                                  le=1_000_000)
     shuffled_label_runs: int = option(0, "networks trained on shuffled labels, the costly third null "
                                          "(0: off)", ge=0, le=1_000)
+    selectivity_nulls: int = option(99, "untrained networks whose class selectivity is the null for the "
+                                        "layer's (0: off)", ge=0, le=100_000)
     retrain_runs: int = option(0, "networks trained again with train seeds seed+1.. and laid out the same way, "
                                   "to test whether the class arrangement is reproducible (0: off)", ge=0, le=1_000)
     seed: int = option(0, "seed of every null sample", ge=0, le=MAX_SEED)

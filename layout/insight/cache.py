@@ -31,7 +31,8 @@ def save_tested(path: Path, t: Tested, key: str) -> Path:
         layers.append({"layer": layer.layer, "n_neurons": layer.n_neurons, "tests": tests})
     a = t.ablation
     arrays.update(ablation_baseline=a.baseline, ablation_drop=a.drop, ablation_class_drop=a.class_drop)
-    meta = {"version": 1, "key": key, "layers": layers, "ablation_groups": list(a.groups), "stability": None, "retrained": None}
+    meta = {"version": 1, "key": key, "layers": layers, "ablation_groups": list(a.groups), "stability": None,
+            "retrained": None, "selectivity": {str(k): v for k, v in (t.selectivity or {}).items()} or None}
     if t.stability is not None:
         meta["stability"] = t.stability.seeds
         arrays.update(stability_disparity=t.stability.disparity, stability_spread=t.stability.spread)
@@ -69,4 +70,7 @@ def load_tested(path: Path, key: str) -> tuple[Tested | None, str | None]:
     except (UserError, KeyError, TypeError, ValueError):
         return None, "the cached structure results are damaged: tested again"
     plots = {l.layer: arrays[f"plot{l.layer}"].tobytes() for l in layers if f"plot{l.layer}" in arrays}
-    return Tested(layers, ablation, stability, retrained, plots), None
+    selectivity = meta.get("selectivity")
+    if selectivity is not None:
+        selectivity = {int(k): v for k, v in selectivity.items()}
+    return Tested(layers, ablation, stability, retrained, plots, selectivity), None

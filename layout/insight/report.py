@@ -29,7 +29,7 @@ NULL_WORDS = {
 
 
 def structure_json(layers, ablation: Ablation | None, stability: Stability | None, retrained: Retrained | None,
-                   class_names) -> dict:
+                   class_names, selectivity: dict | None = None) -> dict:
     out = {"layers": [], "ablation": None, "stability": None, "retrained": None,
            "verdicts": verdicts(layers, retrained), "nulls": NULL_WORDS}
     for layer in layers:
@@ -38,6 +38,7 @@ def structure_json(layers, ablation: Ablation | None, stability: Stability | Non
             "tests": [t.summary() for t in layer.tests],
             "verdict": {space: verdict(layer.find("silhouette", space)) for space in ("layout", "output")},
             "confusion": None if layer.confusion is None else layer.confusion.tolist(),
+            "selectivity": (selectivity or {}).get(layer.layer),
         })
     if ablation is not None:
         out["ablation"] = {"baseline_class_accuracy": dict(zip(class_names, map(float, ablation.baseline))),
@@ -78,6 +79,8 @@ def markdown(summary: dict, name: str, plots: list[str]) -> str:
         if layer["confusion"] is not None:
             lines += ["", "Dominant class (rows) against activation-dominant class (columns):", "",
                       "```"] + [" ".join(f"{v:4d}" for v in row) for row in layer["confusion"]] + ["```"]
+        if layer.get("selectivity"):
+            lines += ["", *selectivity_table(layer["selectivity"], layer["tests"])]
     if summary["ablation"]:
         a = summary["ablation"]
         lines += ["", "## Ablation", "",
@@ -111,6 +114,22 @@ def markdown(summary: dict, name: str, plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def selectivity_table(quartiles: dict, tests: list[dict]) -> list[str]:
+    """Each selectivity index's quartiles over the layer's neurons beside the untrained networks', and
+    the test of the difference (the layer mean against the untrained networks' means)."""
+    def spread(q) -> str:
+        return "n/a" if q is None else f"{q[1]:.3f} [{q[0]:.3f}, {q[2]:.3f}]"
+
+    lines = ["Class selectivity (median [quartiles] over the neurons; the index of Morcos et al. 2018, and the "
+             "effective number of classes):", "",
+             "| index | this network | untrained networks | layer mean against theirs: p |", "| --- | --- | --- | --- |"]
+    for name, q in quartiles.items():
+        test = next((t for t in tests if t["statistic"] == name and t["null"] == "untrained"), None)
+        p = "n/a" if test is None or test["p"] is None else p_text(test["p"], test["n_null"])
+        lines.append(f"| {name} | {spread(q['observed'])} | {spread(q['untrained'])} | {p} |")
+    return lines
+
+
 def num(x, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
@@ -138,7 +157,7 @@ def plot_layer(path: Path, layer: LayerStructure) -> Path:
 
 
 def write_report(out: Path, name: str, layers, ablation, stability, retrained, class_names,
-                 plots_png: dict[int, bytes] | None = None) -> tuple[Path, ...]:
+                 plots_png: dict[int, bytes] | None = None, selectivity: dict | None = None) -> tuple[Path, ...]:
     """structure.json, report.md and a plot per tested layer; `plots_png` (layer -> PNG bytes, from an
     earlier run of the same tests) is written instead of plotting again."""
     def plot(layer: LayerStructure) -> Path:
@@ -148,6 +167,6 @@ def write_report(out: Path, name: str, layers, ablation, stability, retrained, c
         return plot_layer(path, layer)
 
     plots = [plot(l) for l in layers if l.tests]
-    summary = structure_json(layers, ablation, stability, retrained, class_names)
+    summary = structure_json(layers, ablation, stability, retrained, class_names, selectivity)
     return (write_json(out / "structure.json", summary),
             write_text(out / "report.md", markdown(summary, name, [p.name for p in plots])), *plots)

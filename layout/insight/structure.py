@@ -31,7 +31,8 @@ from models.network.mlp import init_limit
 
 STATISTICS = ("silhouette", "neighbourhood_hit", "distance_ratio")
 HIGHER_IS_STRUCTURE = {"silhouette": True, "neighbourhood_hit": True, "distance_ratio": False,
-                       "agreement": True, "mantel_receptive_field": True, "mantel_coactivation": True}
+                       "agreement": True, "mantel_receptive_field": True, "mantel_coactivation": True,
+                       "selectivity": True, "effective_classes": False}
 BATCH_FLOATS = 2**20  # null samples are evaluated together, at most this many N x N entries at a time
 
 

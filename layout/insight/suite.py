@@ -16,6 +16,7 @@ from layout.engine.features import NeuronFeatures, downstream_products, hidden_a
 from layout.engine.particles import Particles
 from layout.insight.ablation import Ablation, ablate
 from layout.insight.stability import Retrained, Stability, relayout, retrained_stability, stability
+from layout.insight.selectivity import distribution, layer_tests, untrained_class_means
 from layout.insight.structure import LayerInputs, LayerStructure, layer_structure, shuffled_columns, untrained
 from models.data.datasets import Dataset
 from models.network.network import Network
@@ -31,6 +32,7 @@ class Tested:
     stability: Stability | None
     retrained: Retrained | None
     plots_png: dict[int, bytes] | None = None  # layer -> its null plot, once drawn
+    selectivity: dict | None = None  # layer -> selectivity.distribution (quartiles, observed and untrained)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def count_parts(cfg: RunConfig, n_layers: int) -> int:
     """How many parts run_structure_tests reports through on_part."""
     sc = cfg.structure
     return (2 * bool(sc.layout_nulls and cfg.render.timeline == "simulation") + bool(sc.shuffled_label_runs)
-            + n_layers + 1 + (sc.stability_seeds >= 2) + bool(sc.retrain_runs))
+            + bool(sc.selectivity_nulls) + n_layers + 1 + (sc.stability_seeds >= 2) + bool(sc.retrain_runs))
 
 
 def run_structure_tests(cfg: RunConfig, subject: Subject,
@@ -79,6 +81,11 @@ def run_structure_tests(cfg: RunConfig, subject: Subject,
     shuffled = shuffled_label_vectors(cfg, subject.dataset, sc.shuffled_label_runs)
     if shuffled is not None:
         part_done()
+    null_means = None
+    if sc.selectivity_nulls:
+        null_means = untrained_class_means(net.sizes, net.activation, test.images, test.labels, sc.selectivity_nulls,
+                                           np.random.default_rng([sc.seed, 7]))
+        part_done()
     layers = []
     for l, m in enumerate(layers_of):
         layers.append(layer_structure(LayerInputs(
@@ -87,7 +94,12 @@ def run_structure_tests(cfg: RunConfig, subject: Subject,
             receptive_fields=f.receptive_fields[m].reshape(int(m.sum()), -1), activations=activations[l],
             relayouts={k: (v[0][:, m], v[1][:, m]) for k, v in relayouts.items()},
             shuffled_label_vectors=None if shuffled is None else shuffled[:, m]), sc.permutations, sc.k, sc.seed))
+        if null_means is not None and layers[-1].tests:
+            layers[-1] = dataclasses.replace(layers[-1], tests=layers[-1].tests + tuple(
+                layer_tests(f.class_activation[m], null_means[l])))
         part_done()
+    distributions = None if null_means is None else {
+        l: distribution(f.class_activation[m], null_means[l]) for l, m in enumerate(layers_of)}
     ablation = ablate(net, activations, test.labels, f.dominant, f.layer, sc.ablation_groups, sc.seed)
     part_done()
     stable = None
@@ -100,7 +112,7 @@ def run_structure_tests(cfg: RunConfig, subject: Subject,
         retrained = retrained_stability(cfg, subject.dataset, f, subject.positions, sc.retrain_runs, sc.permutations,
                                         sc.seed)
         part_done()
-    return Tested(tuple(layers), ablation, stable, retrained)
+    return Tested(tuple(layers), ablation, stable, retrained, selectivity=distributions)
 
 
 def shuffled_label_vectors(cfg: RunConfig, data: Dataset, runs: int) -> np.ndarray | None:

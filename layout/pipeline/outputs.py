@@ -10,8 +10,10 @@ import numpy as np
 
 from layout.core.files import write_text
 from layout.engine.features import NeuronFeatures
+from layout.insight.selectivity import indices
 
-NEURON_COLUMNS = ("id", "layer", "index", "dominant", "activation_dominant", "x", "y", "z", "distortion")
+NEURON_COLUMNS = ("id", "layer", "index", "dominant", "activation_dominant", "x", "y", "z", "distortion",
+                  "selectivity", "effective_classes")
 
 
 def write_neurons_csv(path: Path, features: NeuronFeatures, positions: np.ndarray, distortion: np.ndarray,
@@ -19,12 +21,14 @@ def write_neurons_csv(path: Path, features: NeuronFeatures, positions: np.ndarra
     """One row per hidden neuron; layers numbered from 1 (the first hidden layer), classes written as their
     original labels; `extra` adds columns (the structure stage's ablation drops and stability spread)."""
     extra = extra or {}
+    selective = indices(features.class_activation)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(NEURON_COLUMNS + tuple(extra))
     labels = np.asarray(classes)
     for i in range(features.n_neurons):
-        values = (distortion[i], *(column[i] for column in extra.values()))
+        values = (distortion[i], selective["selectivity"][i], selective["effective_classes"][i],
+                  *(column[i] for column in extra.values()))
         writer.writerow([i, int(features.layer[i]) + 1, int(features.index[i]), int(labels[features.dominant[i]]),
                          int(labels[features.activation_dominant[i]]), *(f"{v:.6g}" for v in positions[i]),
                          *("" if np.isnan(v) else f"{v:.6g}" for v in values)])

@@ -10,10 +10,12 @@ import numpy as np
 
 from layout.core.config import RunConfig
 from layout.core.progress import progress_bar
-from layout.engine.features import hidden_activations
+from layout.engine.features import NeuronFeatures, hidden_activations
+from layout.insight.selectivity import INDICES, indices
 from layout.pipeline.layout_stage import LayoutResult
 from layout.pipeline.structure_stage import StructureResult
 from layout.pipeline.train_stage import TrainResult
+from render.glyphs import FieldImages, field_images
 from render.movie import export, export_settings, movie_frames
 from render.scene import ColorScale, SceneData, activation_colorings, activation_scale, make_scene_data
 from render.window import NeuronDetails
@@ -35,7 +37,20 @@ def colorings_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult,
                        "spread (layout radii)")
     if cfg.render.color_by == "ablation" and structure is not None:
         return colored(structure.ablation.drop[:, None], ("test-accuracy drop when silenced",), "accuracy drop")
+    if cfg.render.color_by in INDICES:
+        values = np.nan_to_num(indices(laid.features.class_activation)[cfg.render.color_by])  # undefined: pale
+        return colored(values[:, None], (INDEX_WORDS[cfg.render.color_by],), INDEX_WORDS[cfg.render.color_by])
     return (), None
+
+
+INDEX_WORDS = {"selectivity": "class selectivity", "effective_classes": "effective number of classes"}
+
+
+def size_values(cfg: RunConfig, f: NeuronFeatures) -> np.ndarray | None:
+    """What render.size_by sizes the neurons by, when it is not the output-vector norm (None)."""
+    if cfg.render.size_by in INDICES:
+        return np.nan_to_num(indices(f.class_activation)[cfg.render.size_by])
+    return None
 
 
 def colored(values: np.ndarray, captions: tuple[str, ...], quantity: str) -> tuple[tuple, ColorScale]:
@@ -52,7 +67,16 @@ def scene_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult,
                            laid.features.output_vectors, laid.features.class_names, cfg.name,
                            cfg.render.edges, cfg.render.size_by, colorings,
                            spread=structure.stability.spread if cfg.render.halo and structure and structure.stability
-                           else None, scale=scale)
+                           else None, scale=scale, fields=fields_for(cfg, laid.features),
+                           size_values=size_values(cfg, laid.features))
+
+
+def fields_for(cfg: RunConfig, f: NeuronFeatures) -> FieldImages | None:
+    """The glyph images of render.glyph: field (None for spheres)."""
+    if cfg.render.glyph != "field":
+        return None
+    return field_images(f.receptive_fields, f.dominant, f.layer, np.linalg.norm(f.output_vectors, axis=1),
+                        cfg.render.field_scale, cfg.render.field_top)
 
 
 def render_stage(data: SceneData, cfg: RunConfig, out: Path, formats: tuple[str, ...]

@@ -58,7 +58,7 @@ def structure_key(cfg: RunConfig, network_key: str, data_key: str, layout_key: s
     """Everything the results depend on: the network, the data (its test set gives the activations; its
     training set, with the model and train sections, the retrained and shuffled-label networks), the
     layout and its final positions [N, 3], and the structure settings."""
-    return fingerprint({"version": 2, "network": network_key, "data": data_key, "model": cfg.model, "train": cfg.train,
+    return fingerprint({"version": 3, "network": network_key, "data": data_key, "model": cfg.model, "train": cfg.train,
                         "layout": layout_key, "structure": cfg.structure,
                         "positions": hashlib.sha256(np.ascontiguousarray(positions).tobytes()).hexdigest()})[:20]
 
@@ -83,7 +83,7 @@ def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, ou
         with progress_bar(count_parts(cfg, f.n_layers), "structure tests", "part") as bar:
             tested = run_structure_tests(cfg, subject, on_part=bar.advance_to)
     written = write_report(out, cfg.name, tested.layers, tested.ablation, tested.stability, tested.retrained,
-                           f.class_names, tested.plots_png)
+                           f.class_names, tested.plots_png, tested.selectivity)
     if not reused or not tested.plots_png:  # (an entry without its plots gets them)
         plots = {l.layer: (out / f"structure_layer{l.layer + 1}.png").read_bytes() for l in tested.layers if l.tests}
         save_tested(cached, dataclasses.replace(tested, plots_png=plots), key)
