@@ -15,8 +15,8 @@ from layout.core.config import RunConfig
 from layout.engine.features import NeuronFeatures, downstream_products, hidden_activations
 from layout.engine.particles import Particles
 from layout.insight.ablation import Ablation, ablate
-from layout.insight.stability import Retrained, Stability, relayout, retrained_stability, stability
 from layout.insight.selectivity import distribution, layer_tests, untrained_class_means
+from layout.insight.stability import Retrained, Stability, relayout, retrained_stability, stability
 from layout.insight.structure import LayerInputs, LayerStructure, layer_structure, shuffled_columns, untrained
 from models.data.datasets import Dataset
 from models.network.network import Network
