@@ -183,7 +183,7 @@ def pipeline(args: argparse.Namespace) -> int:
     from layout.engine.trajectory_file import check_settings, read_trajectory
     from layout.pipeline.layout_stage import layout_stage, layout_summary
     from layout.pipeline.outputs import run_figures
-    from layout.pipeline.render_stage import details_for, render_stage, scene_for
+    from layout.pipeline.render_stage import atlas_stage, details_for, glyph_note, render_stage, scene_for, window_probe
     from layout.pipeline.structure_stage import structure_stage
     from layout.pipeline.train_stage import data_stage, training_stage, training_summary
     from render.window import show_window
@@ -210,13 +210,17 @@ def pipeline(args: argparse.Namespace) -> int:
                   + "\n  ".join(structure.verdicts))
         metrics = write_json(work / "metrics.json", run_figures(trained.figures, laid.figures,
                                                                structure.figures if structure else None))
+        note(*filter(None, [glyph_note(cfg, laid.features)]))
+        atlases = atlas_stage(cfg, trained, laid, work)
         scene = scene_for(cfg, trained, laid, structure)  # built once for the exports and the window
         exported, export_notes = render_stage(scene, cfg, work, formats) if formats else ((), ())
         note(*export_notes)
-        written = trained.written + laid.written + (structure.written if structure else ()) + (metrics,) + exported
+        written = (trained.written + laid.written + (structure.written if structure else ()) + (metrics,) + atlases
+                   + exported)
     say_written(folder, written)
     if window:
-        show_window(scene, cfg.render, details_for(laid))
+        details = details_for(laid, trained.dataset.test.images)
+        show_window(scene, cfg.render, details, probe=window_probe(cfg, trained))
     return 0
 
 

@@ -73,11 +73,20 @@ def atlas(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Glyphs:
-    """The glyph actor's mesh, which neurons it shows, and their half widths."""
+    """The glyph actor's mesh, which neurons it shows, their half widths, and their texture (with the
+    tiles it was made from, to fade them by a colouring)."""
 
     mesh: pv.PolyData
     members: np.ndarray
     half: np.ndarray  # [M]
+    texture: pv.Texture
+    tiles: np.ndarray
+    shown: np.ndarray | None = None  # the share each glyph is faded to now (None: as drawn)
+    base_half: np.ndarray | None = None  # the half widths as built (the window enlarges one glyph)
+
+    def __post_init__(self) -> None:
+        if self.base_half is None:
+            self.base_half = self.half.copy()
 
 
 def add_glyphs(plotter: pv.Plotter, images: FieldImages, centres: np.ndarray, radius: np.ndarray) -> Glyphs:
@@ -91,10 +100,27 @@ def add_glyphs(plotter: pv.Plotter, images: FieldImages, centres: np.ndarray, ra
     texture.interpolate = False
     texture.mipmap = False
     texture.repeat = False
-    glyphs = Glyphs(mesh, images.members, (GLYPH_SCALE * np.asarray(radius)[images.members]).astype(np.float32))
+    glyphs = Glyphs(mesh, images.members, (GLYPH_SCALE * np.asarray(radius)[images.members]).astype(np.float32),
+                    texture, images.tiles)
     place_glyphs(glyphs, centres, plotter.camera)
     plotter.add_mesh(mesh, texture=texture, lighting=False, show_scalar_bar=False)
     return glyphs
+
+
+def shade_glyphs(glyphs: Glyphs, share: np.ndarray) -> None:
+    """Fade each glyph towards white by its neuron's share of a colouring (e.g. its activation on a probed
+    image over the largest): 1 keeps the field as it is, 0 leaves a pale ghost of it. The texture is
+    rebuilt only when the shares change."""
+    share = np.asarray(share, np.float32)[glyphs.members]
+    if glyphs.shown is not None and np.array_equal(glyphs.shown, share):
+        return
+    keep = (GHOST + (1 - GHOST) * share)[:, None, None, None]
+    faded = np.round(255 - keep * (255 - glyphs.tiles.astype(np.float32))).astype(np.uint8)
+    glyphs.texture.SetInputData(pv.Texture(atlas(faded)[0]).to_image())
+    glyphs.shown = share
+
+
+GHOST = 0.15  # how much of its field a glyph with share 0 still shows
 
 
 def place_glyphs(glyphs: Glyphs, centres: np.ndarray, camera) -> None:

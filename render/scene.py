@@ -16,7 +16,8 @@ from vtkmodules.vtkCommonCore import vtkLookupTable
 from vtkmodules.vtkRenderingAnnotation import vtkScalarBarActor
 
 from render import style
-from render.glyphs import FieldImages, Glyphs, add_glyphs, place_glyphs
+from render.glyphs import FieldImages, Glyphs, add_glyphs, place_glyphs, shade_glyphs
+from render.image2d import image_actor, set_rgb
 
 HALO_OPACITY = 0.3
 
@@ -37,8 +38,9 @@ class SceneData:
     positions [T, P, 3]; labels [T]: the title's text per frame (step, energy); group [P]: class
     index coloured; is_anchor [P]; radius [P]; class_names [C]; name: the run's name;
     edges [E, 2]: (neuron, particle) index pairs to draw as lines; edge_sign [E]: +1 or -1.
-    colorings: other ways to colour the neurons, each a caption and an rgb colour per neuron (for
-    example the mean activation for each digit); empty when neurons are coloured by class.
+    colorings: other ways to colour the neurons, each a caption, an rgb colour per neuron (for example
+    the mean activation for each digit) and the share of the colour scale it reaches, which fades a
+    field glyph (0: white, 1: as it is); empty when neurons are coloured by class.
     """
 
     positions: np.ndarray
@@ -50,10 +52,12 @@ class SceneData:
     name: str
     edges: np.ndarray
     edge_sign: np.ndarray
-    colorings: tuple[tuple[str, np.ndarray], ...] = ()  # (caption, neuron rgb [N, 3]); () = by class
+    colorings: tuple[tuple[str, np.ndarray, np.ndarray], ...] = ()  # (caption, rgb [N, 3], share [N] in 0..1)
     halo: np.ndarray | None = None  # [N] radius of a translucent halo around each neuron (None: no halos)
     scale: ColorScale | None = None  # with colorings: what their colours measure, shown as a colour bar
     fields: FieldImages | None = None  # render.glyph: field: the neurons drawn as their receptive fields
+    probed: tuple[np.ndarray, ...] = ()  # render.probe: each colouring's test image [28, 28] uint8, shown
+    thumbnails: np.ndarray | None = None  # render.thumbnails: an RGB strip [h, w, 3] at the scene's left edge
 
 
     @property
@@ -65,11 +69,12 @@ class SceneData:
         return int((~self.is_anchor).sum())
 
 
-def activation_colorings(activations: np.ndarray, captions: tuple[str, ...]) -> tuple[tuple[str, np.ndarray], ...]:
+def activation_colorings(activations: np.ndarray, captions: tuple[str, ...]
+                         ) -> tuple[tuple[str, np.ndarray, np.ndarray], ...]:
     """One coloring per column of activations [N, K] (e.g. K classes), on a common scale."""
     top = activation_top(activations)
-    return tuple((caption, style.activation_rgb(np.append(activations[:, k], top))[:-1])
-                 for k, caption in enumerate(captions))
+    return tuple((caption, style.activation_rgb(np.append(activations[:, k], top))[:-1],
+                  np.clip(activations[:, k] / top, 0, 1).astype(np.float32)) for k, caption in enumerate(captions))
 
 
 def activation_top(activations: np.ndarray) -> float:
@@ -85,12 +90,14 @@ def make_scene_data(positions: np.ndarray, labels: tuple[str, ...], group: np.nd
                     vectors: np.ndarray, class_names: tuple[str, ...], name: str, edges_per_neuron: int,
                     size_by: str, colorings: tuple[tuple[str, np.ndarray], ...] = (),
                     spread: np.ndarray | None = None, scale: ColorScale | None = None,
-                    fields: FieldImages | None = None, size_values: np.ndarray | None = None) -> SceneData:
+                    fields: FieldImages | None = None, size_values: np.ndarray | None = None,
+                    probed: tuple[np.ndarray, ...] = (), thumbnails: np.ndarray | None = None) -> SceneData:
     """SceneData from a trajectory's frames and the neurons' output vectors [N, C].
 
-    Sizes follow the output-vector norm (or `size_values`, as render.size_by asks), scaled to the final layout's spacing; with anchors present,
-    each neuron gets lines to the `edges_per_neuron` outputs with the largest |weight|. `spread` [N]
-    (positional spread in units of the layout's RMS radius) becomes a halo of that radius."""
+    Sizes follow the output-vector norm (or `size_values`, as render.size_by asks), scaled to the final
+    layout's spacing; with anchors present, each neuron gets lines to the `edges_per_neuron` outputs with
+    the largest |weight|. `spread` [N] (positional spread in units of the layout's RMS radius) becomes a
+    halo of that radius."""
     n = int((~is_anchor).sum())
     final = positions[-1][:n]
     spacing = float(np.median(cKDTree(final).query(final, k=2)[0][:, 1])) if n > 1 else 1.0
@@ -110,7 +117,7 @@ def make_scene_data(positions: np.ndarray, labels: tuple[str, ...], group: np.nd
     return SceneData(positions=np.asarray(positions, np.float32), labels=tuple(labels), group=np.asarray(group),
                      is_anchor=np.asarray(is_anchor, bool), radius=radius, class_names=tuple(class_names),
                      name=name, edges=edges, edge_sign=sign, colorings=tuple(colorings), halo=halo,
-                     scale=scale if colorings else None, fields=fields)
+                     scale=scale if colorings else None, fields=fields, probed=tuple(probed), thumbnails=thumbnails)
 
 
 @dataclass
@@ -125,6 +132,14 @@ class Scene:
     edges: pv.PolyData | None
     title: object  # the title text actor
     glyphs: Glyphs | None = None  # render.glyph: field
+    probe_image: object = None  # render.probe: the vtkImageData of the probed image in the corner
+
+    @property
+    def base_radius(self) -> np.ndarray:
+        """The neurons' sphere (or dot) radii as built."""
+        if "base_radius" not in self.neurons.field_data:
+            self.neurons.field_data["base_radius"] = np.asarray(self.neurons["radius"]).copy()
+        return np.asarray(self.neurons.field_data["base_radius"])
 
 
 def point_cloud(points: np.ndarray, groups: np.ndarray, radius: np.ndarray) -> pv.PolyData:
@@ -187,13 +202,56 @@ def build_scene(plotter: pv.Plotter, data: SceneData) -> Scene:
                              font_size=12, color=style.TEXT_COLOR)
     frame_camera(plotter, data.positions)
     glyphs = None if data.fields is None else add_glyphs(plotter, data.fields, first[neuron], data.radius[neuron])
-    scene = Scene(plotter, neurons, halos, anchors, labels, edges, title, glyphs)
+    probe_image = add_probe_image(plotter, data.probed[0]) if data.probed else None
+    if data.thumbnails is not None:  # beside the scene, below the title
+        height = plotter.window_size[1]
+        add_image(plotter, data.thumbnails, PROBE_MARGIN, height - 34 - len(data.thumbnails))
+    scene = Scene(plotter, neurons, halos, anchors, labels, edges, title, glyphs, probe_image)
     if anchors is not None:  # labels follow their anchors through frames, orbits and mouse moves
         plotter.renderer.AddObserver("StartEvent", lambda *_: place_labels(scene, np.asarray(anchors.points)))
     if glyphs is not None:  # glyphs follow their neurons and face the camera, however it moved
         plotter.renderer.AddObserver("StartEvent", lambda *_: place_glyphs(glyphs, np.asarray(neurons.points),
                                                                            plotter.camera))
     return scene
+
+
+def probe_caption(index: int, label: str, probabilities: np.ndarray, names: tuple[str, ...]) -> str:
+    """The title of a probed image: its index and label, and the three likeliest classes."""
+    order = np.argsort(-probabilities, kind="stable")
+    odds = ", ".join(f"{names[c]} {probabilities[c]:.2f}" for c in order[:3])
+    return f"probe: test image {index}, a {label}; predicted {odds}"
+
+
+def probe_coloring(activations: np.ndarray, caption: str) -> tuple[str, np.ndarray, np.ndarray]:
+    """The colouring of one probed image from its activations [N]."""
+    return activation_colorings(np.asarray(activations)[:, None], (caption,))[0]
+
+
+PROBE_ZOOM = 4  # screen pixels per pixel of the probed image
+PROBE_MARGIN = 8
+
+
+def digit_image(image: np.ndarray) -> np.ndarray:
+    """[28 * zoom, 28 * zoom, 3] uint8: a test image as dark ink on white, at exact pixels."""
+    ink = 255 - np.repeat(np.repeat(np.asarray(image, np.uint8), PROBE_ZOOM, 0), PROBE_ZOOM, 1)
+    return np.repeat(ink[:, :, None], 3, 2)
+
+
+def add_probe_image(plotter: pv.Plotter, image: np.ndarray):
+    """The probed test image in the bottom left corner, 4x, exact pixels; its vtkImageData is returned so
+    that show_frame can change it."""
+    return add_image(plotter, digit_image(image), PROBE_MARGIN, PROBE_MARGIN)
+
+
+def add_image(plotter: pv.Plotter, rgb: np.ndarray, x: int, y: int) -> pv.ImageData:
+    """rgb [h, w, 3] uint8 (row 0 at the top) drawn flat at exact pixels, its bottom left at (x, y)."""
+    actor, data = image_actor(rgb, x, y)
+    plotter.renderer.AddViewProp(actor)
+    return data
+
+
+def show_probe_image(data: pv.ImageData, image: np.ndarray) -> None:
+    set_rgb(data, digit_image(image))
 
 
 DOT = 0.5  # the radius of a neuron left without an image (above render.field_top), in its sphere radii
@@ -228,8 +286,9 @@ def color_bar(scale: ColorScale) -> vtkScalarBarActor:
     bar.SetLookupTable(table)
     bar.SetTitle(scale.quantity)
     bar.SetNumberOfLabels(3)
+    bar.UnconstrainedFontSizeOn()  # the sizes below, not ones scaled to the bar
     bar.SetLabelFormat("%.3g")
-    bar.SetPosition(0.88, 0.12)
+    bar.SetPosition(0.85, 0.12)
     bar.SetWidth(0.1)
     bar.SetHeight(0.7)
     for text in (bar.GetTitleTextProperty(), bar.GetLabelTextProperty()):
@@ -265,8 +324,12 @@ def show_frame(scene: Scene, data: SceneData, t: int, coloring: int = 0) -> None
         scene.halos.points = points[~data.is_anchor]
     caption = ""
     if data.colorings:
-        caption, rgb = data.colorings[coloring % len(data.colorings)]
+        caption, rgb, share = data.colorings[coloring % len(data.colorings)]
         scene.neurons["rgb"] = rgb
+        if scene.glyphs is not None:
+            shade_glyphs(scene.glyphs, share)
+        if scene.probe_image is not None:
+            show_probe_image(scene.probe_image, data.probed[coloring % len(data.probed)])
     if scene.anchors is not None:
         scene.anchors.points = points[data.is_anchor]
     if scene.edges is not None:

@@ -1,14 +1,15 @@
 """The interactive window: the layout plays from start to settled and loops.
 
 Mouse: rotate, zoom, pan. Space: pause or play. o: slow orbit on or off. c: next colouring (with
-render.color_by: class_mean, the next digit). The slider scrubs frames.
-Clicking a neuron shows its details on the right: its receptive field (28x28 input weights, red
-positive, blue negative), its output weights and its mean activation per class as bars, its layer
-and index.
+render.color_by: class_mean, the next digit). With render.probe: n / p probe the next / previous test
+image, a digit key the next image of that class. The slider scrubs frames.
+Clicking a neuron enlarges it and shows its details on the right (render/panel.py); hovering over a
+neuron names it and its class.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,46 +18,24 @@ import pyvista as pv
 from layout.core.config import RenderConfig
 from render import style
 from render.movie import fast_plotter
-from render.scene import Scene, SceneData, build_scene, pick_neuron, show_frame
+from render.panel import NeuronDetails, Panel, add_panel, show_neuron
+from render.scene import Scene, SceneData, build_scene, pick_neuron, probe_caption, probe_coloring, show_frame
+
+__all__ = ["NeuronDetails", "Player", "build_window", "show_window"]
+
+ENLARGED = 1.8  # the clicked neuron's size, in its own
 
 
 @dataclass(frozen=True)
-class NeuronDetails:
-    """Per neuron [N, ...]: receptive_fields [N, 28, 28], output_vectors [N, C], class_activation [N, C],
-    layer [N] (numbered from 1, the first hidden layer, as in every output), index [N] (within its layer),
-    dominant [N], activation_dominant [N]."""
+class ProbeData:
+    """What the window needs to probe any test image: images [n, 28, 28] uint8, labels [n], every hidden
+    neuron's activations [n, N] and the class probabilities [n, C], and the image shown first."""
 
-    receptive_fields: np.ndarray
-    output_vectors: np.ndarray
-    class_activation: np.ndarray
-    layer: np.ndarray
-    index: np.ndarray
-    dominant: np.ndarray
-    activation_dominant: np.ndarray
-
-
-def bars(values: np.ndarray, names: tuple[str, ...], width: int = 12) -> str:
-    """Text bars, one line per class: '3 ######      +0.82'."""
-    top = float(np.max(np.abs(values))) or 1.0
-    lines = []
-    for name, v in zip(names, values):
-        n = int(round(width * abs(v) / top))
-        lines.append(f"{name[:10]:>10s} {('#' * n if v >= 0 else '-' * n):<{width}s} {v:+.2f}")
-    return "\n".join(lines)
-
-
-def describe(details: NeuronDetails, names: tuple[str, ...], i: int) -> str:
-    """The text of the details panel for neuron i."""
-    return (f"neuron {i}: layer {details.layer[i]}, index {details.index[i]}\n"
-            f"drives hardest: {names[details.dominant[i]]}   most active for: "
-            f"{names[details.activation_dominant[i]]}\n\noutput weights\n{bars(details.output_vectors[i], names)}"
-            f"\n\nmean activation per class\n{bars(details.class_activation[i], names)}")
-
-
-def field_image(field: np.ndarray) -> pv.ImageData:
-    image = pv.ImageData(dimensions=(28, 28, 1))
-    image.point_data["weight"] = np.flipud(field).ravel()  # row 0 of the image at the top
-    return image
+    images: np.ndarray
+    labels: np.ndarray
+    activations: np.ndarray
+    probabilities: np.ndarray
+    start: int
 
 
 @dataclass
@@ -73,6 +52,10 @@ class Player:
     slider: object = None
     selected: int | None = None  # the neuron whose details the panel shows
     ticks_left: int | None = None  # close the window after this many timer ticks (tests, demos)
+    panel: Panel | None = None
+    hover: object = None  # the text naming the neuron under the mouse
+    probe: ProbeData | None = None
+    probed: int = 0  # the test image probed now
 
     def goto(self, frame: int) -> None:
         self.frame = int(np.clip(frame, 0, self.data.n_frames - 1))
@@ -101,9 +84,57 @@ class Player:
         self.coloring = (self.coloring + 1) % max(len(self.data.colorings), 1)
         self.goto(self.frame)
 
+    def probe_image(self, i: int) -> None:
+        """Colour the neurons by their activation on test image i and show it (n, p and the digit keys)."""
+        p = self.probe
+        self.probed = int(i) % len(p.labels)
+        names = self.data.class_names
+        caption = probe_caption(self.probed, names[p.labels[self.probed]], p.probabilities[self.probed], names)
+        self.data = dataclasses.replace(self.data, colorings=(probe_coloring(p.activations[self.probed], caption),),
+                                        probed=(p.images[self.probed],))
+        self.coloring = 0
+        self.goto(self.frame)
+        self.scene.plotter.render()
+
+    def probe_class(self, label: int) -> None:
+        """Probe the next test image of class `label` after the one shown."""
+        p = self.probe
+        after = np.flatnonzero(p.labels == label)
+        if len(after):
+            later = after[after > self.probed]
+            self.probe_image(later[0] if len(later) else after[0])
+
+    def select(self, i: int) -> None:
+        """Enlarge neuron i (its glyph, or its sphere) and show it in the panel."""
+        self.selected = i
+        enlarge(self.scene, i)
+        if self.panel is not None:
+            show_neuron(self.panel, i)
+        self.scene.plotter.render()
+
+    def name_under(self, x: float, y: float) -> None:
+        """The hover text: the neuron under window pixel (x, y) and the class it drives, or nothing."""
+        i = pick_neuron(self.scene, self.data, self.frame, x, y)
+        if i is None:
+            self.hover.SetInput("")
+        else:
+            self.hover.SetInput(f"neuron {i}: drives {self.data.class_names[self.data.group[i]]}")
+            self.hover.SetPosition(x + 14, y + 10)
+        self.scene.plotter.render()
+
+
+def enlarge(scene: Scene, i: int) -> None:
+    """Draw neuron i (its glyph, or its sphere or dot) ENLARGED times its size, every other at its own."""
+    glyphs = scene.glyphs
+    if glyphs is not None:
+        glyphs.half = glyphs.base_half * np.where(glyphs.members == i, ENLARGED, 1.0).astype(np.float32)
+    radius = scene.base_radius.copy()
+    radius[i] *= ENLARGED
+    scene.neurons["radius"] = radius
+
 
 def build_window(data: SceneData, cfg: RenderConfig, details: NeuronDetails | None = None, *,
-                 off_screen: bool = False) -> Player:
+                 off_screen: bool = False, probe: ProbeData | None = None) -> Player:
     """The window with everything in it (scene, slider, keys, timer, details panel), not yet shown; with
     `off_screen`, drawn without a display, its interactor driven by VTK events alone (tests)."""
     shape = (1, 2) if details is not None else (1, 1)
@@ -118,46 +149,38 @@ def build_window(data: SceneData, cfg: RenderConfig, details: NeuronDetails | No
     plotter.add_key_event("space", player.toggle_play)
     plotter.add_key_event("o", player.toggle_orbit)
     plotter.add_key_event("c", player.next_coloring)
-    plotter.add_text("space: play/pause   o: orbit   c: next colouring   click a neuron: details", position="lower_right",
-                     font_size=9, color=style.TEXT_COLOR)
+    if probe is not None:
+        player.probe, player.probed = probe, probe.start
+        plotter.add_key_event("n", lambda: player.probe_image(player.probed + 1))
+        plotter.add_key_event("p", lambda: player.probe_image(player.probed - 1))
+        for digit in range(min(10, len(data.class_names))):
+            plotter.add_key_event(str(digit), lambda d=digit: player.probe_class(d))
+    keys = "space: play/pause   o: orbit   c: next colouring   click a neuron: details"
+    keys += "   n/p, 0-9: probe another image" if probe is not None else ""
+    plotter.add_text(keys, position="lower_right", font_size=9, color=style.TEXT_COLOR)
+    player.hover = plotter.add_text("", position=(0, 0), font_size=10, color=style.TEXT_COLOR)
+    plotter.iren.add_observer("MouseMoveEvent", lambda interactor, _: player.name_under(*interactor.GetEventPosition()))
     if details is not None:
-        add_details_panel(plotter, player, details)
+        plotter.subplot(0, 1)
+        player.panel = add_panel(plotter, details, data.class_names, cfg.width // 4, cfg.height)
+        plotter.subplot(0, 0)
+
+        def on_click(interactor, _event) -> None:
+            i = pick_neuron(player.scene, player.data, player.frame, *interactor.GetEventPosition())
+            if i is not None:
+                player.select(i)
+
+        plotter.iren.add_observer("LeftButtonPressEvent", on_click)
     plotter.add_timer_event(max_steps=10**9, duration=max(1, int(1000 / cfg.fps)), callback=player.tick)
     return player
 
 
 def show_window(data: SceneData, cfg: RenderConfig, details: NeuronDetails | None = None,
-                close_after_frames: int | None = None) -> Player:
+                close_after_frames: int | None = None, probe: ProbeData | None = None) -> Player:
     """Open the window and play; returns when the user closes it (or after `close_after_frames`
     timer ticks, for tests and demos)."""
-    player = build_window(data, cfg, details)
+    player = build_window(data, cfg, details, probe=probe)
     player.ticks_left = close_after_frames
     player.scene.plotter.show(auto_close=True)
     return player
 
-
-def add_details_panel(plotter: pv.Plotter, player: Player, details: NeuronDetails) -> None:
-    """The right-hand viewport: the clicked neuron's receptive field and its numbers."""
-    plotter.subplot(0, 1)
-    plotter.set_background(style.BACKGROUND)
-    image = field_image(details.receptive_fields[0])
-    field = plotter.add_mesh(image, scalars="weight", cmap="RdBu_r", show_scalar_bar=False)
-    plotter.view_xy()
-    text = plotter.add_text("click a neuron", position="lower_left", font_size=8, color=style.TEXT_COLOR,
-                            font="courier")
-    plotter.subplot(0, 0)
-
-    def on_click(interactor, _event) -> None:
-        x, y = interactor.GetEventPosition()
-        i = pick_neuron(player.scene, player.data, player.frame, x, y)
-        if i is None:
-            return
-        player.selected = i
-        weights = details.receptive_fields[i]
-        limit = float(np.abs(weights).max()) or 1.0
-        image.point_data["weight"] = np.flipud(weights).ravel()
-        field.mapper.scalar_range = (-limit, limit)
-        text.SetText(0, describe(details, player.data.class_names, i))
-        plotter.render()
-
-    plotter.iren.add_observer("LeftButtonPressEvent", on_click)

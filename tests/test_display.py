@@ -53,5 +53,6 @@ def test_the_command_exports_when_no_display_answers(tmp_path, shared_data, disp
                              "--set", "layout.sim.steps=40", "--set", "structure.enabled=false"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0] == f"{said}: exporting instead of opening a window (use --no-window to silence this)"
+    assert result.stdout.splitlines()[0] == (f"{said}: exporting instead of opening a window (use --no-window to "
+                                             "silence this)")
     assert (out / "snapshot.png").stat().st_size > 1000 and "Traceback" not in result.stderr

@@ -21,7 +21,7 @@ from layout.pipeline.layout_stage import LayoutResult
 from layout.pipeline.preflight import check_memory, memory_needs
 from layout.pipeline.render_stage import details_for
 from layout.run import main
-from render.window import describe
+from render.panel import describe
 from tests.conftest import PROGRESS_LINE, messages
 from tests.test_layout import synthetic_features
 

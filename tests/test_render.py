@@ -199,9 +199,9 @@ def test_command_exports_every_output_file(shared_data, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["config.yaml", "layout.gif", "layout.mp4", "manifest.json", "metrics.json", "network.npz",
-                     "neurons.csv", "report.md", "snapshot.png", "structure.json", "structure_layer1.png",
-                     "trajectory.npz"]
+    assert names == ["atlas_layer1.png", "atlas_top_layer1.png", "config.yaml", "layout.gif", "layout.mp4",
+                     "manifest.json", "metrics.json", "network.npz", "neurons.csv", "report.md", "snapshot.png",
+                     "structure.json", "structure_layer1.png", "top_images.npz", "trajectory.npz"]
     assert all(is_output_name(name) for name in names)  # what a later run into the folder replaces
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(manifest["files"]) == [n for n in names if n != "manifest.json"]
@@ -227,7 +227,7 @@ def test_activation_colorings_recolour_the_neurons_and_the_movie_cycles_them(tmp
     activations[np.arange(12), np.arange(12) % 3] = 1.0  # neuron i fires only for class i % 3
     base = tiny_data()
     data = type(base)(**{**base.__dict__, "colorings": activation_colorings(activations, ("a", "b", "c"))})
-    assert [c for c, _ in data.colorings] == ["a", "b", "c"]
+    assert [c for c, _, _ in data.colorings] == ["a", "b", "c"]
     np.testing.assert_array_equal(data.colorings[0][1][0], style.hex_to_rgb(style.ACTIVATION_HIGH))
     np.testing.assert_array_equal(data.colorings[0][1][1], style.hex_to_rgb(style.ACTIVATION_LOW))
     s = offscreen_scene(data, SMALL)

@@ -190,10 +190,10 @@ def test_euclid_config_end_to_end(shared_data, tmp_path, capsys):
     argv = [str(REPO / "configs" / "euclid.yaml"), "--out", str(out), "--data-dir", str(shared_data),
             "--no-window", "--export", "png"]
     assert run_main(argv) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "metrics.json", "network.npz",
-                                                     "neurons.csv",
+    assert sorted(p.name for p in out.iterdir()) == ["atlas_layer1.png", "atlas_top_layer1.png", "config.yaml",
+                                                     "manifest.json", "metrics.json", "network.npz", "neurons.csv",
                                                      "report.md", "snapshot.png", "structure.json",
-                                                     "structure_layer1.png", "trajectory.npz"]
+                                                     "structure_layer1.png", "top_images.npz", "trajectory.npz"]
     metrics = json.loads((out / "metrics.json").read_text())
     for name in ("test_accuracy", "train_accuracy", "train_seconds", "epochs", "n_params"):
         assert name in metrics
@@ -238,8 +238,8 @@ def check_layout_outputs(out: Path, net, figures: dict) -> None:
     assert np.isfinite(positions).all() and step[0] == 0 and step[-1] == figures["steps"]
     rows = list(csv.DictReader((out / "neurons.csv").open()))
     assert len(rows) == 100 and list(rows[0]) == ["id", "layer", "index", "dominant", "activation_dominant",
-                                                  "x", "y", "z", "distortion", "ablation_drop",
-                                                  "ablation_own_class_drop", "spread"]
+                                                  "x", "y", "z", "distortion", "selectivity", "effective_classes",
+                                                  "ablation_drop", "ablation_own_class_drop", "spread"]
     dominant = net.weights[-1].argmax(1)
     for i, row in enumerate(rows):
         assert int(row["id"]) == i and int(row["index"]) == i and int(row["layer"]) == 1

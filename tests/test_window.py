@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from layout.core.config import RenderConfig
+from render import style
 from render.glyphs import field_images
 from render.scene import activation_colorings, project
 from render.window import NeuronDetails, build_window
@@ -27,15 +28,20 @@ N = 12  # tiny_data's neurons
 
 
 def details_for_tiny() -> NeuronDetails:
-    """Neuron i looks at one pixel of its own, (i, 2i), with weight i + 1, and one negative pixel."""
+    """Neuron i looks at one pixel of its own, (i, 2i), with weight i + 1, and one negative pixel; its
+    top images are 3i..3i+2 of 40 made-up test images, its bottom ones 39-3i, ..."""
     fields = np.zeros((N, 28, 28), np.float32)
     for i in range(N):
         fields[i, i, 2 * i] = i + 1
         fields[i, 27 - i, 0] = -0.5
     classes = np.arange(N) // 4
+    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28)).astype(np.uint8)
+    top = np.arange(N)[:, None] * 3 + np.arange(3)
     return NeuronDetails(receptive_fields=fields, output_vectors=np.eye(3)[classes] * 0.8,
                          class_activation=np.eye(3)[classes] * 0.6 + 0.1, layer=np.ones(N, int), index=np.arange(N),
-                         dominant=classes, activation_dominant=(classes + 1) % 3)
+                         dominant=classes, activation_dominant=(classes + 1) % 3,
+                         selectivity=np.linspace(0, 1, N), effective_classes=np.linspace(1, 3, N),
+                         top=top, bottom=39 - top, images=images)
 
 
 @pytest.fixture
@@ -119,10 +125,8 @@ def click(player, x: float, y: float) -> None:
 
 def test_a_click_on_a_neuron_fills_the_details_panel(window):
     plotter = window.scene.plotter
-    props = plotter.renderers[1].GetViewProps()
-    panel_text = next(p for p in (props.GetItemAsObject(i) for i in range(props.GetNumberOfItems()))
-                      if p.IsA("vtkCornerAnnotation"))
-    assert panel_text.GetText(0) == "click a neuron"
+    panel, details = window.panel, details_for_tiny()
+    assert panel.text.GetText(2) == "click a neuron"
     tick(window, 5)  # the last frame, where the classes sit apart
     plotter.render()
     screen = project(plotter, window.data.positions[window.frame][:N])
@@ -132,16 +136,37 @@ def test_a_click_on_a_neuron_fills_the_details_panel(window):
     for k in alone[:2]:
         click(window, *screen[k])
         assert window.selected == k
-        text = panel_text.GetText(0)
+        text = panel.text.GetText(2)
         assert text.startswith(f"neuron {k}: layer 1, index {k}\n")  # layers numbered from 1, as everywhere
         assert f"drives hardest: {window.data.class_names[k // 4]}" in text
-        image = plotter.renderers[1].actors
-        field = next(iter(image.values())).mapper
-        weights = np.asarray(field.dataset.point_data["weight"]).reshape(28, 28)
-        np.testing.assert_array_equal(np.flipud(weights), details_for_tiny().receptive_fields[k])
-        assert tuple(field.scalar_range) == (-(k + 1), k + 1)  # symmetric: white at 0
+        assert f"selectivity {details.selectivity[k]:.3f}" in text
+        shown = np.flipud(np.asarray(panel.field.point_data["rgb"]).reshape(28 * panel.field_zoom,
+                                                                             28 * panel.field_zoom, 3))
+        expected = style.diverging_rgb(details.receptive_fields[k], k + 1)  # symmetric limits: white at 0
+        np.testing.assert_array_equal(shown[::panel.field_zoom, ::panel.field_zoom], expected)  # exact pixels
+        assert panel.field_bar.GetLookupTable().GetRange() == (-(k + 1), k + 1)
+        np.testing.assert_allclose(np.ravel(panel.weights.y), details.output_vectors[k])
+        np.testing.assert_allclose(np.ravel(panel.activation.y), details.class_activation[k])
+        strip = np.flipud(np.asarray(panel.top.point_data["rgb"]).reshape(28, -1, 3))
+        for j, image in enumerate(details.top[k]):
+            np.testing.assert_array_equal(strip[:, j * 30:j * 30 + 28, 0], 255 - details.images[image])
+        assert np.asarray(window.scene.neurons["radius"])[k] == pytest.approx(
+            window.scene.base_radius[k] * 1.8)  # the clicked neuron is drawn larger
     click(window, 2, 2)  # a corner: no neuron there, the panel keeps the last one
-    assert window.selected == k and panel_text.GetText(0).startswith(f"neuron {k}:")
+    assert window.selected == k and panel.text.GetText(2).startswith(f"neuron {k}:")
+
+
+def test_hovering_over_a_neuron_names_it_and_its_class(window):
+    tick(window, 5)
+    window.scene.plotter.render()
+    screen = project(window.scene.plotter, window.data.positions[window.frame][:N])
+    interactor(window).SetEventInformation(int(round(screen[9][0])), int(round(screen[9][1])))
+    interactor(window).InvokeEvent("MouseMoveEvent")
+    assert window.hover.GetInput() in {f"neuron {k}: drives {window.data.class_names[k // 4]}" for k in range(N)
+                                       if np.hypot(*(screen[k] - screen[9])) <= 12}
+    interactor(window).SetEventInformation(2, 2)
+    interactor(window).InvokeEvent("MouseMoveEvent")
+    assert window.hover.GetInput() == ""
 
 
 def field_data():
@@ -210,3 +235,37 @@ def test_window_opens_on_a_real_display_plays_frames_and_closes_on_its_own(xvfb)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["frame"] > 0  # the timer advanced the playback
     assert "OffScreen" not in report["window"] and "EGL" not in report["window"]  # a real X window
+
+
+def test_n_p_and_digit_keys_probe_other_test_images(tmp_path):
+    from render.scene import probe_coloring
+    from render.window import ProbeData
+
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (20, 28, 28)).astype(np.uint8)
+    labels = np.arange(20) % 3
+    activations = rng.random((20, N)).astype(np.float32)
+    probabilities = np.full((20, 3), 1 / 3)
+    probe = ProbeData(images, labels, activations, probabilities, start=4)
+    data = field_data()
+    data = type(data)(**{**data.__dict__, "colorings": (probe_coloring(activations[4], "first"),),
+                         "probed": (images[4],)})
+    player = build_window(data, WINDOW, details_for_tiny(), off_screen=True, probe=probe)
+    try:
+        player.scene.plotter.render()
+        press(player, "n")
+        assert player.probed == 5
+        _, _, share = player.data.colorings[0]
+        np.testing.assert_allclose(share, activations[5] / activations[5].max(), atol=1e-6)
+        np.testing.assert_allclose(player.scene.glyphs.shown, share)  # the glyphs are faded by it
+        shown = np.flipud(np.asarray(player.scene.probe_image.point_data["rgb"]).reshape(112, 112, 3))[::4, ::4, 0]
+        np.testing.assert_array_equal(shown, 255 - images[5])  # the probed image is the one shown
+        press(player, "p")
+        press(player, "p")
+        assert player.probed == 3
+        press(player, "2")  # the next image of class 2 after image 3
+        assert player.probed == 5 and labels[player.probed] == 2
+        assert player.scene.title.GetInput().endswith(
+            "probe: test image 5, a two; predicted zero 0.33, one 0.33, two 0.33")
+    finally:
+        player.scene.plotter.close()

@@ -181,6 +181,13 @@ class RenderConfig:
     image_index: int = option(0, "the test image whose activations color_by: image shows", ge=0)
     halo: bool = option(False, "draw each neuron's positional spread over the stability layouts as a "
                                "translucent halo around it (needs structure.stability_seeds >= 2)")
+    probe: int | str | None = option(None, "feed one test image (its index) through the network and colour the "
+                                           "neurons by their activation on it, or per_class: one test image of "
+                                           "each class in turn", ge=0, le=MAX_COUNT, choices=("per_class",))
+    top_images: int = option(9, "test images per neuron kept as those that activate it most and least "
+                                "(top_images.npz, the atlas, the details panel)", ge=1, le=1000)
+    thumbnails: int = option(0, "a strip beside the scene with, for each class, the k neurons that drive it "
+                                "hardest, as their fields (0: none)", ge=0, le=20)
     glyph: str = option("field", "how a hidden neuron is drawn: as its receptive field (its input weights, or "
                                  "effective input weights for deeper layers) on a square facing the camera, "
                                  "or as a sphere", choices=GLYPHS)

@@ -22,7 +22,10 @@ def coerce(value: Any, tp: Any, path: str, rules: typing.Mapping[str, Any]) -> A
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         if value is None:
             return None
-        tp = next(a for a in args if a is not type(None))
+        arms = [a for a in args if a is not type(None)]
+        if set(arms) == {int, str}:
+            return coerce_number_or_word(value, path, rules)
+        tp = arms[0]
         args = typing.get_args(tp)
     if typing.get_origin(tp) is tuple:
         items = value if isinstance(value, (list, tuple)) else [value]
@@ -34,6 +37,18 @@ def coerce(value: Any, tp: Any, path: str, rules: typing.Mapping[str, Any]) -> A
     out = coerce_scalar(value, tp, path, value, path)
     check_scalar(out, path, rules, shown=value)
     return out
+
+
+def coerce_number_or_word(value: Any, path: str, rules: typing.Mapping[str, Any]) -> int | str:
+    """An `int | str` option: an integer within the numeric rules, or one of the `choices` words."""
+    if isinstance(value, str):
+        check_scalar(value, path, {"choices": rules.get("choices", ())}, shown=value)
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        check_scalar(value, path, {k: v for k, v in rules.items() if k != "choices"}, shown=value)
+        return value
+    raise ConfigError(f"{path} = {excerpt(value)} has the wrong type: expected an integer or one of "
+                      f"{', '.join(rules.get('choices', ()))}")
 
 
 def coerce_scalar(value: Any, tp: type, where: str, shown: Any, path: str) -> Any:

@@ -35,7 +35,8 @@ from layout.core.files import write_json
 # against these); an entry of an earlier run that matches and that the new run does not write is removed.
 OUTPUT_PATTERNS = ("manifest.json", "config.yaml", "network.npz", "trajectory.npz", "neurons.csv", "metrics.json",
                    "structure.json", "report.md", "structure_layer*.png", "layout.mp4", "layout.gif", "snapshot.png",
-                   "sweep.csv", "sweep.md", "contact_sheet.png", "points")
+                   "sweep.csv", "sweep.md", "contact_sheet.png", "points", "top_images.npz", "atlas_layer*.png",
+                   "atlas_top_layer*.png")
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
 

@@ -111,6 +111,12 @@ def markdown(summary: dict, name: str, plots: list[str]) -> str:
                   for s, d, p, m in zip(r["train_seeds"], r["class_disparity"], r["class_p"], r["neuron_disparity"])]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += ["", "## What each neuron looks at", "",
+              "Every neuron's receptive field, grouped by the class it drives hardest, and beside the test images "
+              "that activate it most and least:", ""]
+    lines += [f"- layer {layer['layer']}: [atlas_layer{layer['layer']}.png](atlas_layer{layer['layer']}.png), "
+              f"[atlas_top_layer{layer['layer']}.png](atlas_top_layer{layer['layer']}.png)"
+              for layer in summary["layers"]]
     return "\n".join(lines) + "\n"
 
 

@@ -15,13 +15,13 @@ from layout.core.config import RunConfig, fingerprint
 from layout.core.files import cache_dir
 from layout.core.progress import progress_bar
 from layout.engine.energies import build_energy
-from layout.engine.features import NeuronFeatures, neuron_features
+from layout.engine.features import NeuronFeatures, neuron_features, top_examples
 from layout.engine.metrics import layout_metrics
 from layout.engine.particles import Particles, make_particles
 from layout.engine.simulate import Trajectory, simulate
 from layout.engine.timeline import training_trajectory
 from layout.engine.trajectory_file import LaidOut, cached_trajectory, inputs_digest, load_trajectory, save_trajectory
-from layout.pipeline.outputs import write_neurons_csv
+from layout.pipeline.outputs import write_neurons_csv, write_top_images
 from layout.pipeline.train_stage import TrainResult
 
 
@@ -35,6 +35,8 @@ class LayoutResult:
     distortion: np.ndarray  # [N] per-neuron distortion (NaN where undefined)
     labels: tuple[str, ...] | None = None  # a title per frame, when not the simulation's step and energy
     notes: tuple[str, ...] = ()  # for the user: a cache entry that was refused
+    top: np.ndarray | None = None  # [N, k] the test images that activate each neuron most, most first
+    bottom: np.ndarray | None = None  # [N, k] and least, least first
 
 
 def layout_key(inputs: str, cfg: RunConfig) -> str:
@@ -92,11 +94,14 @@ def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: b
         layout_key=key,
         reused=loaded is not None,
     )
+    top, bottom = top_examples(trained.network, trained.dataset.test.images, cfg.render.top_images)
     written = (
         save_trajectory(out / "trajectory.npz", trajectory, particles, features, made_by, labels),
         write_neurons_csv(out / "neurons.csv", features, trajectory.final[:n], distortion, trained.network.classes),
+        write_top_images(out / "top_images.npz", top, bottom),
     )
-    return LayoutResult(features, particles, trajectory, figures, written, distortion, labels, (note,) if note else ())
+    return LayoutResult(features, particles, trajectory, figures, written, distortion, labels, (note,) if note else (),
+                        top, bottom)
 
 
 def layout_summary(result: LayoutResult) -> str:

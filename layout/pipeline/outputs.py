@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 
-from layout.core.files import write_text
+from layout.core.files import write_atomic, write_text
 from layout.engine.features import NeuronFeatures
 from layout.insight.selectivity import indices
 
@@ -33,6 +34,15 @@ def write_neurons_csv(path: Path, features: NeuronFeatures, positions: np.ndarra
                          int(labels[features.activation_dominant[i]]), *(f"{v:.6g}" for v in positions[i]),
                          *("" if np.isnan(v) else f"{v:.6g}" for v in values)])
     return write_text(path, text.getvalue())
+
+
+def write_top_images(path: Path, top: np.ndarray, bottom: np.ndarray) -> Path:
+    """top_images.npz: `top` and `bottom` [N, k] test-set indices (rows as neurons.csv's), and `meta`."""
+    meta = {"k": int(top.shape[1]), "rows": "neurons, in the order of neurons.csv",
+            "top": "the k test images that activate the neuron most, most first",
+            "bottom": "the k that activate it least, least first", "ties": "the lower test index first"}
+    arrays = {"top": top, "bottom": bottom, "meta": np.array(json.dumps(meta))}
+    return write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def run_figures(training: dict, layout: dict, structure: dict | None = None) -> dict:

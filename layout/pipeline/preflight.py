@@ -46,6 +46,9 @@ def check_fits_data(cfg: RunConfig, dataset: Dataset) -> None:
     if cfg.render.color_by == "image" and cfg.render.image_index >= n_test:
         raise ConfigError(f"render.image_index = {cfg.render.image_index} is out of range: the test set has "
                           f"{n_test} images (0-{n_test - 1})")
+    if isinstance(cfg.render.probe, int) and cfg.render.probe >= n_test:
+        raise ConfigError(f"render.probe = {cfg.render.probe} is out of range: the test set has {n_test} images "
+                          f"(0-{n_test - 1})")
 
 
 def check_trainable(cfg: RunConfig, dataset: Dataset) -> None:

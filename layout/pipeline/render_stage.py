@@ -10,21 +10,44 @@ import numpy as np
 
 from layout.core.config import RunConfig
 from layout.core.progress import progress_bar
-from layout.engine.features import NeuronFeatures, hidden_activations
+from layout.engine.features import NeuronFeatures, hidden_activations, probe
 from layout.insight.selectivity import INDICES, indices
 from layout.pipeline.layout_stage import LayoutResult
 from layout.pipeline.structure_stage import StructureResult
 from layout.pipeline.train_stage import TrainResult
+from render.atlas import (
+    class_atlas,
+    examples_atlas,
+    thumbnail_strip,
+    write_sheet,
+    zoomed,
+)
 from render.glyphs import FieldImages, field_images
 from render.movie import export, export_settings, movie_frames
-from render.scene import ColorScale, SceneData, activation_colorings, activation_scale, make_scene_data
-from render.window import NeuronDetails
+from render.scene import (
+    ColorScale,
+    SceneData,
+    activation_colorings,
+    activation_scale,
+    make_scene_data,
+    probe_caption,
+)
+from render.window import NeuronDetails, ProbeData
 
 
 def colorings_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult,
-                  structure: StructureResult | None = None) -> tuple[tuple, ColorScale | None]:
-    """The neuron colourings `render.color_by` asks for and their colour bar (none: by dominant class;
-    spread and ablation need the structure stage)."""
+                  structure: StructureResult | None = None) -> tuple[tuple, ColorScale | None, tuple]:
+    """The neuron colourings render.probe or render.color_by ask for, their colour bar, and the probed
+    test images (none: by dominant class; spread and ablation need the structure stage)."""
+    names = laid.features.class_names
+    if cfg.render.probe is not None:
+        return probe_colorings(cfg, trained, names)
+    return (*measured_colorings(cfg, trained, laid, structure), ())
+
+
+def measured_colorings(cfg: RunConfig, trained: TrainResult, laid: LayoutResult,
+                       structure: StructureResult | None) -> tuple[tuple, ColorScale | None]:
+    """The colourings of render.color_by (see colorings_for)."""
     names = laid.features.class_names
     if cfg.render.color_by == "class_mean":
         return colored(laid.features.class_activation, tuple(f"mean activation, {c}" for c in names), "mean activation")
@@ -41,6 +64,37 @@ def colorings_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult,
         values = np.nan_to_num(indices(laid.features.class_activation)[cfg.render.color_by])  # undefined: pale
         return colored(values[:, None], (INDEX_WORDS[cfg.render.color_by],), INDEX_WORDS[cfg.render.color_by])
     return (), None
+
+
+def probed_images(cfg: RunConfig, labels: np.ndarray, n_classes: int) -> list[int]:
+    """The test images render.probe names: one, or the first of each class."""
+    if cfg.render.probe == "per_class":
+        return [int(np.flatnonzero(labels == c)[0]) for c in range(n_classes) if (labels == c).any()]
+    return [int(cfg.render.probe)]
+
+
+def probe_colorings(cfg: RunConfig, trained: TrainResult, names: tuple[str, ...]) -> tuple[tuple, ColorScale, tuple]:
+    """The neurons coloured by their activation on each probed image, its caption the image's label, the
+    network's prediction and its class probabilities."""
+    test = trained.dataset.test
+    chosen = probed_images(cfg, test.labels, len(names))
+    activations, probabilities = probe(trained.network, test.images[chosen])
+    captions = tuple(probe_caption(i, names[test.labels[i]], p, names) for i, p in zip(chosen, probabilities))
+    return (*colored(activations.T, captions, "activation on the probed image"), tuple(test.images[chosen]))
+
+
+def window_probe(cfg: RunConfig, trained: TrainResult) -> ProbeData | None:
+    """With render.probe, every test image's activations and class probabilities, so that the window can
+    step through them (None without a probe, or when they would take more than PROBE_FLOATS)."""
+    test = trained.dataset.test
+    if cfg.render.probe is None or len(test.labels) * (sum(trained.network.sizes[1:]) + 1) > PROBE_FLOATS:
+        return None
+    activations, probabilities = probe(trained.network, test.images)
+    start = probed_images(cfg, test.labels, trained.network.sizes[-1])[0]
+    return ProbeData(test.images, test.labels, activations, probabilities, start)
+
+
+PROBE_FLOATS = 50_000_000  # 200 MB: 5,000 hidden neurons over the 10,000 test images
 
 
 INDEX_WORDS = {"selectivity": "class selectivity", "effective_classes": "effective number of classes"}
@@ -61,22 +115,60 @@ def scene_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult,
               structure: StructureResult | None = None) -> SceneData:
     """The render module's SceneData for a laid-out network (numpy only from here on)."""
     t = laid.trajectory
-    colorings, scale = colorings_for(cfg, trained, laid, structure)
+    colorings, scale, probed = colorings_for(cfg, trained, laid, structure)
     labels = laid.labels or tuple(f"step {s}   energy {e:.4g}" for s, e in zip(t.step, t.energy.sum(1)))
     return make_scene_data(t.positions, labels, laid.particles.group, laid.particles.is_anchor,
                            laid.features.output_vectors, laid.features.class_names, cfg.name,
                            cfg.render.edges, cfg.render.size_by, colorings,
                            spread=structure.stability.spread if cfg.render.halo and structure and structure.stability
                            else None, scale=scale, fields=fields_for(cfg, laid.features),
-                           size_values=size_values(cfg, laid.features))
+                           size_values=size_values(cfg, laid.features), probed=probed,
+                           thumbnails=thumbnails_for(cfg, laid.features))
+
+
+def thumbnails_for(cfg: RunConfig, f: NeuronFeatures) -> np.ndarray | None:
+    """render.thumbnails' strip: for each class the k neurons that drive it hardest."""
+    if not cfg.render.thumbnails or f.receptive_fields.ndim != 3:
+        return None
+    norms = np.linalg.norm(f.output_vectors, axis=1)
+    tiles = field_images(f.receptive_fields, f.dominant, f.layer, norms, cfg.render.field_scale, f.n_neurons).tiles
+    scale = max(1, (cfg.render.height - 60 - 4 * f.n_classes) // (f.n_classes * tiles.shape[1]))  # as large as fits
+    return thumbnail_strip(zoomed(tiles.transpose(1, 2, 0, 3), scale).transpose(2, 0, 1, 3), f.output_vectors,
+                           f.class_names, cfg.render.thumbnails).image
 
 
 def fields_for(cfg: RunConfig, f: NeuronFeatures) -> FieldImages | None:
-    """The glyph images of render.glyph: field (None for spheres)."""
-    if cfg.render.glyph != "field":
+    """The glyph images of render.glyph: field (None for spheres, and where the inputs are no images)."""
+    if cfg.render.glyph != "field" or glyph_note(cfg, f):
         return None
     return field_images(f.receptive_fields, f.dominant, f.layer, np.linalg.norm(f.output_vectors, axis=1),
                         cfg.render.field_scale, cfg.render.field_top)
+
+
+def glyph_note(cfg: RunConfig, f: NeuronFeatures) -> str | None:
+    """Why render.glyph: field falls back to spheres: the network's inputs are not images."""
+    if cfg.render.glyph == "field" and f.receptive_fields.ndim != 3:
+        return (f"render.glyph = field draws each neuron's input weights as an image, but this network's "
+                f"{int(np.prod(f.receptive_fields.shape[1:]))} inputs are not an image: drawing spheres")
+    return None
+
+
+def atlas_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: Path) -> tuple[Path, ...]:
+    """atlas_layerN.png and atlas_top_layerN.png for every hidden layer (ids as in neurons.csv)."""
+    f = laid.features
+    if f.receptive_fields.ndim != 3:  # inputs that are no images have no pictures to show
+        return ()
+    norms = np.linalg.norm(f.output_vectors, axis=1)
+    tiles = field_images(f.receptive_fields, f.dominant, f.layer, norms, cfg.render.field_scale, f.n_neurons).tiles
+    written = []
+    for l in range(f.n_layers):
+        m = np.flatnonzero(f.layer == l)
+        title = f"{cfg.name}, layer {l + 1}: {len(m)} neurons"
+        written.append(write_sheet(out / f"atlas_layer{l + 1}.png", class_atlas(
+            tiles[m], f.dominant[m], norms[m], f.output_vectors[m], m, f.class_names, title)))
+        written.append(write_sheet(out / f"atlas_top_layer{l + 1}.png", examples_atlas(
+            tiles[m], trained.dataset.test.images, laid.top[m], laid.bottom[m], norms[m], m, title)))
+    return tuple(written)
 
 
 def render_stage(data: SceneData, cfg: RunConfig, out: Path, formats: tuple[str, ...]
@@ -88,9 +180,14 @@ def render_stage(data: SceneData, cfg: RunConfig, out: Path, formats: tuple[str,
         return export(data, out, formats, render, on_frame=bar.advance_to), notes
 
 
-def details_for(laid: LayoutResult) -> NeuronDetails:
-    """What the window shows about a clicked neuron (layers numbered from 1, as in every output)."""
+def details_for(laid: LayoutResult, test_images: np.ndarray | None = None) -> NeuronDetails:
+    """What the window shows about a clicked neuron (layers numbered from 1, as in every output), with
+    its top and bottom test images when `test_images` are given."""
     f = laid.features
+    selective = indices(f.class_activation)
     return NeuronDetails(receptive_fields=f.receptive_fields, output_vectors=f.output_vectors,
                          class_activation=f.class_activation, layer=f.layer + 1, index=f.index, dominant=f.dominant,
-                         activation_dominant=f.activation_dominant)
+                         activation_dominant=f.activation_dominant, selectivity=selective["selectivity"],
+                         effective_classes=selective["effective_classes"],
+                         top=laid.top if test_images is not None else None,
+                         bottom=laid.bottom if test_images is not None else None, images=test_images)

@@ -2,8 +2,9 @@
 The sweep file (layout/core/sweep_file.py) names a base run config, overrides and a grid. Each point
 runs like `python -m layout.run` (training and layouts come from the cache when they match) into
 <out>/points/<NN>/ with its snapshot (points numbered from 1, as everywhere). The sweep then writes
-sweep.csv (a row per point and hidden layer), sweep.md (the same, and a summary over train.seed) and contact_sheet.png (every point's final
-layout). Every point's config is checked before the first one runs.
+sweep.csv (a row per point and hidden layer), sweep.md (the same, and a summary over train.seed) and
+contact_sheet.png (every point's final layout). Every point's config is checked before the first one
+runs.
 """
 
 from __future__ import annotations

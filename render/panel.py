@@ -1,0 +1,168 @@
+"""The window's details panel: everything about the neuron last clicked.
+
+Its receptive field at exact pixels with a colour bar, its output weights and its mean activation per
+class as bar charts (PyVista's Chart2D), the test images that activate it most and least, its
+selectivity, layer and index. Every picture is a 2D image actor at whole screen pixels per weight or
+image pixel (no smoothing); `show_neuron` fills them all for one neuron.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyvista as pv
+from vtkmodules.vtkCommonCore import vtkLookupTable
+from vtkmodules.vtkRenderingAnnotation import vtkScalarBarActor
+
+from render import style
+from render.image2d import image_actor, set_rgb
+
+MARGIN = 10  # pixels
+TEXT_HEIGHT = 84  # pixels of the text at the top
+
+
+@dataclass(frozen=True)
+class NeuronDetails:
+    """Per neuron [N, ...]: receptive_fields [N, 28, 28], output_vectors [N, C], class_activation [N, C],
+    layer [N] (numbered from 1, the first hidden layer, as in every output), index [N] (within its layer),
+    dominant [N], activation_dominant [N]; selectivity and effective_classes [N] (NaN where undefined);
+    top and bottom [N, k]: the test images that activate it most and least, indices into `images`
+    [n_test, 28, 28] uint8."""
+
+    receptive_fields: np.ndarray
+    output_vectors: np.ndarray
+    class_activation: np.ndarray
+    layer: np.ndarray
+    index: np.ndarray
+    dominant: np.ndarray
+    activation_dominant: np.ndarray
+    selectivity: np.ndarray | None = None
+    effective_classes: np.ndarray | None = None
+    top: np.ndarray | None = None
+    bottom: np.ndarray | None = None
+    images: np.ndarray | None = None
+
+
+def describe(details: NeuronDetails, names: tuple[str, ...], i: int) -> str:
+    """The panel's text for neuron i."""
+    text = (f"neuron {i}: layer {details.layer[i]}, index {details.index[i]}\n"
+            f"drives hardest: {names[details.dominant[i]]}   most active for: {names[details.activation_dominant[i]]}")
+    if details.selectivity is not None:
+        text += (f"\nselectivity {details.selectivity[i]:.3f}   effective classes "
+                 f"{details.effective_classes[i]:.2f}")
+    return text
+
+
+def zoom(image: np.ndarray, k: int) -> np.ndarray:
+    return np.repeat(np.repeat(image, k, 0), k, 1)
+
+
+def field_rgb(field: np.ndarray, k: int) -> np.ndarray:
+    limit = float(np.abs(field).max()) or 1.0
+    return zoom(style.diverging_rgb(field, limit), k)
+
+
+def digits_strip(images: np.ndarray, indices: np.ndarray, gap: int = 2) -> np.ndarray:
+    """The test images `indices` side by side, dark ink on white."""
+    side = images.shape[1]
+    strip = np.full((side, len(indices) * (side + gap), 3), 255, np.uint8)
+    for j, i in enumerate(indices):
+        strip[:, j * (side + gap):j * (side + gap) + side] = (255 - images[i])[:, :, None]
+    return strip
+
+
+def diverging_bar(limit: float, x: float, y: float) -> vtkScalarBarActor:
+    table = vtkLookupTable()
+    table.SetNumberOfTableValues(len(style.DIVERGING_TABLE))
+    table.SetRange(-limit, limit)
+    table.Build()
+    for i, rgb in enumerate(style.DIVERGING_TABLE):
+        table.SetTableValue(i, *(rgb / 255.0), 1.0)
+    bar = vtkScalarBarActor()
+    bar.SetLookupTable(table)
+    bar.SetNumberOfLabels(3)
+    bar.SetLabelFormat("%+.2g")
+    bar.UnconstrainedFontSizeOn()
+    bar.GetLabelTextProperty().SetFontSize(10)
+    bar.GetLabelTextProperty().SetColor(*pv.Color(style.TEXT_COLOR).float_rgb)
+    bar.GetLabelTextProperty().ShadowOff()
+    bar.SetPosition(x, y)
+    bar.SetWidth(0.12)
+    bar.SetHeight(0.25)
+    return bar
+
+
+@dataclass
+class Panel:
+    """The panel's parts, filled by show_neuron."""
+
+    details: NeuronDetails
+    class_names: tuple[str, ...]
+    text: object
+    field: pv.ImageData
+    field_zoom: int
+    field_bar: vtkScalarBarActor
+    weights: pv.BarPlot
+    activation: pv.BarPlot
+    top: pv.ImageData | None
+    bottom: pv.ImageData | None
+
+
+def add_panel(plotter: pv.Plotter, details: NeuronDetails, class_names: tuple[str, ...], width: int,
+              height: int) -> Panel:
+    """The panel's actors in the current subplot, `width` x `height` pixels, showing neuron 0 until a
+    neuron is clicked."""
+    plotter.set_background(style.BACKGROUND)
+    renderer = plotter.renderer
+    text = plotter.add_text("click a neuron", position="upper_left", font_size=9, color=style.TEXT_COLOR)
+    k = max(1, int((width - 3 * MARGIN) * 0.62 // 28))
+    field_top = height - TEXT_HEIGHT
+    actor, field = image_actor(field_rgb(details.receptive_fields[0], k), MARGIN, field_top - 28 * k)
+    renderer.AddViewProp(actor)
+    bar = diverging_bar(1.0, (2 * MARGIN + 28 * k) / width, (field_top - 28 * k) / height)
+    renderer.AddViewProp(bar)
+    charts_top = (field_top - 28 * k - MARGIN) / height
+    digits = 0 if details.top is None else 2 * (28 + 16) + MARGIN
+    chart_h = (charts_top - digits / height - 0.02) / 2
+    x = np.arange(len(class_names), dtype=float)
+    charts = []
+    for j, (title, values) in enumerate((("output weights", details.output_vectors[0]),
+                                         ("mean activation per class", details.class_activation[0]))):
+        chart = pv.Chart2D(size=(0.96, chart_h * 0.95), loc=(0.02, charts_top - (j + 1) * chart_h), x_label="",
+                           y_label="")
+        chart.title = title
+        plot = chart.bar(x, np.asarray(values, float), color=style.CLASS_COLORS[0])
+        chart.x_axis.tick_locations = x
+        chart.x_axis.tick_labels = list(class_names)
+        plotter.add_chart(chart)
+        charts.append(plot)
+    top = bottom = None
+    if details.top is not None:
+        for row, (label, indices) in enumerate((("most active", details.top[0]), ("least active", details.bottom[0]))):
+            y = MARGIN + (1 - row) * (28 + 16)
+            actor, strip = image_actor(digits_strip(details.images, indices), MARGIN, y)
+            renderer.AddViewProp(actor)
+            plotter.add_text(label, position=(MARGIN, y + 29), font_size=7, color=style.TEXT_COLOR)
+            top, bottom = (strip, bottom) if row == 0 else (top, strip)
+    panel = Panel(details, class_names, text, field, k, bar, charts[0], charts[1], top, bottom)
+    return panel
+
+
+def show_neuron(panel: Panel, i: int) -> None:
+    """Fill the panel with neuron i."""
+    d = panel.details
+    field = d.receptive_fields[i]
+    set_rgb(panel.field, field_rgb(field, panel.field_zoom))
+    limit = float(np.abs(field).max()) or 1.0
+    panel.field_bar.GetLookupTable().SetRange(-limit, limit)
+    x = np.arange(len(panel.class_names), dtype=float)
+    for plot, values in ((panel.weights, d.output_vectors[i]), (panel.activation, d.class_activation[i])):
+        plot.update(x, np.asarray(values, float))
+    colour = style.CLASS_COLORS[int(d.dominant[i]) % len(style.CLASS_COLORS)]
+    panel.weights.color = colour
+    panel.activation.color = style.CLASS_COLORS[int(d.activation_dominant[i]) % len(style.CLASS_COLORS)]
+    if panel.top is not None:
+        set_rgb(panel.top, digits_strip(d.images, d.top[i]))
+        set_rgb(panel.bottom, digits_strip(d.images, d.bottom[i]))
+    panel.text.SetText(2, describe(d, panel.class_names, i))  # upper left
