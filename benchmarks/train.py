@@ -95,10 +95,11 @@ def batch_orders(n_train: int, n_epochs: int):
     import jax
     import numpy as np
 
-    from layout.core.config import TrainConfig
-    from models.network.train import initial_state, make_optimizer
+    from layout.core.config import ModelConfig, TrainConfig
+    from models.network.train import initial_state, make_optimizer, model_functions
 
-    _, _, order_key = initial_state(make_optimizer(TrainConfig()), (784, HIDDEN, 10), "sigmoid", 0)
+    init, _ = model_functions(ModelConfig(hidden=(HIDDEN,), activation="sigmoid"), 10)
+    _, _, order_key = initial_state(make_optimizer(TrainConfig()), init, 0)
     n_batches = n_train // BATCH
     return [np.array(jax.random.permutation(jax.random.fold_in(order_key, e), n_train))[: n_batches * BATCH]
             .reshape(n_batches, BATCH) for e in range(n_epochs)]

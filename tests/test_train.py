@@ -16,7 +16,6 @@ from layout.run import main as run_main
 from layout.run import train_main
 from models.data.datasets import load_dataset
 from models.network.mlp import apply, init_params, layer_sizes
-from models.network.network import count_params
 from models.network.store import load_network, network_key, obtain_network, save_network
 from models.network.train import train
 
@@ -50,9 +49,9 @@ def test_parameter_count_matches_the_formula(hidden):
     sizes = layer_sizes(784, hidden, 10)
     params = init_params(jax.random.key(0, impl="rbg"), sizes, "sigmoid")
     by_formula = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-    assert count_params(sizes) == by_formula == sum(p.size for p in jax.tree.leaves(params))
+    assert by_formula == sum(p.size for p in jax.tree.leaves(params))
     assert [layer["w"].shape for layer in params] == list(zip(sizes[:-1], sizes[1:]))
-    assert count_params((784, 100, 10)) == 79510
+    assert hidden != (100,) or by_formula == 79510
 
 
 @pytest.mark.parametrize("activation, low, high", [("sigmoid", 0, 1), ("tanh", -1, 1), ("relu", 0, np.inf)])

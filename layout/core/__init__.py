@@ -1,4 +1,5 @@
-"""What every package may use: the config schema and its loading, the errors a user can fix, atomic
+"""What every package may use: the config schema and its loading (with model.layers, `layers`), records
+as plain data and their digests (`plain`), the errors a user can fix, atomic
 output files and the cache folder, one run per output folder (run_folder: a lock, a work folder, the
 manifest), whether a display answers, Ctrl-C handling, and progress reports.
 

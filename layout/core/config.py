@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -21,6 +19,8 @@ import yaml
 from layout.core import strict_yaml
 from layout.core.config_values import coerce, excerpt
 from layout.core.errors import ConfigError
+from layout.core.layers import parse_layers
+from layout.core.plain import join, to_plain
 
 DATASETS = ("mnist", "fashion-mnist", "mnist-sample")
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
@@ -65,6 +65,8 @@ class DataConfig:
 class ModelConfig:
     hidden: tuple[int, ...] = option((100,), "hidden layer sizes, input to output", ge=1, le=MAX_COUNT, min_len=1)
     activation: str = option("sigmoid", "hidden activation", choices=ACTIVATIONS)
+    layers: tuple | None = option(None, "the network as a list of conv, pool, flatten and dense layers (the "
+                                        "output layer implied); replaces hidden", parse=parse_layers)
 
 
 @dataclass(frozen=True)
@@ -332,13 +334,13 @@ def build(cls: type, raw: Any, path: str) -> Any:
         where = join(path, f.name)
         if is_dataclass(hints[f.name]):
             values[f.name] = build(hints[f.name], raw[f.name], where)
+        elif "parse" in f.metadata:
+            values[f.name] = None if raw[f.name] is None else f.metadata["parse"](raw[f.name], where)
         else:
             values[f.name] = coerce(raw[f.name], hints[f.name], where, f.metadata)
+    if cls is ModelConfig and {"hidden", "layers"} <= set(raw) and raw["layers"] is not None:
+        raise ConfigError("model sets both hidden and layers: give one (layers describes the whole network)")
     return cls(**values)
-
-
-def join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
 
 
 def valid_paths(cls: type = RunConfig, path: str = "") -> list[str]:
@@ -372,37 +374,15 @@ def unknown_key_message(dotted: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing and fingerprints
-
-
-def to_plain(obj: Any) -> Any:
-    """Dataclasses, dicts, tuples and lists as plain dicts and lists (YAML- and JSON-safe)."""
-    if is_dataclass(obj):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    return obj
-
-
-def differences(theirs: Any, ours: Any, path: str) -> list[str]:
-    """'layout.forces.euclid.strength = 0.0 there, 1.0 here' for every value that differs between two
-    configs (or sections, as plain data or dataclasses), `path` their dotted location."""
-    theirs, ours = to_plain(theirs), to_plain(ours)
-    if isinstance(theirs, dict) and isinstance(ours, dict):
-        return [line for key in sorted(set(theirs) | set(ours))
-                for line in differences(theirs.get(key), ours.get(key), join(path, key))]
-    return [] if theirs == ours else [f"{path} = {excerpt(theirs)} there, {excerpt(ours)} here"]
+# Writing
 
 
 def config_to_yaml(cfg: RunConfig) -> str:
-    """The resolved config, every default spelled out, as YAML that load_config reads back unchanged."""
-    return yaml.safe_dump(to_plain(cfg), sort_keys=False, default_flow_style=False)
-
-
-def fingerprint(obj: Any) -> str:
-    """A stable hex digest of a dataclass (or plain data), independent of dict order."""
-    text = json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
+    """The resolved config, every default spelled out, as YAML that load_config reads back unchanged (with
+    model.layers, model.hidden is left out: the layers describe the network)."""
+    plain = to_plain(cfg)
+    if plain["model"]["layers"] is None:
+        del plain["model"]["layers"]
+    else:
+        del plain["model"]["hidden"]
+    return yaml.safe_dump(plain, sort_keys=False, default_flow_style=False)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from layout.core.config import LayoutConfig, differences, to_plain
+from layout.core.config import LayoutConfig
 from layout.core.errors import UserError
 from layout.core.files import list_of, optional, read_npz, require_arrays, require_meta, whole, write_atomic
+from layout.core.plain import differences, to_plain
 from layout.engine.features import NeuronFeatures
 from layout.engine.particles import Particles
 from layout.engine.simulate import Trajectory

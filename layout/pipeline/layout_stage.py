@@ -11,8 +11,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from layout.core.config import RunConfig, fingerprint
+from layout.core.config import RunConfig
 from layout.core.files import cache_dir
+from layout.core.plain import fingerprint
 from layout.core.progress import progress_bar
 from layout.engine.energies import build_energy
 from layout.engine.features import NeuronFeatures, neuron_features, top_examples

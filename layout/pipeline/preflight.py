@@ -11,12 +11,15 @@ on top.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from layout.core.config import RunConfig
 from layout.core.errors import ConfigError, UserError
+from layout.core.layers import check_shapes
 from layout.core.memory import available_memory, gigabytes
 from models.data.datasets import Dataset
+from models.network.cnn import count_params as count_layer_params
 from models.network.train import check_batches
 
 FLOAT = 4  # bytes
@@ -114,6 +117,25 @@ def n_snapshots(cfg: RunConfig, n_train: int) -> int:
     """The weight snapshots training keeps after the initialisation."""
     per_epoch = max(n_train // max(cfg.train.batch_size, 1), 1) if cfg.train.snapshot_unit == "step" else 1
     return cfg.train.epochs * per_epoch // cfg.train.snapshot_every
+
+
+def check_layers(cfg: RunConfig, n_classes: int, n_train: int, n_test: int, lays_out: bool,
+                 available: int | None = None) -> None:
+    """A network of model.layers: trainable here (its weights, optimizer state and snapshots, and its
+    activations on the whole test set at once, as each epoch evaluates), but not yet laid out."""
+    if lays_out:
+        raise ConfigError("model.layers describes a CNN, which python -m layout.train trains, but whose neurons "
+                          "cannot be laid out yet: train it with python -m layout.train, or lay out an MLP "
+                          "(model.hidden)")
+    available = available_memory() if available is None else available
+    n_params = count_layer_params(cfg.model.layers, n_classes)
+    units = sum(math.prod(shape) for shape in check_shapes(cfg.model.layers))
+    need = FLOAT * (n_params * (OPTIMIZER_COPIES + 1 + n_snapshots(cfg, n_train)) + 2 * n_test * units)
+    if need > available:
+        raise UserError(f"this CNN needs about {gigabytes(need)} of memory for its training ({n_params:,} weights, "
+                        f"their optimizer state and snapshots, and {units:,} activations for each of {n_test:,} test "
+                        f"images), more than the {gigabytes(available)} available here: use fewer channels or "
+                        "units, or set data.limit")
 
 
 def check_memory(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: int,

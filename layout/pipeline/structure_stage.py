@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from layout.core.config import RunConfig, fingerprint
+from layout.core.config import RunConfig
 from layout.core.files import cache_dir
+from layout.core.plain import fingerprint
 from layout.core.progress import progress_bar
 from layout.insight.ablation import Ablation
 from layout.insight.cache import load_tested, save_tested

@@ -13,7 +13,7 @@ from layout.core.config import ModelConfig, RunConfig, config_to_yaml
 from layout.core.files import cache_dir, write_text
 from layout.core.memory import gigabytes
 from layout.core.progress import progress_bar
-from layout.pipeline.preflight import check_fits_data, check_memory, check_snapshots, check_trainable
+from layout.pipeline.preflight import check_fits_data, check_layers, check_memory, check_snapshots, check_trainable
 from models.data.datasets import Dataset, load_dataset
 from models.network.mlp import layer_sizes
 from models.network.network import Network
@@ -54,8 +54,14 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
     if given is not None:
         check_fits(given, dataset, network_file)
         check_snapshots(cfg, len(given.snapshots.step), network_file, lays_out)
-        check_memory(cfg, given.sizes, n_train, n_test, given_snapshots=len(given.snapshots.step),
-                     lays_out=lays_out)
+        if given.layers is not None:  # a CNN's file
+            check_layers(with_model_of(cfg, given, network_file)[0], dataset.n_classes, n_train, n_test, lays_out)
+        else:
+            check_memory(cfg, given.sizes, n_train, n_test, given_snapshots=len(given.snapshots.step),
+                         lays_out=lays_out)
+    elif cfg.model.layers is not None:
+        check_trainable(cfg, dataset)
+        check_layers(cfg, dataset.n_classes, n_train, n_test, lays_out)
     else:
         check_trainable(cfg, dataset)
         check_memory(cfg, layer_sizes(N_INPUTS, cfg.model.hidden, dataset.n_classes), n_train, n_test,
@@ -115,7 +121,8 @@ def file_digest(path: Path) -> str:
 def with_model_of(cfg: RunConfig, network: Network, path: str) -> tuple[RunConfig, tuple[str, ...]]:
     """The config with the model of a network read from a file (what was laid out, so that config.yaml
     records it), and a note when that differs from the config's own model."""
-    model = ModelConfig(hidden=tuple(network.sizes[1:-1]), activation=network.activation)
+    model = (ModelConfig(hidden=tuple(network.sizes[1:-1]), activation=network.activation) if network.layers is None
+             else ModelConfig(activation=network.activation, layers=network.layers))
     if model == cfg.model:
         return cfg, ()
     return dataclasses.replace(cfg, model=model), (

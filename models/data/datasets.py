@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pooch
 
-from layout.core.config import DataConfig, fingerprint
+from layout.core.config import DataConfig
 from layout.core.errors import DataError
 from layout.core.files import cache_dir
+from layout.core.plain import fingerprint
 from models.data.idx import file_header, read_bytes, read_idx_cached
 
 SYSTEM_ROOT = Path("/usr/share/datasets")

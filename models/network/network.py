@@ -55,12 +55,9 @@ class Network:
     train_accuracy: float
     train_seconds: float
     epochs: int
+    layers: tuple | None = None  # model.layers for a CNN (layout/core/layers.py); None: the MLP of `sizes`
 
     @property
     def n_params(self) -> int:
-        return count_params(self.sizes)
+        return sum(w.size + b.size for w, b in zip(self.weights, self.biases))
 
-
-def count_params(sizes: tuple[int, ...]) -> int:
-    """Weights plus biases: sum over layers of n_in * n_out + n_out."""
-    return sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))

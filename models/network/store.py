@@ -15,11 +15,14 @@ from typing import Callable
 
 import numpy as np
 
-from layout.core.config import ACTIVATIONS, RunConfig, fingerprint
+from layout.core.config import ACTIVATIONS, RunConfig
 from layout.core.config_values import excerpt
-from layout.core.errors import UserError
+from layout.core.errors import ConfigError, UserError
 from layout.core.files import cache_dir, list_of, number, read_npz, require_arrays, require_meta, whole, write_atomic
+from layout.core.layers import parse_layers, plain_layers, widths
+from layout.core.plain import fingerprint
 from models.data.datasets import Dataset
+from models.network.cnn import weight_shapes as cnn_weight_shapes
 from models.network.network import History, Network, Snapshots
 from models.network.train import N_INPUTS, EpochStats, train
 
@@ -50,6 +53,8 @@ def network_key(cfg: RunConfig, dataset: Dataset) -> str:
 def network_arrays(network: Network, key: str) -> dict[str, np.ndarray]:
     meta = {name: getattr(network, name) for name in META_FIELDS}
     meta.update(n_params=network.n_params, key=key, format=FORMAT_VERSION)
+    if network.layers is not None:
+        meta["layers"] = plain_layers(network.layers)
     arrays = {"meta": np.array(json.dumps(meta))}
     for l, (w, b) in enumerate(zip(network.weights, network.biases)):
         arrays[f"w{l}"], arrays[f"b{l}"] = w, b
@@ -83,13 +88,15 @@ def read_network(path: str | Path) -> tuple[Network, dict]:
         raise UserError(f"{path} is not a {what} written by neuron-layout: its {sizes[-1]} outputs, classes "
                         f"{excerpt(classes)} and class names {excerpt(meta['class_names'])} do not match (one "
                         "distinct class and one name per output)")
-    layers = range(len(sizes) - 1)
+    model_layers = read_layers(path, what, meta, sizes)
+    weight_shapes = (list(zip(zip(sizes[:-1], sizes[1:]), ((n,) for n in sizes[1:]))) if model_layers is None
+                     else cnn_weight_shapes(model_layers, sizes[-1]))
+    layers = range(len(weight_shapes))
     n_snapshots = len(arrays.get("snapshot_step", ()))
     shapes = {"snapshot_step": (None,), "snapshot_epoch": (n_snapshots,), "snapshot_test_accuracy": (n_snapshots,)}
-    for l in layers:
-        shapes.update({f"w{l}": (sizes[l], sizes[l + 1]), f"b{l}": (sizes[l + 1],),
-                       f"snapshot_w{l}": (n_snapshots, sizes[l], sizes[l + 1]),
-                       f"snapshot_b{l}": (n_snapshots, sizes[l + 1])})
+    for l, (w, b) in enumerate(weight_shapes):
+        shapes.update({f"w{l}": w, f"b{l}": b, f"snapshot_w{l}": (n_snapshots, *w),
+                       f"snapshot_b{l}": (n_snapshots, *b)})
     n_epochs = len(arrays.get("history_epoch", ()))
     shapes.update({f"history_{name}": (n_epochs,) for name in HISTORY_FIELDS})
     require_arrays(path, what, arrays, shapes)
@@ -112,8 +119,23 @@ def read_network(path: str | Path) -> tuple[Network, dict]:
         train_accuracy=meta["train_accuracy"],
         train_seconds=meta["train_seconds"],
         epochs=meta["epochs"],
+        layers=model_layers,
     )
     return network, meta
+
+
+def read_layers(path: str | Path, what: str, meta: dict, sizes: list[int]) -> tuple | None:
+    """A CNN file's layer list (None for an MLP), checked as a config's is, and against its sizes."""
+    if meta.get("layers") is None:
+        return None
+    try:
+        layers = parse_layers(meta["layers"], "its meta's layers")
+    except ConfigError as e:
+        raise UserError(f"{path} is not a {what} written by neuron-layout: {e}") from None
+    if [N_INPUTS, *widths(layers)] != sizes[:-1]:
+        raise UserError(f"{path} is not a {what} written by neuron-layout: its sizes {excerpt(sizes)} do not match "
+                        "its layers")
+    return layers
 
 
 def check_fits(network: Network, dataset: Dataset, path: str | Path) -> None:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -17,7 +18,9 @@ import optax
 from layout.core import ctrl_c
 from layout.core.config import ModelConfig, TrainConfig
 from layout.core.errors import DataError, UserError
+from layout.core.layers import widths
 from models.data.datasets import Dataset
+from models.network.cnn import apply_layers, init_layers
 from models.network.mlp import Params, apply, init_params, layer_sizes, weight_penalty
 from models.network.network import History, Network, Snapshots
 
@@ -59,9 +62,22 @@ def to_device(images: np.ndarray, labels: np.ndarray) -> tuple[jax.Array, jax.Ar
     return jax.device_put(images.reshape(len(images), -1)), jax.device_put(labels)
 
 
-def evaluate(params: Params, images: jax.Array, labels: jax.Array, activation: str) -> tuple[jax.Array, jax.Array]:
+@functools.lru_cache(maxsize=None)
+def model_functions(model: ModelConfig, n_classes: int) -> tuple[Callable, Callable]:
+    """(init(key) -> parameters, forward(parameters, images in 0..1) -> (logits, hidden activations)) of
+    the network `model` describes: the MLP of model.hidden, or the layers of model.layers. One pair per
+    model, so that compiled programs are reused."""
+    if model.layers is None:
+        sizes = layer_sizes(N_INPUTS, model.hidden, n_classes)
+        return (lambda key: init_params(key, sizes, model.activation),
+                lambda params, x: apply(params, x, model.activation))
+    return (lambda key: init_layers(key, model.layers, model.activation, n_classes),
+            lambda params, x: apply_layers(params, x, model.layers, model.activation))
+
+
+def evaluate(params: Params, images: jax.Array, labels: jax.Array, forward: Callable) -> tuple[jax.Array, jax.Array]:
     """(mean cross-entropy, accuracy) of `params` on uint8 images [n, 784] and labels [n]."""
-    logits, _ = apply(params, images.astype(jnp.float32) / 255.0, activation)
+    logits, _ = forward(params, images.astype(jnp.float32) / 255.0)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, (logits.argmax(-1) == labels).mean()
 
@@ -69,7 +85,7 @@ def evaluate(params: Params, images: jax.Array, labels: jax.Array, activation: s
 evaluate_jit = jax.jit(evaluate, static_argnums=3)
 
 
-def make_epoch(optimizer: optax.GradientTransformation, activation: str, cfg: TrainConfig,
+def make_epoch(optimizer: optax.GradientTransformation, forward: Callable, cfg: TrainConfig,
                n_batches: int, batch_size: int, interval: int | None) -> Callable:
     """A jitted function running one epoch: shuffle, `n_batches` steps, evaluation on the test set.
 
@@ -79,7 +95,7 @@ def make_epoch(optimizer: optax.GradientTransformation, activation: str, cfg: Tr
     n_slots = -(-n_batches // interval) if interval else 0
 
     def loss_fn(params, x, y):
-        logits, _ = apply(params, x, activation)
+        logits, _ = forward(params, x)
         data_loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return data_loss + weight_penalty(params, cfg.l1, cfg.l2), data_loss
 
@@ -109,20 +125,20 @@ def make_epoch(optimizer: optax.GradientTransformation, activation: str, cfg: Tr
         carry = (params, opt_state, buffer, jnp.int32(0), epoch * n_batches)
         (params, opt_state, buffer, count, _), losses = jax.lax.scan(
             lambda c, idx: step(c, (x[idx], y[idx])), carry, order)
-        test_loss, test_accuracy = evaluate(params, x_test, y_test, activation)
+        test_loss, test_accuracy = evaluate(params, x_test, y_test, forward)
         return params, opt_state, EpochOut(losses.mean(), test_loss, test_accuracy, buffer, count)
 
     return run_epoch
 
 
-def initial_state(optimizer: optax.GradientTransformation, sizes: tuple[int, ...], activation: str,
+def initial_state(optimizer: optax.GradientTransformation, init: Callable,
                   seed: int) -> tuple[Params, optax.OptState, jax.Array]:
     """(parameters, optimizer state, key for the batch order) from `seed`, in one compiled call."""
 
     @jax.jit
     def make(seed):
         init_key, order_key = jax.random.split(jax.random.key(seed, impl="rbg"))
-        params = init_params(init_key, sizes, activation)
+        params = init(init_key)
         return params, optimizer.init(params), order_key
 
     return make(seed)
@@ -153,21 +169,21 @@ def check_batches(n_train: int, n_test: int, cfg: TrainConfig) -> None:
 
 def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
           on_epoch: Callable[[EpochStats], None] | None = None) -> Network:
-    """Train the MLP `model` on `dataset` as `cfg` says; same config and data, same weights."""
+    """Train the network `model` describes on `dataset` as `cfg` says; same config and data, same weights."""
     start = time.perf_counter()
     check_batches(len(dataset.train.labels), len(dataset.test.labels), cfg)
     n_train = len(dataset.train.labels)
-    sizes = layer_sizes(N_INPUTS, model.hidden, dataset.n_classes)
+    init, forward = model_functions(model, dataset.n_classes)
     batch_size = min(cfg.batch_size, n_train)  # smaller only without training (epochs = 0)
     n_batches = n_train // batch_size
     x, y = to_device(dataset.train.images, dataset.train.labels)
     x_test, y_test = to_device(dataset.test.images, dataset.test.labels)
 
     optimizer = make_optimizer(cfg)
-    params, opt_state, order_key = initial_state(optimizer, sizes, model.activation, cfg.seed)
+    params, opt_state, order_key = initial_state(optimizer, init, cfg.seed)
     interval = cfg.snapshot_every * (n_batches if cfg.snapshot_unit == "epoch" else 1)
     in_epoch = interval % n_batches != 0  # snapshots fall inside epochs: keep them in the scan
-    run_epoch = make_epoch(optimizer, model.activation, cfg, n_batches, batch_size, interval if in_epoch else None)
+    run_epoch = make_epoch(optimizer, forward, cfg, n_batches, batch_size, interval if in_epoch else None)
 
     snapshots = [(0, jax.tree.map(np.asarray, params))]
     history = []
@@ -183,10 +199,11 @@ def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
         if on_epoch:
             on_epoch(stats)
 
-    test_loss, test_accuracy = evaluate_jit(params, x_test, y_test, model.activation)
-    _, train_accuracy = evaluate_jit(params, x, y, model.activation)
+    test_loss, test_accuracy = evaluate_jit(params, x_test, y_test, forward)
+    _, train_accuracy = evaluate_jit(params, x, y, forward)
     return Network(
-        sizes=sizes,
+        sizes=network_sizes(model, dataset.n_classes),
+        layers=model.layers,
         activation=model.activation,
         weights=tuple(np.asarray(layer["w"]) for layer in params),
         biases=tuple(np.asarray(layer["b"]) for layer in params),
@@ -194,7 +211,7 @@ def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
         classes=dataset.classes,
         class_names=dataset.class_names,
         history=make_history(history),
-        snapshots=make_snapshots(snapshots, n_batches, x_test, y_test, model.activation),
+        snapshots=make_snapshots(snapshots, n_batches, x_test, y_test, forward),
         test_accuracy=float(test_accuracy),
         train_accuracy=float(train_accuracy),
         train_seconds=time.perf_counter() - start,
@@ -211,10 +228,17 @@ def make_history(stats: list[EpochStats]) -> History:
     )
 
 
+def network_sizes(model: ModelConfig, n_classes: int) -> tuple[int, ...]:
+    """Network.sizes: the inputs, each hidden layer's width (a conv layer's channels), the outputs."""
+    if model.layers is None:
+        return layer_sizes(N_INPUTS, model.hidden, n_classes)
+    return (N_INPUTS, *widths(model.layers), n_classes)
+
+
 def make_snapshots(taken: list[tuple[int, Params]], n_batches: int, x_test: jax.Array, y_test: jax.Array,
-                   activation: str) -> Snapshots:
+                   forward: Callable) -> Snapshots:
     steps = np.array([step for step, _ in taken], dtype=np.int64)
-    accuracy = [float(evaluate_jit(p, x_test, y_test, activation)[1]) for _, p in taken]
+    accuracy = [float(evaluate_jit(p, x_test, y_test, forward)[1]) for _, p in taken]
     n_layers = len(taken[0][1])
     return Snapshots(
         step=steps,
