@@ -134,13 +134,6 @@ class Scene:
     glyphs: Glyphs | None = None  # render.glyph: field
     probe_image: object = None  # render.probe: the vtkImageData of the probed image in the corner
 
-    @property
-    def base_radius(self) -> np.ndarray:
-        """The neurons' sphere (or dot) radii as built."""
-        if "base_radius" not in self.neurons.field_data:
-            self.neurons.field_data["base_radius"] = np.asarray(self.neurons["radius"]).copy()
-        return np.asarray(self.neurons.field_data["base_radius"])
-
 
 def point_cloud(points: np.ndarray, groups: np.ndarray, radius: np.ndarray) -> pv.PolyData:
     cloud = pv.PolyData(np.asarray(points, np.float32))

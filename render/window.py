@@ -19,7 +19,16 @@ from layout.core.config import RenderConfig
 from render import style
 from render.movie import fast_plotter
 from render.panel import NeuronDetails, Panel, add_panel, show_neuron
-from render.scene import Scene, SceneData, build_scene, pick_neuron, probe_caption, probe_coloring, show_frame
+from render.scene import (
+    Scene,
+    SceneData,
+    build_scene,
+    pick_neuron,
+    probe_caption,
+    probe_coloring,
+    show_frame,
+    sphere_radii,
+)
 
 __all__ = ["NeuronDetails", "Player", "build_window", "show_window"]
 
@@ -107,7 +116,7 @@ class Player:
     def select(self, i: int) -> None:
         """Enlarge neuron i (its glyph, or its sphere) and show it in the panel."""
         self.selected = i
-        enlarge(self.scene, i)
+        enlarge(self.scene, self.data, i)
         if self.panel is not None:
             show_neuron(self.panel, i)
         self.scene.plotter.render()
@@ -123,12 +132,12 @@ class Player:
         self.scene.plotter.render()
 
 
-def enlarge(scene: Scene, i: int) -> None:
+def enlarge(scene: Scene, data: SceneData, i: int) -> None:
     """Draw neuron i (its glyph, or its sphere or dot) ENLARGED times its size, every other at its own."""
     glyphs = scene.glyphs
     if glyphs is not None:
         glyphs.half = glyphs.base_half * np.where(glyphs.members == i, ENLARGED, 1.0).astype(np.float32)
-    radius = scene.base_radius.copy()
+    radius = sphere_radii(data)
     radius[i] *= ENLARGED
     scene.neurons["radius"] = radius
 

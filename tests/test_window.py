@@ -18,7 +18,7 @@ import pytest
 from layout.core.config import RenderConfig
 from render import style
 from render.glyphs import field_images
-from render.scene import activation_colorings, project
+from render.scene import activation_colorings, project, sphere_radii
 from render.window import NeuronDetails, build_window
 from tests.test_render import tiny_data
 
@@ -151,7 +151,7 @@ def test_a_click_on_a_neuron_fills_the_details_panel(window):
         for j, image in enumerate(details.top[k]):
             np.testing.assert_array_equal(strip[:, j * 30:j * 30 + 28, 0], 255 - details.images[image])
         assert np.asarray(window.scene.neurons["radius"])[k] == pytest.approx(
-            window.scene.base_radius[k] * 1.8)  # the clicked neuron is drawn larger
+            sphere_radii(window.data)[k] * 1.8)  # the clicked neuron is drawn larger
     click(window, 2, 2)  # a corner: no neuron there, the panel keeps the last one
     assert window.selected == k and panel.text.GetText(2).startswith(f"neuron {k}:")
 

@@ -14,6 +14,7 @@ flatten, or a dense layer on images that were never flattened is refused with th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -60,10 +61,7 @@ class Flatten:
         return "flatten"
 
     def shape_after(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        size = 1
-        for n in shape:
-            size *= n
-        return (size,)
+        return (math.prod(shape),)
 
 
 @dataclass(frozen=True)

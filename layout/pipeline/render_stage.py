@@ -128,13 +128,24 @@ def scene_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult,
 
 def thumbnails_for(cfg: RunConfig, f: NeuronFeatures) -> np.ndarray | None:
     """render.thumbnails' strip: for each class the k neurons that drive it hardest."""
-    if not cfg.render.thumbnails or f.receptive_fields.ndim != 3:
+    if not cfg.render.thumbnails or not has_images(f):
         return None
-    norms = np.linalg.norm(f.output_vectors, axis=1)
-    tiles = field_images(f.receptive_fields, f.dominant, f.layer, norms, cfg.render.field_scale, f.n_neurons).tiles
+    tiles, _ = every_tile(cfg, f)
     scale = max(1, (cfg.render.height - 60 - 4 * f.n_classes) // (f.n_classes * tiles.shape[1]))  # as large as fits
     return thumbnail_strip(zoomed(tiles.transpose(1, 2, 0, 3), scale).transpose(2, 0, 1, 3), f.output_vectors,
                            f.class_names, cfg.render.thumbnails).image
+
+
+def has_images(f: NeuronFeatures) -> bool:
+    """Whether the neurons' receptive fields are images (2D inputs), as MNIST's 28x28 pixels are."""
+    return f.receptive_fields.ndim == 3
+
+
+def every_tile(cfg: RunConfig, f: NeuronFeatures) -> tuple[np.ndarray, np.ndarray]:
+    """(every neuron's field tile, as the glyphs draw it; the output-vector norms) for the sheets."""
+    norms = np.linalg.norm(f.output_vectors, axis=1)
+    tiles = field_images(f.receptive_fields, f.dominant, f.layer, norms, cfg.render.field_scale, f.n_neurons).tiles
+    return tiles, norms
 
 
 def fields_for(cfg: RunConfig, f: NeuronFeatures) -> FieldImages | None:
@@ -147,7 +158,7 @@ def fields_for(cfg: RunConfig, f: NeuronFeatures) -> FieldImages | None:
 
 def glyph_note(cfg: RunConfig, f: NeuronFeatures) -> str | None:
     """Why render.glyph: field falls back to spheres: the network's inputs are not images."""
-    if cfg.render.glyph == "field" and f.receptive_fields.ndim != 3:
+    if cfg.render.glyph == "field" and not has_images(f):
         return (f"render.glyph = field draws each neuron's input weights as an image, but this network's "
                 f"{int(np.prod(f.receptive_fields.shape[1:]))} inputs are not an image: drawing spheres")
     return None
@@ -156,10 +167,9 @@ def glyph_note(cfg: RunConfig, f: NeuronFeatures) -> str | None:
 def atlas_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: Path) -> tuple[Path, ...]:
     """atlas_layerN.png and atlas_top_layerN.png for every hidden layer (ids as in neurons.csv)."""
     f = laid.features
-    if f.receptive_fields.ndim != 3:  # inputs that are no images have no pictures to show
+    if not has_images(f):  # inputs that are no images have no pictures to show
         return ()
-    norms = np.linalg.norm(f.output_vectors, axis=1)
-    tiles = field_images(f.receptive_fields, f.dominant, f.layer, norms, cfg.render.field_scale, f.n_neurons).tiles
+    tiles, norms = every_tile(cfg, f)
     written = []
     for l in range(f.n_layers):
         m = np.flatnonzero(f.layer == l)

@@ -11,6 +11,8 @@ a conv's fans counting its kernel's pixels, and zero biases.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -34,13 +36,7 @@ def weight_shapes(layers: tuple[Layer, ...], n_classes: int) -> list[tuple[tuple
 
 def count_params(layers: tuple[Layer, ...], n_classes: int) -> int:
     """Weights plus biases, by formula: conv out * in * k * k + out, dense n_in * n_out + n_out."""
-    total = 0
-    for w, b in weight_shapes(layers, n_classes):
-        size = 1
-        for n in w:
-            size *= n
-        total += size + b[0]
-    return total
+    return sum(math.prod(w) + b[0] for w, b in weight_shapes(layers, n_classes))
 
 
 def init_limit(shape: tuple[int, ...], activation: str) -> float:
