@@ -14,6 +14,10 @@ the same order; each epoch ends with an evaluation on the 10k test images. Repor
   matmul_peak_gflops           a 2048^3 float32 jnp.dot, the machine's practical peak
   jax_epoch_gflops, torch_epoch_gflops   the epoch's arithmetic divided by its time
 
+and the CNN case (configs/cnn.yaml's LeNet-5-like network, benchmarks/cnn.py): cnn_jax_epoch_s,
+cnn_torch_epoch_s, cnn_epoch_ratio (target <= 0.8), featvis_s (target <= 5 s) and
+cnn_first_epoch_cold_s, its first epoch from process start with empty caches (target <= 8 s).
+
 Needs torch (pip install torch==2.13.0, the CPU wheel on this machine); it is not a project dependency.
 """
 
@@ -32,17 +36,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.cnn import cnn_case  # noqa: E402
+from benchmarks.cnn import mark as cnn_mark  # noqa: E402
+
 HIDDEN, BATCH, LR = 100, 128, 1e-3
 TARGETS = {"epoch_ratio": 0.6, "jax_first_epoch_cold_s": 3.0, "jax_first_epoch_warm_s": 1.5}
+MODELS = ("mlp", "cnn")
 
 
 class FirstEpochDone(Exception):
     pass
 
 
-def first_epoch_child() -> None:
-    """Run by a fresh interpreter: import, load data, train; print the wall clock at the end of epoch 1."""
-    from layout.core.config import DataConfig, ModelConfig, TrainConfig
+def first_epoch_child(model: str) -> None:
+    """Run by a fresh interpreter: import, load data, train the MLP or configs/cnn.yaml's CNN; print the
+    wall clock at the end of epoch 1."""
+    from layout.core.config import DataConfig, ModelConfig, TrainConfig, load_config
     from layout.core.files import cache_dir
     from models.data.datasets import load_dataset
     from models.network.train import enable_compilation_cache, train
@@ -55,17 +64,17 @@ def first_epoch_child() -> None:
         raise FirstEpochDone
 
     try:
-        train(ModelConfig(hidden=(HIDDEN,)), TrainConfig(batch_size=BATCH, learning_rate=LR, epochs=2), dataset,
-              on_epoch=stop)
+        network = ModelConfig(hidden=(HIDDEN,)) if model == "mlp" else load_config(REPO / "configs" / "cnn.yaml").model
+        train(network, TrainConfig(batch_size=BATCH, learning_rate=LR, epochs=2), dataset, on_epoch=stop)
     except FirstEpochDone:
         pass
 
 
-def time_first_epoch(cache: str) -> float:
+def time_first_epoch(cache: str, model: str = "mlp") -> float:
     """Seconds from spawning a fresh Python process to the end of its first training epoch."""
     env = dict(os.environ, NEURON_LAYOUT_CACHE=cache)
     start = time.time()
-    out = subprocess.run([sys.executable, __file__, "--first-epoch-child"], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, __file__, "--first-epoch-child", model], env=env, capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["end"] - start
 
@@ -170,6 +179,10 @@ def measure(n_epochs: int, repeats: int) -> dict:
     except UserError as e:
         raise SystemExit(f"error: {e} (apt-get install dataset-fashion-mnist puts it in /usr/share/datasets)")
     cold, warm = first_epoch_times(repeats)
+    cnn_cold = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as cache:
+            cnn_cold.append(time_first_epoch(cache, "cnn"))
     jax_times, network = jax_epochs(dataset, n_epochs)
     torch_times, torch_accuracy = torch_epochs(dataset, network, n_epochs)
     jax_epoch, torch_epoch = statistics.median(jax_times[1:]), statistics.median(torch_times[1:])
@@ -200,6 +213,9 @@ def measure(n_epochs: int, repeats: int) -> dict:
         "jax_version": jax.__version__,
         "torch_version": torch.__version__,
         "cpus": os.cpu_count(),
+        **cnn_case(dataset, n_epochs),
+        "cnn_first_epoch_cold_s": statistics.median(cnn_cold),
+        "cnn_first_epoch_cold_runs_s": cnn_cold,
     }
 
 
@@ -218,6 +234,8 @@ def report(r: dict) -> str:
         f"first epoch from process start: warm {r['jax_first_epoch_warm_s']:.2f} s" + mark("jax_first_epoch_warm_s"),
         f"matmul peak {r['matmul_peak_gflops']:.1f} GFLOP/s; the JAX epoch reaches "
         f"{r['jax_epoch_gflops'] / r['matmul_peak_gflops']:.0%} of it",
+        f"CNN (configs/cnn.yaml): steady epoch JAX {r['cnn_jax_epoch_s']:.2f} s, PyTorch {r['cnn_torch_epoch_s']:.2f} s",
+        *(cnn_mark(r, name) for name in ("cnn_epoch_ratio", "cnn_first_epoch_cold_s", "featvis_s")),
     ])
 
 
@@ -226,10 +244,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--epochs", type=int, default=6, help="epochs per framework (the first is left out)")
     parser.add_argument("--repeats", type=int, default=3, help="cold/warm first-epoch runs")
-    parser.add_argument("--first-epoch-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--first-epoch-child", choices=MODELS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.first_epoch_child:
-        return first_epoch_child()
+        return first_epoch_child(args.first_epoch_child)
     result = measure(max(args.epochs, 2), args.repeats)
     print(json.dumps(result) if args.json else report(result))
 

@@ -220,7 +220,7 @@ def pipeline(args: argparse.Namespace) -> int:
     say_written(folder, written)
     if window:
         details = details_for(laid, trained.dataset.test.images)
-        show_window(scene, cfg.render, details, probe=window_probe(cfg, trained))
+        show_window(scene, cfg.render, details, probe=window_probe(cfg, trained, laid.features.hidden_layers))
     return 0
 
 

@@ -4,6 +4,7 @@ training that lowers the loss."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from scipy.signal import correlate
 from layout.core.config import DataConfig, ModelConfig, TrainConfig, load_config
 from layout.core.errors import ConfigError
 from layout.core.layers import Conv, Dense, Flatten, Pool
-from models.data.datasets import load_dataset
+from models.data.datasets import Split, load_dataset
 from models.network.cnn import apply_layers, count_params, init_layers
 from models.network.store import load_network
 from models.network.train import train
@@ -26,9 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = (Conv(4, 5, padding=2), Pool("max", 2), Conv(6, 3, stride=2), Pool("avg", 2), Flatten(), Dense(12))
 
 
-def numpy_logits(path: Path, images: np.ndarray) -> np.ndarray:
+def numpy_logits(path: Path, images: np.ndarray, shift: tuple[int, np.ndarray] | None = None) -> np.ndarray:
     """The logits of network.npz for uint8 images [n, 28, 28], from the file alone: its meta's layers
-    and activation, and its w0, b0, w1, ... (conv weights [out, in, kh, kw], flatten in C, H, W order)."""
+    and activation, and its w0, b0, w1, ... (conv weights [out, in, kh, kw], flatten in C, H, W order).
+    shift (hidden layer l, values [n_l]): added to that layer's activations, a conv channel's spread
+    evenly over its positions (so that its spatial sum grows by the value)."""
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k].astype(np.float64) for k in z.files if k != "meta"}
         meta = json.loads(str(z["meta"]))
@@ -44,6 +47,8 @@ def numpy_logits(path: Path, images: np.ndarray) -> np.ndarray:
             out = np.stack([sum(correlate(padded[:, c], w[o, c][None], mode="valid") for c in range(w.shape[1]))
                             for o in range(w.shape[0])], axis=1)[:, :, ::s, ::s] + b[None, :, None, None]
             h, l = act(out), l + 1
+            if shift is not None and shift[0] == l - 1:
+                h = h + shift[1][None, :, None, None] / (h.shape[2] * h.shape[3])
         elif kind == "pool":
             k = settings["size"]
             n, c, hh, ww = h.shape
@@ -54,6 +59,8 @@ def numpy_logits(path: Path, images: np.ndarray) -> np.ndarray:
         else:
             h = act(h.reshape(len(h), -1) @ arrays[f"w{l}"] + arrays[f"b{l}"])
             l += 1
+            if shift is not None and shift[0] == l - 1:
+                h = h + shift[1][None, :]
     return h @ arrays[f"w{l}"] + arrays[f"b{l}"]
 
 
@@ -121,21 +128,196 @@ def test_a_layer_list_that_cannot_work_is_refused_naming_the_layer(tmp_path, lay
     assert "\n" not in str(info.value) and message in str(info.value), str(info.value)
 
 
-def test_a_cnn_is_refused_by_the_layout_command_in_one_line_before_training(tmp_path, shared_data):
-    result = subprocess.run([sys.executable, "-m", "layout.run", str(REPO / "configs" / "cnn.yaml"), "--no-window",
-                             "--out", str(tmp_path / "out"), "--data-dir", str(shared_data)], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "error: model.layers describes a CNN, which python -m layout.train trains, but whose neurons cannot be laid "
-        "out yet")
+def run_layout(tmp_path, config: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "layout.run", str(config), "--no-window", "--out",
+                           str(tmp_path / "out"), *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("config, setting, message", [
+    ("euclid.yaml", "layout.layers=conv", "error: layout.layers = conv lays out a CNN's conv channels, but the MLP "
+                                          "of model.hidden has no conv layer: use layout.layers: dense"),
+    ("cnn.yaml", "model.layers=[{conv: {channels: 2, kernel: 3}}, flatten]",
+     "error: layout.layers = dense, but model.layers has no dense hidden layer: use layout.layers: conv (its "
+     "channels) or all"),
+])
+def test_layers_the_network_lacks_are_refused_in_one_line_before_training(tmp_path, shared_data, config, setting,
+                                                                          message):
+    result = run_layout(tmp_path, REPO / "configs" / config, "--set", setting, "--data-dir", str(shared_data))
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == message
     assert not (tmp_path / "out").exists()
 
 
-def test_a_cnn_network_file_given_to_the_layout_command_is_refused_in_one_line(trained_cnn, tmp_path, shared_data):
+def test_conv_layers_of_a_network_file_without_them_are_refused(tmp_path, shared_data):
+    """The same check for a --network file: an MLP's network.npz with layout.layers: conv."""
+    first = run_layout(tmp_path, REPO / "configs" / "euclid.yaml", "--set", "data.limit=300", "--set",
+                       "train.epochs=1", "--set", "model.hidden=[6]", "--set", "structure.enabled=false",
+                       "--data-dir", str(shared_data))
+    assert first.returncode == 0, first.stderr
     result = subprocess.run([sys.executable, "-m", "layout.run", str(REPO / "configs" / "euclid.yaml"), "--no-window",
-                             "--network", str(trained_cnn / "network.npz"), "--set", "data.limit=1000", "--out",
-                             str(tmp_path / "out"), "--data-dir", str(shared_data)], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+                             "--network", str(tmp_path / "out" / "network.npz"), "--set", "layout.layers=conv",
+                             "--out", str(tmp_path / "again"), "--data-dir", str(shared_data)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "model.layers describes a CNN" in result.stderr.strip().splitlines()[-1]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: layout.layers = conv lays out a CNN's conv channels, but the network in {tmp_path / 'out'}")
+
+
+def test_jacobian_influence_equals_finite_differences_on_a_small_cnn(trained_cnn, shared_data):
+    """A conv channel's influence (d logits / d its spatially summed activation, spread evenly) and a dense
+    neuron's (d logits / d its activation), averaged over the images, against central differences of the
+    independent numpy forward pass."""
+    from layout.engine.features import mean_jacobian, params_of
+
+    network = load_network(trained_cnn / "network.npz")
+    images = load_dataset(DataConfig(dir=str(shared_data))).test.images[:40]
+    eps = 1e-3
+    for hidden, n in ((0, 4), (1, 6), (2, 12)):
+        ours = mean_jacobian(params_of(network), network.layers, network.activation, images, hidden)  # [n, C]
+        assert ours.shape == (n, 10)
+        for unit in range(n):
+            step = np.zeros(n)
+            step[unit] = eps
+            plus = numpy_logits(trained_cnn / "network.npz", images, (hidden, step))
+            minus = numpy_logits(trained_cnn / "network.npz", images, (hidden, -step))
+            differences = ((plus - minus) / (2 * eps)).mean(0)
+            np.testing.assert_allclose(ours[unit], differences, rtol=2e-3, atol=2e-4)
+        assert np.abs(ours).max() > 1e-3  # the network is trained: its units move the logits
+
+
+def test_feature_visualisation_excites_each_channel_far_beyond_the_test_images(shared_data):
+    """cnn.yaml's network after three epochs: every channel's image excites it beyond all but 1% of the
+    test images (and twice its mean), and nine in ten dense neurons' images do."""
+    from layout.engine.features import hidden_activations, params_of
+    from layout.engine.featvis import feature_images, mean_activation
+
+    cfg = load_config(REPO / "configs" / "cnn.yaml", ("train.epochs=3",))
+    data = load_dataset(DataConfig(dir=str(shared_data)))
+    network, test = train(cfg.model, cfg.train, data), data.test
+    layers = (0, 1, 2, 3)
+    activations = hidden_activations(network, test.images, layers)
+    images = feature_images(network, layers, [a.std(0) for a in activations])
+    for h, (found, seen) in enumerate(zip(images, activations)):
+        assert found.shape == (network.sizes[h + 1], 28, 28) and 0 <= found.min() and found.max() <= 1
+        own = np.diag(np.asarray(mean_activation(params_of(network), found.reshape(len(found), -1),
+                                                 network.layers, network.activation, h)))
+        alive = seen.std(0) > 1e-3  # a neuron constant over the test images has nothing to find
+        assert alive.sum() >= 2
+        above = own[alive] > np.maximum(2 * seen.mean(0)[alive], np.percentile(seen, 99, axis=0)[alive])
+        if network.hidden_kinds[h] == "conv":  # every channel: beyond all but 1% of the test images
+            assert above.all(), (h, own, seen.mean(0))
+        else:
+            assert above.mean() >= 0.9, (h, own, seen.mean(0))
+
+
+def planted_cnn(rng: np.random.Generator):
+    """A CNN (conv 20@5x5, avg pool 4, flatten, output) whose channel c feeds only class c % 10."""
+    from models.network.network import History, Network, Snapshots
+
+    layers = (Conv(20, 5), Pool("avg", 4), Flatten())
+    w0 = rng.normal(0, 0.3, (20, 1, 5, 5)).astype(np.float32)
+    w1 = np.zeros((20, 6, 6, 10), np.float32)
+    for c in range(20):
+        w1[c, :, :, c % 10] = rng.uniform(0.5, 1.5)
+    w1 = (w1 + rng.normal(0, 0.02, w1.shape)).reshape(720, 10).astype(np.float32)
+    empty = np.zeros(0)
+    return Network(sizes=(784, 20, 10), activation="relu", weights=(w0, w1),
+                   biases=(np.full(20, 0.05, np.float32), np.zeros(10, np.float32)), dataset="planted",
+                   classes=tuple(range(10)), class_names=tuple(map(str, range(10))),
+                   history=History(empty, empty, empty, empty), snapshots=Snapshots(empty, empty, empty, (), ()),
+                   test_accuracy=0.0, train_accuracy=0.0, train_seconds=0.0, epochs=0, layers=layers)
+
+
+def few_test_images(shared_data) -> Split:
+    test = load_dataset(DataConfig(dir=str(shared_data))).test
+    return Split(test.images[:300], test.labels[:300])
+
+
+def conv_structure(network, test):
+    """Layer 1's (the conv layer's) features and its structure tests against 99 shuffled-column and 99
+    untrained nulls, by output vectors (its channels' Jacobian influence)."""
+    from layout.engine.features import neuron_features
+    from layout.insight.structure import LayerInputs, layer_structure
+    from layout.insight.untrained import conv_influence_nulls
+
+    f = neuron_features(network, test, "weights", "conv")
+    nulls = conv_influence_nulls(network, 0, test.images, 99, seed=0)
+    assert nulls.shape == (99, f.n_neurons, 10)
+    return f, layer_structure(LayerInputs(
+        layer=0, sizes=network.sizes, activation="relu", vectors=f.output_vectors, dominant=f.dominant,
+        activation_dominant=f.activation_dominant, positions=f.output_vectors[:, :3],
+        receptive_fields=f.receptive_fields.reshape(f.n_neurons, -1), activations=np.zeros((len(test.labels), 20)),
+        relayouts={}, shuffled_label_vectors=None, untrained_vectors=lambda rng, count: nulls[:count]),
+        permutations_count=99, k=1, seed=0)
+
+
+def test_channels_planted_to_drive_one_class_each_are_real_structure(shared_data):
+    from layout.insight.verdicts import verdict
+
+    test = few_test_images(shared_data)
+    f, structure = conv_structure(planted_cnn(np.random.default_rng(3)), test)
+    assert f.n_neurons == 20 and f.influence == "jacobian" and f.layer_name(0) == "layer 1 (conv)"
+    assert (f.dominant == np.arange(20) % 10).all()  # the influence finds what was planted
+    tests = structure.find("silhouette", "output")
+    assert {t.null for t in tests} == {"shuffled_columns", "untrained"}
+    assert all(t.p <= 0.01 for t in tests), [(t.null, t.p) for t in tests]
+    assert verdict(tests) == "real structure"
+
+
+def test_untrained_channels_are_not_called_structure(shared_data):
+    """The same tests on a CNN at its initialisation: no verdict of real structure."""
+    from layout.insight.untrained import null_params
+    from layout.insight.verdicts import verdict
+
+    planted = planted_cnn(np.random.default_rng(3))
+    params = null_params(planted, 1234, 0)
+    network = dataclasses.replace(planted, weights=tuple(p["w"] for p in params), biases=tuple(p["b"] for p in params))
+    _, structure = conv_structure(network, few_test_images(shared_data))
+    assert verdict(structure.find("silhouette", "output")) != "real structure"
+
+
+def test_the_cnn_config_writes_every_output_for_its_channels_and_dense_neurons(tmp_path, shared_data):
+    """python -m layout.run configs/cnn.yaml --no-window --export mp4 png, with every layer laid out (short
+    training and small nulls to keep it quick): every file, and contents that agree with each other."""
+    import csv
+
+    import imageio.v2 as imageio
+
+    from tests.test_render import decode_mp4
+
+    settings = ("train.epochs=2", "layout.layers=all", "structure.permutations=19", "structure.layout_nulls=19",
+                "structure.selectivity_nulls=19", "structure.ablation_groups=19", "structure.stability_seeds=2",
+                "render.settle_seconds=0.5", "render.orbit_seconds=0.5", "render.width=320", "render.height=240")
+    result = run_layout(tmp_path, REPO / "configs" / "cnn.yaml", "--export", "mp4", "png", "--data-dir",
+                        str(shared_data), *(a for s in settings for a in ("--set", s)))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    widths = {1: 6, 2: 16, 3: 120, 4: 84}  # conv 6, conv 16, dense 120, dense 84
+    expected = {"config.yaml", "network.npz", "trajectory.npz", "neurons.csv", "top_images.npz", "structure.json",
+                "report.md", "metrics.json", "layout.mp4", "snapshot.png", "manifest.json",
+                *(f"{kind}_layer{n}.png" for n in widths for kind in ("structure", "atlas", "atlas_top"))}
+    assert {p.name for p in out.iterdir()} == expected
+    with open(out / "neurons.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 226
+    assert {n: sum(int(r["layer"]) == n for r in rows) for n in widths} == widths
+    with np.load(out / "top_images.npz") as z:
+        assert z["top"].shape == (226, 9) and z["top"].max() < 10_000
+    with np.load(out / "trajectory.npz") as z:
+        meta = json.loads(str(z["meta"]))
+        assert meta["n_neurons"] == 226 and meta["made_by"]["layout"]["layers"] == "all"
+    structure = json.loads((out / "structure.json").read_text())
+    assert [layer["name"] for layer in structure["layers"]] == [
+        "layer 1 (conv)", "layer 2 (conv)", "layer 3 (dense)", "layer 4 (dense)"]
+    assert [layer["n_neurons"] for layer in structure["layers"]] == list(widths.values())
+    assert any(v.startswith("layer 4 (dense), dominance clustering") for v in structure["verdicts"])
+    report = (out / "report.md").read_text()
+    assert "## Layer 1 (conv) (6 neurons)" in report and "## Layer 4 (dense) (84 neurons)" in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["layout"]["n_neurons"] == 226
+    frames = decode_mp4(out / "layout.mp4")
+    assert len(frames) >= 20 and frames[0].shape == (240, 320, 3) and frames[-1].std() > 5
+    assert imageio.imread(out / "snapshot.png").shape[:2] == (240, 320)
+    for n in widths:  # a tile per neuron: bigger sheets for bigger layers
+        assert imageio.imread(out / f"atlas_layer{n}.png").std() > 5
+    assert "Traceback" not in result.stderr and "output vectors: jacobian (conv), weights (dense)" in result.stdout

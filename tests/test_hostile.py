@@ -80,6 +80,15 @@ def test_a_whole_section_cannot_be_set_at_once(tmp_path):
     assert message == "--set 'train={epochs: 3}': 'train' is a section: set one key at a time, e.g. " \
                       "--set train.optimizer=..."
     assert "'layout.forces' is a section" in error_of(tmp_path, "", ("layout.forces=1",))
+    assert "'model' is a section" in error_of(tmp_path, "", ("model=[100]",))
+
+
+def test_the_model_section_is_replaced_whole_by_a_mapping(tmp_path):
+    """A sweep's grid of networks: the CNN's point has no hidden left over from the base's MLP."""
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  hidden: [30]\n  activation: sigmoid\n")
+    cfg = load_config(path, ("model={activation: relu, layers: [flatten, {dense: {units: 7}}]}",))
+    assert cfg.model.activation == "relu" and [layer.plain() for layer in cfg.model.layers][1] == {"dense": {"units": 7}}
 
 
 def test_a_huge_value_is_quoted_as_a_short_excerpt(tmp_path):

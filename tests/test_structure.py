@@ -174,13 +174,14 @@ def hand_built_network():
 def test_ablating_the_neuron_that_alone_carries_a_class_drops_that_class():
     from layout.engine.features import hidden_activations
     from layout.insight.ablation import ablate
+    from models.data.datasets import Split
 
     net = hand_built_network()
     labels = np.repeat(np.arange(3), 50)
     images = np.zeros((150, 28, 28), np.uint8)
     images.reshape(150, -1)[np.arange(150), labels] = 255
     activations = hidden_activations(net, images)
-    result = ablate(net, activations, labels, dominant=np.array([0, 1, 2, 0]), layer_of=np.zeros(4, int),
+    result = ablate(net, activations, Split(images, labels), dominant=np.array([0, 1, 2, 0]), layer_of=np.zeros(4, int),
                     n_random=50, seed=0)
     np.testing.assert_allclose(result.baseline, 1.0)
     assert result.class_drop[1, 1] > 0.9  # neuron 1 alone carries class 1

@@ -32,6 +32,8 @@ WEIGHTINGS = ("uniform", "inverse", "inverse_square")
 LAYER_SHAPES = ("plane", "shell")
 INITS = ("pca", "random")
 INFLUENCES = ("weights", "jacobian")
+LAYOUT_LAYERS = ("dense", "conv", "all")
+WHOLE_SECTION = "model"  # the one section an override may replace whole: a network, MLP or CNN
 SIZE_BY = ("norm", "none", "selectivity", "effective_classes")
 COLOR_BY = ("dominant", "class_mean", "image", "spread", "ablation", "selectivity", "effective_classes")
 TIMELINES = ("simulation", "training")
@@ -156,6 +158,8 @@ class LayoutConfig:
     influence: str = option("weights", "output vectors of layers below the last: product of the downstream "
                                        "weights, or mean Jacobian of the logits over the test set",
                             choices=INFLUENCES)
+    layers: str = option("dense", "which hidden layers are laid out: every dense layer (an MLP's every layer), a "
+                                  "CNN's conv channels (one particle each), or all", choices=LAYOUT_LAYERS)
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
     forces: ForcesConfig = field(default_factory=ForcesConfig)
     sim: SimConfig = field(default_factory=SimConfig)
@@ -290,20 +294,21 @@ def read_yaml_mapping(path: Path) -> dict:
 
 
 def apply_override(raw: dict, text: str) -> None:
-    """Apply one `section.key=value` override to a raw config mapping (value parsed as YAML)."""
+    """Apply one `section.key=value` override to a raw config mapping (value parsed as YAML); the model
+    section, given a mapping (a sweep's grid of whole networks: model={hidden: [100]}), is replaced by it."""
     dotted, sep, value_text = text.partition("=")
     keys = dotted.strip().split(".")
     if not sep or not all(keys):
         raise ConfigError(f"--set {excerpt(text)} is not of the form section.key=value (e.g. train.epochs=5)")
-    if dotted.strip() in sections():
-        raise ConfigError(f"--set {excerpt(text)}: {dotted.strip()!r} is a section: set one key at a time, e.g. "
-                          f"--set {next(p for p in valid_paths() if p.startswith(dotted.strip() + '.'))}=...")
     try:
         value = strict_yaml.load(value_text) if value_text.strip() else None
     except strict_yaml.StrictLoadError as e:
         raise ConfigError(f"--set {excerpt(text)}: {e.problem}") from None
     except yaml.YAMLError:
         value = value_text  # not YAML: the text itself
+    if dotted.strip() in sections() and not (dotted.strip() == WHOLE_SECTION and isinstance(value, dict)):
+        raise ConfigError(f"--set {excerpt(text)}: {dotted.strip()!r} is a section: set one key at a time, e.g. "
+                          f"--set {next(p for p in valid_paths() if p.startswith(dotted.strip() + '.'))}=...")
     node = raw
     for depth, key in enumerate(keys[:-1]):
         child = node.setdefault(key, {})

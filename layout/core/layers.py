@@ -166,5 +166,10 @@ def widths(layers: tuple[Layer, ...]) -> list[int]:
             if isinstance(layer, (Conv, Dense))]
 
 
+def hidden_kinds(layers: tuple[Layer, ...]) -> tuple[str, ...]:
+    """'conv' or 'dense' for each layer with weights (the hidden layers), in order."""
+    return tuple("conv" if isinstance(layer, Conv) else "dense" for layer in layers if isinstance(layer, (Conv, Dense)))
+
+
 def plain_layers(layers: tuple[Layer, ...] | None) -> list | None:
     return None if layers is None else [layer.plain() for layer in layers]

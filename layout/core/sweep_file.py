@@ -26,6 +26,7 @@ from layout.core.config import (
 )
 from layout.core.config_values import is_folder_name
 from layout.core.errors import ConfigError
+from layout.core.layers import describe, parse_layers
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,20 @@ def mapping(raw, path: Path, section: str) -> dict:
 def point_label(point: dict) -> str:
     """'l1=0.0003 hidden=[100] seed=1': each key by its shortest ending that no other key of the point
     shares (train.seed and layout.sim.seed: 'train.seed=1 sim.seed=0'), and its value."""
-    return " ".join(f"{short_name(k, point)}={json.dumps(v, separators=(',', ':'))}" for k, v in point.items())
+    return " ".join(f"{short_name(k, point)}={value_label(v)}" for k, v in point.items())
+
+
+def value_label(value) -> str:
+    """A grid value as the labels show it: JSON, but a whole model in words ('mlp 100 sigmoid', 'cnn
+    conv6 maxpool2 conv16 maxpool2 flatten dense120 dense84 relu')."""
+    if isinstance(value, dict) and ("hidden" in value or "layers" in value):
+        if value.get("layers") is not None:
+            layers = parse_layers(value["layers"])
+            parts = ["cnn", *(describe(layer).split("@")[0].replace(" ", "") for layer in layers)]
+        else:
+            parts = ["mlp", "-".join(map(str, value.get("hidden") or []))]
+        return " ".join(parts + ([str(value["activation"])] if "activation" in value else []))
+    return json.dumps(value, separators=(",", ":"))
 
 
 def short_name(key: str, keys) -> str:

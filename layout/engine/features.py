@@ -1,8 +1,10 @@
 """What each hidden neuron does, as numbers: the inputs to the layout and to the neuron details.
 
-Neurons are numbered layer by layer: the first hidden layer's neurons, then the next layer's, and so
-on. The output units (one per class) are not neurons here; layout/engine/particles.py adds
-them as anchors.
+Neurons are numbered layer by layer over the hidden layers that are laid out (`layout.layers`: an
+MLP's every hidden layer; a CNN's dense layers, its conv layers, or all): the first such layer's
+neurons, then the next layer's, and so on. A conv layer's neurons are its channels, each with its
+activation averaged over the image. The output units (one per class) are not neurons here;
+layout/engine/particles.py adds them as anchors.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from layout.engine.featvis import feature_images
 from models.data.datasets import Split
-from models.network.mlp import ACTIVATIONS
+from models.network.cnn import apply_above, apply_layers
 from models.network.network import Network
 
 EVAL_BATCH = 1000
+INFLUENCE_IMAGES = 1000  # a conv channel's Jacobian influence is averaged over this many test images
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,16 @@ class NeuronFeatures:
     dominant [N]: argmax of the output vector, the class the neuron drives hardest.
     activation_dominant [N]: the class whose test images activate the neuron most on average.
     class_activation [N, C]: mean activation per class over the test set.
-    receptive_fields [N, 28, 28]: input weights (first layer) or effective input weights, the product
-        of the weight matrices below the neuron (deeper layers).
-    layer [N], index [N]: hidden layer (0 = first) and position within it.
+    receptive_fields [N, 28, 28]: for an MLP, input weights (first layer) or effective input weights,
+        the product of the weight matrices below the neuron (deeper layers); for a CNN, every neuron's
+        feature visualisation (layout/engine/featvis.py): the image, 0..1, that excites it most.
+    layer [N], index [N]: laid-out layer (0 = the first laid out) and position within it.
     class_names [C]: names of the output classes.
-    influence: how the deeper layers' output vectors were computed ("weights" or "jacobian").
+    influence: how the output vectors were computed ("weights", "jacobian", or for a CNN whose conv
+        channels are laid out with dense influence by weights "jacobian (conv), weights (dense)").
+    hidden_layers [L]: each laid-out layer's position among the network's hidden layers (0 = first);
+    layer_kinds [L]: "conv" or "dense" for each; field_kind: what receptive_fields hold ("weights" or
+    "feature visualisation").
     """
 
     output_vectors: np.ndarray
@@ -46,6 +55,22 @@ class NeuronFeatures:
     index: np.ndarray
     class_names: tuple[str, ...]
     influence: str
+    hidden_layers: tuple[int, ...] = ()
+    layer_kinds: tuple[str, ...] = ()
+    field_kind: str = "weights"
+
+    def layer_name(self, layer: int) -> str:
+        """'layer 2' for an MLP; 'layer 3 (dense)', 'layer 1 (conv)' for a CNN, numbered among the
+        network's hidden layers."""
+        if not self.hidden_layers or self.field_kind == "weights":
+            return f"layer {layer + 1}"
+        return f"layer {self.hidden_layers[layer] + 1} ({self.layer_kinds[layer]})"
+
+    @property
+    def layer_numbers(self) -> np.ndarray:
+        """[N] each neuron's layer as the outputs number it, from 1: its place among the network's hidden
+        layers (for an MLP, the laid-out layer + 1)."""
+        return np.asarray(self.hidden_layers or range(self.n_layers), int)[self.layer] + 1
 
     @property
     def n_neurons(self) -> int:
@@ -60,46 +85,58 @@ class NeuronFeatures:
         return int(self.layer.max()) + 1
 
 
-def downstream_products(weights: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-    """For each hidden layer l, W_{l+1} @ ... @ W_last: [n_l, C], the linear path to the logits."""
-    hidden = len(weights) - 1
-    out = [weights[-1]]
-    for l in range(hidden - 2, -1, -1):
-        out.insert(0, weights[l + 1] @ out[0])
-    return out
+def params_of(network: Network) -> list[dict]:
+    """The network's weights as models.network.cnn's parameter list."""
+    return [{"w": w, "b": b} for w, b in zip(network.weights, network.biases)]
 
 
-def upstream_products(weights: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-    """For each hidden layer l, W_0 @ ... @ W_l: [784, n_l], the linear path from the pixels."""
-    out = [weights[0]]
-    for w in weights[1:-1]:
-        out.append(out[-1] @ w)
-    return out
+def chosen_layers(network: Network, which: str = "dense") -> tuple[int, ...]:
+    """The hidden layers `layout.layers` lays out, by position among the network's hidden layers."""
+    return tuple(h for h, kind in enumerate(network.hidden_kinds) if which in ("all", kind))
 
 
-def hidden_activations(network: Network, images: np.ndarray) -> list[np.ndarray]:
-    """Every hidden layer's activations [n_images, n_l] for uint8 images [n, 28, 28]."""
-    act = ACTIVATIONS[network.activation]
-    batches = [_forward(network.weights, network.biases, images[i:i + EVAL_BATCH].reshape(-1, 784), act)
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _forward(params, x, layers, activation):
+    """(logits, every hidden layer's activations per neuron) for uint8 images [n, 784]."""
+    logits, hidden = apply_layers(params, x.astype(jnp.float32) / 255.0, layers, activation)
+    return logits, tuple(h.mean((2, 3)) if h.ndim == 4 else h for h in hidden)  # a channel: its mean over space
+
+
+def forward_batches(params: list[dict], layers: tuple, activation: str, images: np.ndarray
+                    ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(logits [n, C], every hidden layer's activations [n, n_l]) for uint8 images [n, 28, 28]."""
+    batches = [_forward(params, images[i:i + EVAL_BATCH].reshape(-1, 784), layers, activation)
                for i in range(0, len(images), EVAL_BATCH)]
-    return [np.concatenate([np.asarray(b[l]) for b in batches]) for l in range(len(network.weights) - 1)]
+    logits = np.concatenate([np.asarray(b[0]) for b in batches])
+    return logits, [np.concatenate([np.asarray(b[1][h]) for b in batches]) for h in range(len(batches[0][1]))]
 
 
-def probe(network: Network, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(activations [n, N] of every hidden neuron, all layers in order; class probabilities [n, C]) for
-    uint8 images [n, 28, 28]."""
-    hidden = hidden_activations(network, images)
-    logits = hidden[-1].astype(np.float64) @ network.weights[-1] + network.biases[-1]
-    logits -= logits.max(1, keepdims=True)
+def hidden_activations(network: Network, images: np.ndarray, layers: tuple[int, ...] | None = None
+                       ) -> list[np.ndarray]:
+    """The activations [n_images, n_l] of hidden layers `layers` (default: those laid out by default,
+    chosen_layers) for uint8 images [n, 28, 28]; a conv channel's averaged over the image."""
+    layers = chosen_layers(network) if layers is None else layers
+    _, hidden = forward_batches(params_of(network), network.layer_list, network.activation, images)
+    return [hidden[h] for h in layers]
+
+
+def probe(network: Network, images: np.ndarray, layers: tuple[int, ...] | None = None
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """(activations [n, N] of every laid-out neuron, in order; class probabilities [n, C]) for uint8
+    images [n, 28, 28]."""
+    layers = chosen_layers(network) if layers is None else layers
+    logits, hidden = forward_batches(params_of(network), network.layer_list, network.activation, images)
+    logits = logits.astype(np.float64) - logits.max(1, keepdims=True)
     p = np.exp(logits)
-    return np.concatenate(hidden, axis=1), p / p.sum(1, keepdims=True)
+    return np.concatenate([hidden[h] for h in layers], axis=1), p / p.sum(1, keepdims=True)
 
 
-def top_examples(network: Network, images: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(top, bottom) [N, k] int32: for every hidden neuron (all layers, in order), the indices of the k
-    images that activate it most (most first) and least (least first), ties to the lower index; one
-    jitted pass over `images` per batch of neurons' activations."""
-    activations = np.concatenate(hidden_activations(network, images), axis=1)  # [n_images, N]
+def top_examples(network: Network, images: np.ndarray, k: int, layers: tuple[int, ...] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(top, bottom) [N, k] int32: for every laid-out neuron, the indices of the k images that activate
+    it most (most first) and least (least first), ties to the lower index; one jitted pass over
+    `images` per batch of neurons' activations."""
+    activations = np.concatenate(hidden_activations(network, images, layers), axis=1)  # [n_images, N]
     k = min(k, len(images))
     tops, bottoms = [], []
     for start in range(0, activations.shape[1], TOP_NEURONS):
@@ -119,35 +156,79 @@ def _top_and_bottom(columns: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     return jax.lax.top_k(columns, k)[1], jax.lax.top_k(-columns, k)[1]
 
 
-def _layers(weights, biases, x, act):
-    h = x.astype(jnp.float32) / 255.0
-    out = []
-    for w, b in zip(weights[:-1], biases[:-1]):
-        h = act(h @ w + b)
-        out.append(h)
+def downstream_products(weights: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    """For each hidden layer l, W_{l+1} @ ... @ W_last: [n_l, C], the linear path to the logits."""
+    hidden = len(weights) - 1
+    out = [weights[-1]]
+    for l in range(hidden - 2, -1, -1):
+        out.insert(0, weights[l + 1] @ out[0])
     return out
 
 
-_forward = jax.jit(lambda ws, bs, x, act: _layers(ws, bs, x, act), static_argnums=3)  # compiled once per shape
-
-
-def mean_jacobians(network: Network, images: np.ndarray) -> list[np.ndarray]:
-    """For each hidden layer l, the mean over `images` of d logits / d h_l: [n_l, C]."""
-    act = ACTIVATIONS[network.activation]
-    weights, biases = network.weights, network.biases
-
-    def logits_from(layer, h):
-        for w, b in zip(weights[layer + 1:-1], biases[layer + 1:-1]):
-            h = act(h @ w + b)
-        return h @ weights[-1] + biases[-1]
-
-    hidden = hidden_activations(network, images)
-    out = []
-    for layer, h in enumerate(hidden):
-        jac = jax.jit(jax.vmap(jax.jacrev(lambda v, layer=layer: logits_from(layer, v))))
-        total = sum(np.asarray(jac(h[i:i + EVAL_BATCH])).sum(0) for i in range(0, len(h), EVAL_BATCH))
-        out.append((total / len(h)).T)  # [C, n_l] -> [n_l, C]
+def upstream_products(weights: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    """For each hidden layer l, W_0 @ ... @ W_l: [784, n_l], the linear path from the pixels."""
+    out = [weights[0]]
+    for w in weights[1:-1]:
+        out.append(out[-1] @ w)
     return out
+
+
+def mean_jacobian(params: list[dict], layers: tuple, activation: str, images: np.ndarray, hidden: int
+                  ) -> np.ndarray:
+    """[n_h, C]: the mean over `images` of d logits / d (a neuron of hidden layer `hidden`). For a conv
+    channel, the derivative with respect to its spatially summed activation: the logits' change when
+    the sum grows by one, spread evenly over the channel's positions."""
+    total = sum(np.asarray(_jacobian_sum(params, images[i:i + EVAL_BATCH].reshape(-1, 784), layers, activation,
+                                         hidden), np.float64) for i in range(0, len(images), EVAL_BATCH))
+    return (total / len(images)).T.astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _jacobian_sum(params, x, layers, activation, hidden):
+    """[C, n_h]: the sum over the batch of d logits / d (each neuron of layer `hidden`), as one shift
+    shared by the batch (so one Jacobian of the summed logits, forward or reverse, whichever is shorter)."""
+    _, maps = apply_layers(params, x.astype(jnp.float32) / 255.0, layers, activation)
+    a = maps[hidden]
+
+    def summed_logits(t):
+        shift = t[None, :, None, None] / (a.shape[2] * a.shape[3]) if a.ndim == 4 else t[None, :]
+        return apply_above(params, a + shift, layers, activation, hidden).sum(0)
+
+    n, n_classes = a.shape[1], params[-1]["b"].shape[0]
+    return (jax.jacfwd if n < n_classes else jax.jacrev)(summed_logits)(jnp.zeros(n, jnp.float32))
+
+
+def influence_images(images: np.ndarray, kind: str) -> np.ndarray:
+    """The test images a layer's Jacobian influence is averaged over: all of them for a dense layer,
+    INFLUENCE_IMAGES evenly spaced ones for a conv layer (each costs a pass through the layers above)."""
+    if kind == "conv" and len(images) > INFLUENCE_IMAGES:
+        return images[np.linspace(0, len(images) - 1, INFLUENCE_IMAGES).astype(int)]
+    return images
+
+
+def output_vectors(params: list[dict], network: Network, images: np.ndarray, layers: tuple[int, ...],
+                   influence: str) -> list[np.ndarray]:
+    """Each laid-out layer's output vectors [n_l, C] for the network's kinds and layer list, with the
+    parameters `params` (the network's, or an untrained network's): a dense layer's by the product of
+    the weights above it (influence "weights") or the mean Jacobian; a conv channel's always by the
+    mean Jacobian (a product of weights has no meaning for a convolution)."""
+    kinds = network.hidden_kinds
+    dense = [h for h in layers if kinds[h] == "dense"]
+    products = {}
+    if influence == "weights" and dense:  # the dense layers are the top ones: their weights' products
+        first = min(dense)
+        products = dict(zip(range(first, len(kinds)),
+                            downstream_products(tuple(np.asarray(p["w"]) for p in params[first:]))))
+    return [products[h] if h in products else
+            mean_jacobian(params, network.layer_list, network.activation, influence_images(images, kinds[h]), h)
+            for h in layers]
+
+
+def influence_name(network: Network, layers: tuple[int, ...], influence: str) -> str:
+    kinds = {network.hidden_kinds[h] for h in layers}
+    if influence == "weights" and "conv" in kinds:
+        return "jacobian" if kinds == {"conv"} else "jacobian (conv), weights (dense)"
+    return influence
 
 
 def class_means(activations: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -158,26 +239,36 @@ def class_means(activations: np.ndarray, labels: np.ndarray, n_classes: int) -> 
     return (sums / np.maximum(counts, 1)[:, None]).T.astype(np.float32)
 
 
-def neuron_features(network: Network, test: Split, influence: str = "weights") -> NeuronFeatures:
-    """Features of every hidden neuron of `network`, measured on the test split `test`."""
+def neuron_features(network: Network, test: Split, influence: str = "weights", layers: str = "dense",
+                    visualise: bool = True) -> NeuronFeatures:
+    """Features of every neuron of the hidden layers `layers` (layout.layers) lays out, measured on the
+    test split `test`. A CNN's fields are feature visualisations (zero without `visualise`: the training
+    timeline's snapshots need only the output vectors)."""
     n_classes = network.sizes[-1]
-    if influence == "jacobian":
-        vectors = mean_jacobians(network, test.images)
-    else:
-        vectors = downstream_products(network.weights)
-    activations = hidden_activations(network, test.images)
+    hidden = chosen_layers(network, layers)
+    activations = hidden_activations(network, test.images, hidden)
+    vectors = output_vectors(params_of(network), network, test.images, hidden, influence)
     class_activation = np.concatenate([class_means(a, test.labels, n_classes) for a in activations])
-    fields = np.concatenate([f.T for f in upstream_products(network.weights)]).reshape(-1, 28, 28)
-    sizes = network.sizes[1:-1]
-    output_vectors = np.concatenate(vectors).astype(np.float32)
+    if not network.has_conv:
+        upstream = upstream_products(network.weights)
+        fields = np.concatenate([upstream[h].T for h in hidden]).reshape(-1, 28, 28)
+    elif visualise:
+        fields = np.concatenate(feature_images(network, hidden, [a.std(0) for a in activations]))
+    else:
+        fields = np.zeros((len(class_activation), 28, 28), np.float32)
+    sizes = [a.shape[1] for a in activations]
+    output = np.concatenate(vectors).astype(np.float32)
     return NeuronFeatures(
-        output_vectors=output_vectors,
-        dominant=output_vectors.argmax(1),
+        output_vectors=output,
+        dominant=output.argmax(1),
         activation_dominant=class_activation.argmax(1),
         class_activation=class_activation,
         receptive_fields=fields.astype(np.float32),
         layer=np.repeat(np.arange(len(sizes)), sizes),
         index=np.concatenate([np.arange(n) for n in sizes]),
         class_names=network.class_names,
-        influence=influence,
+        influence=influence_name(network, hidden, influence),
+        hidden_layers=hidden,
+        layer_kinds=tuple(network.hidden_kinds[h] for h in hidden),
+        field_kind="feature visualisation" if network.has_conv else "weights",
     )

@@ -39,7 +39,8 @@ def training_trajectory(network: Network, test: Split, cfg: RunConfig,
     key = jax.random.key(cfg.layout.sim.seed)
     parts, labels, start = [], [], None
     for s in range(len(snaps.step)):
-        features = neuron_features(snapshot_network(network, s), test, cfg.layout.influence)
+        features = neuron_features(snapshot_network(network, s), test, cfg.layout.influence, cfg.layout.layers,
+                                   visualise=False)
         particles = make_particles(features, cfg.layout.anchors)
         terms = build_energy(particles, cfg.layout.forces)
         part = simulate(terms, particles, sim if start is not None else cfg.layout.sim, key, start=start,

@@ -93,7 +93,10 @@ def check_settings(path: Path, meta: dict, layout: LayoutConfig, timeline: str) 
     if not isinstance(theirs, dict):
         raise UserError(f"{path} was written by an earlier version of neuron-layout, which did not record the layout "
                         "settings that made it: lay the network out again (leave out --trajectory)")
-    changed = (differences(theirs.get("layout"), layout, "layout")
+    recorded = theirs.get("layout")
+    if isinstance(recorded, dict):  # written before layout.layers existed: the dense layers were laid out
+        recorded = {"layers": "dense", **recorded}
+    changed = (differences(recorded, layout, "layout")
                + differences(theirs.get("timeline"), timeline, "render.timeline"))
     if changed:
         raise UserError(f"{path} was laid out with other settings ({'; '.join(changed[:3])}"

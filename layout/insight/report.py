@@ -35,6 +35,7 @@ def structure_json(layers, ablation: Ablation | None, stability: Stability | Non
     for layer in layers:
         out["layers"].append({
             "layer": layer.layer + 1, "n_neurons": layer.n_neurons,  # numbered from 1, as in every output
+            "name": layer.title,
             "tests": [t.summary() for t in layer.tests],
             "verdict": {space: verdict(layer.find("silhouette", space)) for space in ("layout", "output")},
             "confusion": None if layer.confusion is None else layer.confusion.tolist(),
@@ -66,7 +67,7 @@ def markdown(summary: dict, name: str, plots: list[str]) -> str:
     lines += [f"- {v}" for v in summary["verdicts"]]
     lines += ["", "## Nulls", ""] + [f"- `{k}`: {v}" for k, v in summary["nulls"].items()]
     for layer in summary["layers"]:
-        lines += ["", f"## Layer {layer['layer']} ({layer['n_neurons']} neurons)", ""]
+        lines += ["", f"## {layer['name'].capitalize()} ({layer['n_neurons']} neurons)", ""]
         if not layer["tests"]:
             lines.append("Too few neurons to test.")
             continue
@@ -167,7 +168,7 @@ def write_report(out: Path, name: str, layers, ablation, stability, retrained, c
     """structure.json, report.md and a plot per tested layer; `plots_png` (layer -> PNG bytes, from an
     earlier run of the same tests) is written instead of plotting again."""
     def plot(layer: LayerStructure) -> Path:
-        path = out / f"structure_layer{layer.layer + 1}.png"
+        path = out / f"structure_layer{layer.file_number}.png"
         if plots_png and layer.layer in plots_png:
             return write_atomic(path, lambda f: f.write(plots_png[layer.layer]))
         return plot_layer(path, layer)

@@ -121,7 +121,7 @@ def retrained_stability(cfg: RunConfig, dataset: Dataset, features: NeuronFeatur
     seeds = tuple(cfg.train.seed + r for r in range(1, runs + 1))
     nets = [obtain_network(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=s)), dataset).network
             for s in seeds]
-    others = [neuron_features(net, dataset.test, cfg.layout.influence) for net in nets]
+    others = [neuron_features(net, dataset.test, cfg.layout.influence, cfg.layout.layers) for net in nets]
     particles = [make_particles(f, cfg.layout.anchors) for f in others]
     key = jax.random.key(cfg.layout.sim.seed)
     starts = np.stack([initial_positions(p, cfg.layout.sim.init, key) for p in particles])

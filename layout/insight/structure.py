@@ -271,6 +271,8 @@ class LayerInputs:
     activations: np.ndarray  # [n_test, n] activations over the test images
     relayouts: dict  # null name -> (positions [L, n, 3], dominant labels [L, n]) of laid-out null networks
     shuffled_label_vectors: np.ndarray | None  # [R, n, C] from networks trained on shuffled labels
+    untrained_vectors: Callable[[np.random.Generator, int], np.ndarray] | None = None  # (rng, count) -> [count, n, C]:
+    # the untrained null's vectors when not the MLP's weight products (untrained), e.g. a CNN's
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,16 @@ class LayerStructure:
     n_neurons: int
     tests: tuple[NullTest, ...]
     confusion: np.ndarray | None  # [C, C] dominant (rows) x activation-dominant (columns)
+    name: str = ""  # how the outputs call the layer, e.g. "layer 3 (dense)"; "": "layer <layer + 1>"
+    number: int = 0  # its number in file names: its place among the hidden layers, from 1; 0: layer + 1
+
+    @property
+    def file_number(self) -> int:
+        return self.number or self.layer + 1
+
+    @property
+    def title(self) -> str:
+        return self.name or f"layer {self.layer + 1}"
 
     def find(self, statistic: str, space: str, labels: str = "dominant") -> list[NullTest]:
         return [t for t in self.tests if (t.statistic, t.space, t.labels) == (statistic, space, labels)]
@@ -306,7 +318,8 @@ def layer_structure(x: LayerInputs, permutations_count: int, k: int, seed: int) 
     observed = observed_statistics(x.vectors, x.dominant, c, k)
     add("output", "dominant", "shuffled_columns", observed, vector_nulls(shuffled_columns(x.vectors, rng, count), k))
     add("output", "dominant", "untrained",
-        observed, vector_nulls(untrained(x.sizes, x.layer, x.activation, rng, count), k))
+        observed, vector_nulls(x.untrained_vectors(rng, count) if x.untrained_vectors else
+                               untrained(x.sizes, x.layer, x.activation, rng, count), k))
     if x.shuffled_label_vectors is not None and len(x.shuffled_label_vectors):
         add("output", "dominant", "shuffled_labels", observed, vector_nulls(x.shuffled_label_vectors, k))
     observed = observed_statistics(x.positions, x.dominant, c, k)

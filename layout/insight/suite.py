@@ -12,12 +12,13 @@ from typing import Callable
 import numpy as np
 
 from layout.core.config import RunConfig
-from layout.engine.features import NeuronFeatures, downstream_products, hidden_activations
+from layout.engine.features import NeuronFeatures, hidden_activations, output_vectors, params_of
 from layout.engine.particles import Particles
 from layout.insight.ablation import Ablation, ablate
 from layout.insight.selectivity import distribution, layer_tests, untrained_class_means
 from layout.insight.stability import Retrained, Stability, relayout, retrained_stability, stability
 from layout.insight.structure import LayerInputs, LayerStructure, layer_structure, shuffled_columns, untrained
+from layout.insight.untrained import conv_influence_nulls, untrained_layer_class_means
 from models.data.datasets import Dataset
 from models.network.network import Network
 from models.network.train import train
@@ -67,22 +68,35 @@ def run_structure_tests(cfg: RunConfig, subject: Subject,
 
     sc, f, net = cfg.structure, subject.features, subject.network
     test = subject.dataset.test
-    activations = hidden_activations(net, test.images)
+    hidden = f.hidden_layers or tuple(range(f.n_layers))  # each laid-out layer's place among the hidden ones
+    activations = hidden_activations(net, test.images, hidden)
     rng = np.random.default_rng([sc.seed, 99])
     layers_of = [f.layer == l for l in range(f.n_layers)]
+    conv_nulls = {h: conv_influence_nulls(net, h, test.images, max(sc.permutations, sc.layout_nulls), sc.seed)
+                  for h in hidden if net.hidden_kinds[h] == "conv"}
+
+    def untrained_vectors(l: int, generator: np.random.Generator, count: int) -> np.ndarray:
+        """[count, n_l, C] (a conv layer: at most CONV_NULLS) output vectors of untrained networks."""
+        if hidden[l] in conv_nulls:
+            return conv_nulls[hidden[l]][:count]
+        return untrained(net.sizes, hidden[l], net.activation, generator, count)
+
     relayouts = {}
     if sc.layout_nulls and cfg.render.timeline == "simulation":
         makers = {"shuffled_columns": lambda v, l: shuffled_columns(v, rng, sc.layout_nulls),
-                  "untrained": lambda v, l: untrained(net.sizes, l, net.activation, rng, sc.layout_nulls)}
+                  "untrained": lambda v, l: untrained_vectors(l, rng, sc.layout_nulls)}
         for name, make in makers.items():
             vectors = np.concatenate([make(f.output_vectors[m], l) for l, m in enumerate(layers_of)], axis=1)
             relayouts[name] = relayout(f, vectors, cfg.layout, sc.seed)
             part_done()
-    shuffled = shuffled_label_vectors(cfg, subject.dataset, sc.shuffled_label_runs)
+    shuffled = shuffled_label_vectors(cfg, subject.dataset, sc.shuffled_label_runs, hidden)
     if shuffled is not None:
         part_done()
     null_means = None
-    if sc.selectivity_nulls:
+    if sc.selectivity_nulls and net.has_conv:
+        null_means = untrained_layer_class_means(net, hidden, test.images, test.labels, sc.selectivity_nulls, sc.seed)
+        part_done()
+    elif sc.selectivity_nulls:
         null_means = untrained_class_means(net.sizes, net.activation, test.images, test.labels, sc.selectivity_nulls,
                                            np.random.default_rng([sc.seed, 7]))
         part_done()
@@ -90,17 +104,20 @@ def run_structure_tests(cfg: RunConfig, subject: Subject,
     for l, m in enumerate(layers_of):
         layers.append(layer_structure(LayerInputs(
             layer=l, sizes=net.sizes, activation=net.activation, vectors=f.output_vectors[m], dominant=f.dominant[m],
+            untrained_vectors=(lambda generator, count, l=l: untrained_vectors(l, generator, count)),
             activation_dominant=f.activation_dominant[m], positions=subject.positions[m],
             receptive_fields=f.receptive_fields[m].reshape(int(m.sum()), -1), activations=activations[l],
             relayouts={k: (v[0][:, m], v[1][:, m]) for k, v in relayouts.items()},
             shuffled_label_vectors=None if shuffled is None else shuffled[:, m]), sc.permutations, sc.k, sc.seed))
+        if f.field_kind != "weights":  # a CNN: the layer by its place among the hidden layers and its kind
+            layers[-1] = dataclasses.replace(layers[-1], name=f.layer_name(l), number=hidden[l] + 1)
         if null_means is not None and layers[-1].tests:
             layers[-1] = dataclasses.replace(layers[-1], tests=layers[-1].tests + tuple(
                 layer_tests(f.class_activation[m], null_means[l])))
         part_done()
     distributions = None if null_means is None else {
         l: distribution(f.class_activation[m], null_means[l]) for l, m in enumerate(layers_of)}
-    ablation = ablate(net, activations, test.labels, f.dominant, f.layer, sc.ablation_groups, sc.seed)
+    ablation = ablate(net, activations, test, f.dominant, f.layer, sc.ablation_groups, sc.seed, hidden)
     part_done()
     stable = None
     if sc.stability_seeds >= 2:
@@ -115,8 +132,9 @@ def run_structure_tests(cfg: RunConfig, subject: Subject,
     return Tested(tuple(layers), ablation, stable, retrained, selectivity=distributions)
 
 
-def shuffled_label_vectors(cfg: RunConfig, data: Dataset, runs: int) -> np.ndarray | None:
-    """[runs, N, C] output vectors of networks trained like this one on shuffled training labels."""
+def shuffled_label_vectors(cfg: RunConfig, data: Dataset, runs: int, hidden: tuple[int, ...]) -> np.ndarray | None:
+    """[runs, N, C] output vectors (of hidden layers `hidden`) of networks trained like this one on shuffled
+    training labels."""
     if not runs:
         return None
     rng = np.random.default_rng(cfg.structure.seed)
@@ -125,5 +143,6 @@ def shuffled_label_vectors(cfg: RunConfig, data: Dataset, runs: int) -> np.ndarr
         split = dataclasses.replace(data.train, labels=rng.permutation(data.train.labels))
         net = train(cfg.model, dataclasses.replace(cfg.train, seed=cfg.train.seed + 1 + r),
                     dataclasses.replace(data, train=split))
-        vectors.append(np.concatenate(downstream_products(net.weights)))
+        vectors.append(np.concatenate(output_vectors(params_of(net), net, data.test.images, hidden,
+                                                     cfg.layout.influence)))
     return np.stack(vectors).astype(np.float32)

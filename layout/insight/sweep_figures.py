@@ -47,17 +47,20 @@ TESTS = {  # column -> (statistic, space, labels) of the test; the p is the weak
     "agreement": ("agreement", "output", ""),
     "mantel_receptive_field": ("mantel_receptive_field", "output", ""),
     "mantel_coactivation": ("mantel_coactivation", "output", ""),
+    "selectivity": ("selectivity", "activations", ""),
 }
 
 
-def layer_rows(layer_structures, activations: list[np.ndarray], network, vectors: list[np.ndarray]) -> list[dict]:
-    """A row per hidden layer: its size, dead fraction, sparsity of the weights into it, dedication, and
+def layer_rows(layer_structures, activations: list[np.ndarray], network, vectors: list[np.ndarray],
+               hidden: tuple[int, ...], names: tuple[str, ...]) -> list[dict]:
+    """A row per laid-out layer (`hidden`: their places among the network's hidden layers, `names`: how
+    the tables call them): its size, dead fraction, sparsity of the weights into it, dedication, and
     each test's observed value with the weakest null's p-value."""
     rows = []
     for s in layer_structures:
         l = s.layer
-        row = {"layer": l + 1, "neurons": s.n_neurons, "dead_fraction": dead_fraction(activations[l]),
-               "weight_sparsity_in": weight_sparsity(network.weights[l]), "dedication": dedication(vectors[l])}
+        row = {"layer": names[l], "neurons": s.n_neurons, "dead_fraction": dead_fraction(activations[l]),
+               "weight_sparsity_in": weight_sparsity(network.weights[hidden[l]]), "dedication": dedication(vectors[l])}
         for column, (statistic, space, labels) in TESTS.items():
             tests = [t for t in s.tests if (t.statistic, t.space, t.labels) == (statistic, space, labels)]
             weakest = max(decisive(tests) or tests, key=lambda t: t.p if np.isfinite(t.p) else 2, default=None)

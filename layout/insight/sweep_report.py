@@ -10,13 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from layout.core.files import write_text
+from layout.core.sweep_file import value_label
 
 SEED_KEY = "train.seed"
 FIGURES = ("test_accuracy", "weight_sparsity", "dead_fraction", "weight_sparsity_in", "dedication")
 TESTED = ("silhouette_output", "hit_output", "ratio_output", "silhouette_3d", "hit_3d", "activation_hit_output",
-          "agreement", "mantel_receptive_field", "mantel_coactivation")
+          "agreement", "mantel_receptive_field", "mantel_coactivation", "selectivity")
 SUMMARY = ("test_accuracy", "dead_fraction", "weight_sparsity_in", "dedication", "silhouette_output",
-           "silhouette_3d", "activation_hit_output", "agreement", "mantel_receptive_field", "mantel_coactivation")
+           "silhouette_3d", "activation_hit_output", "agreement", "mantel_receptive_field", "mantel_coactivation",
+           "selectivity")
 MEANINGS = {
     "test_accuracy": "accuracy on the test set",
     "weight_sparsity": "fraction of all weights below 1% of their matrix's largest magnitude",
@@ -33,10 +35,13 @@ MEANINGS = {
     "agreement": "fraction of neurons whose weight-dominant and activation-dominant classes agree",
     "mantel_receptive_field": "Mantel r between output-vector and receptive-field distances",
     "mantel_coactivation": "Mantel r between output-vector distances and 1 - activation correlation",
+    "selectivity": "the layer's mean class-selectivity index, against untrained networks' (structure.selectivity_nulls)",
 }
 
 
 def value_text(v) -> str:
+    if isinstance(v, dict):
+        return value_label(v)
     if isinstance(v, float):
         return "" if not np.isfinite(v) else f"{v:.4g}"
     return str(v).replace(" ", "") if isinstance(v, (list, tuple)) else str(v)
@@ -104,7 +109,7 @@ def seed_summary(keys: tuple[str, ...], rows: list[dict]) -> str:
     for group_key, members in groups.items():
         cells = [*group_key[:-1], str(group_key[-1]), str(len(members))]
         for c in SUMMARY:
-            v = np.array([m[c] for m in members], float)
+            v = np.array([m.get(c, np.nan) for m in members], float)
             v = v[np.isfinite(v)]
             cells.append(f"{v.mean():.3f} +/- {v.std(ddof=1) if len(v) > 1 else 0:.3f}" if len(v) else "n/a")
         for space in ("output", "3d"):

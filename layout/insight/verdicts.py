@@ -79,10 +79,10 @@ def verdicts(layers: tuple[LayerStructure, ...], retrained: Retrained | None = N
     lines = []
     for layer in layers:
         if not layer.tests:
-            lines.append(f"layer {layer.layer + 1}: {layer.n_neurons} neurons, too few to test")
+            lines.append(f"{layer.title}: {layer.n_neurons} neurons, too few to test")
             continue
         for space in ("layout", "output"):
-            lines.append(f"layer {layer.layer + 1}, {headline(layer, space)}")
+            lines.append(f"{layer.title}, {headline(layer, space)}")
     if retrained is not None:
         lines.append(retrained_headline(retrained))
     return lines

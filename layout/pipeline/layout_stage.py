@@ -55,7 +55,7 @@ def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: b
     so that changing only render settings never runs the simulation again; `trajectory_file` (a
     trajectory.npz written for this network) is used instead of simulating."""
     start = time.perf_counter()
-    features = neuron_features(trained.network, trained.dataset.test, cfg.layout.influence)
+    features = neuron_features(trained.network, trained.dataset.test, cfg.layout.influence, cfg.layout.layers)
     particles = make_particles(features, cfg.layout.anchors)
     timeline = cfg.render.timeline
     snapshots = trained.network.snapshots.weights if timeline == "training" else ()
@@ -95,7 +95,8 @@ def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: b
         layout_key=key,
         reused=loaded is not None,
     )
-    top, bottom = top_examples(trained.network, trained.dataset.test.images, cfg.render.top_images)
+    top, bottom = top_examples(trained.network, trained.dataset.test.images, cfg.render.top_images,
+                               features.hidden_layers)
     written = (
         save_trajectory(out / "trajectory.npz", trajectory, particles, features, made_by, labels),
         write_neurons_csv(out / "neurons.csv", features, trajectory.final[:n], distortion, trained.network.classes),
@@ -114,7 +115,8 @@ def layout_summary(result: LayoutResult) -> str:
     settled = "settled" if f["settled"] else "did not settle"
     settled += ", reused from cache" if f["reused"] else ""
     sampled = "" if f["exact"] else f" (estimated from a sample of {f['n_queries']} neurons)"
-    return (f"layout of {f['n_neurons']} neurons with {', '.join(f['terms'])}: {f['steps']} steps, {settled}, "
+    how = "" if result.features.influence == "weights" else f" (output vectors: {result.features.influence} influence)"
+    return (f"layout of {f['n_neurons']} neurons{how} with {', '.join(f['terms'])}: {f['steps']} steps, {settled}, "
             f"{f['seconds']:.1f} s\n"
             f"faithfulness{sampled}: stress {num('normalized_stress')}, spearman {num('spearman')}, "
             f"knn recall@{f['k']} {num('knn_recall')}, trustworthiness {num('trustworthiness')}\n"

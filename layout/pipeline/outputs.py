@@ -19,18 +19,19 @@ NEURON_COLUMNS = ("id", "layer", "index", "dominant", "activation_dominant", "x"
 
 def write_neurons_csv(path: Path, features: NeuronFeatures, positions: np.ndarray, distortion: np.ndarray,
                       classes: tuple[int, ...], extra: dict[str, np.ndarray] | None = None) -> Path:
-    """One row per hidden neuron; layers numbered from 1 (the first hidden layer), classes written as their
+    """One row per laid-out neuron; layers numbered from 1 among the hidden layers (a CNN's conv layers
+    count), classes written as their
     original labels; `extra` adds columns (the structure stage's ablation drops and stability spread)."""
     extra = extra or {}
     selective = indices(features.class_activation)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(NEURON_COLUMNS + tuple(extra))
-    labels = np.asarray(classes)
+    labels, numbers = np.asarray(classes), features.layer_numbers
     for i in range(features.n_neurons):
         values = (distortion[i], selective["selectivity"][i], selective["effective_classes"][i],
                   *(column[i] for column in extra.values()))
-        writer.writerow([i, int(features.layer[i]) + 1, int(features.index[i]), int(labels[features.dominant[i]]),
+        writer.writerow([i, int(numbers[i]), int(features.index[i]), int(labels[features.dominant[i]]),
                          int(labels[features.activation_dominant[i]]), *(f"{v:.6g}" for v in positions[i]),
                          *("" if np.isnan(v) else f"{v:.6g}" for v in values)])
     return write_text(path, text.getvalue())

@@ -119,14 +119,21 @@ def n_snapshots(cfg: RunConfig, n_train: int) -> int:
     return cfg.train.epochs * per_epoch // cfg.train.snapshot_every
 
 
-def check_layers(cfg: RunConfig, n_classes: int, n_train: int, n_test: int, lays_out: bool,
-                 available: int | None = None) -> None:
+def check_laid_out(cfg: RunConfig, kinds: tuple[str, ...], network: str) -> None:
+    """layout.layers names layers the network has: conv channels only in a CNN, dense neurons only where
+    a dense hidden layer exists. kinds: 'conv' or 'dense' per hidden layer; network: what it is, in words."""
+    which = cfg.layout.layers
+    if which == "conv" and "conv" not in kinds:
+        raise ConfigError(f"layout.layers = conv lays out a CNN's conv channels, but {network} has no conv layer: "
+                          "use layout.layers: dense")
+    if which == "dense" and "dense" not in kinds:
+        raise ConfigError(f"layout.layers = dense, but {network} has no dense hidden layer: use layout.layers: conv "
+                          "(its channels) or all")
+
+
+def check_layers(cfg: RunConfig, n_classes: int, n_train: int, n_test: int, available: int | None = None) -> None:
     """A network of model.layers: trainable here (its weights, optimizer state and snapshots, and its
-    activations on the whole test set at once, as each epoch evaluates), but not yet laid out."""
-    if lays_out:
-        raise ConfigError("model.layers describes a CNN, which python -m layout.train trains, but whose neurons "
-                          "cannot be laid out yet: train it with python -m layout.train, or lay out an MLP "
-                          "(model.hidden)")
+    activations on the whole test set at once, as each epoch evaluates)."""
     available = available_memory() if available is None else available
     n_params = count_layer_params(cfg.model.layers, n_classes)
     units = sum(math.prod(shape) for shape in check_shapes(cfg.model.layers))

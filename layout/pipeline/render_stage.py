@@ -41,7 +41,7 @@ def colorings_for(cfg: RunConfig, trained: TrainResult, laid: LayoutResult,
     test images (none: by dominant class; spread and ablation need the structure stage)."""
     names = laid.features.class_names
     if cfg.render.probe is not None:
-        return probe_colorings(cfg, trained, names)
+        return probe_colorings(cfg, trained, names, laid.features.hidden_layers)
     return (*measured_colorings(cfg, trained, laid, structure), ())
 
 
@@ -53,7 +53,8 @@ def measured_colorings(cfg: RunConfig, trained: TrainResult, laid: LayoutResult,
         return colored(laid.features.class_activation, tuple(f"mean activation, {c}" for c in names), "mean activation")
     if cfg.render.color_by == "image":
         test, i = trained.dataset.test, cfg.render.image_index
-        values = np.concatenate(hidden_activations(trained.network, test.images[i:i + 1]), axis=1).T
+        values = np.concatenate(hidden_activations(trained.network, test.images[i:i + 1], laid.features.hidden_layers),
+                                axis=1).T
         return colored(values, (f"activation for test image {i} ({names[test.labels[i]]})",), "activation")
     if cfg.render.color_by == "spread" and structure is not None and structure.stability is not None:
         return colored(structure.stability.spread[:, None], ("positional spread over the stability seeds",),
@@ -73,23 +74,24 @@ def probed_images(cfg: RunConfig, labels: np.ndarray, n_classes: int) -> list[in
     return [int(cfg.render.probe)]
 
 
-def probe_colorings(cfg: RunConfig, trained: TrainResult, names: tuple[str, ...]) -> tuple[tuple, ColorScale, tuple]:
+def probe_colorings(cfg: RunConfig, trained: TrainResult, names: tuple[str, ...], layers: tuple[int, ...]
+                    ) -> tuple[tuple, ColorScale, tuple]:
     """The neurons coloured by their activation on each probed image, its caption the image's label, the
     network's prediction and its class probabilities."""
     test = trained.dataset.test
     chosen = probed_images(cfg, test.labels, len(names))
-    activations, probabilities = probe(trained.network, test.images[chosen])
+    activations, probabilities = probe(trained.network, test.images[chosen], layers)
     captions = tuple(probe_caption(i, names[test.labels[i]], p, names) for i, p in zip(chosen, probabilities))
     return (*colored(activations.T, captions, "activation on the probed image"), tuple(test.images[chosen]))
 
 
-def window_probe(cfg: RunConfig, trained: TrainResult) -> ProbeData | None:
+def window_probe(cfg: RunConfig, trained: TrainResult, layers: tuple[int, ...]) -> ProbeData | None:
     """With render.probe, every test image's activations and class probabilities, so that the window can
     step through them (None without a probe, or when they would take more than PROBE_FLOATS)."""
     test = trained.dataset.test
     if cfg.render.probe is None or len(test.labels) * (sum(trained.network.sizes[1:]) + 1) > PROBE_FLOATS:
         return None
-    activations, probabilities = probe(trained.network, test.images)
+    activations, probabilities = probe(trained.network, test.images, layers)
     start = probed_images(cfg, test.labels, trained.network.sizes[-1])[0]
     return ProbeData(test.images, test.labels, activations, probabilities, start)
 
@@ -165,7 +167,8 @@ def glyph_note(cfg: RunConfig, f: NeuronFeatures) -> str | None:
 
 
 def atlas_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: Path) -> tuple[Path, ...]:
-    """atlas_layerN.png and atlas_top_layerN.png for every hidden layer (ids as in neurons.csv)."""
+    """atlas_layerN.png and atlas_top_layerN.png for every laid-out layer, N its number among the hidden
+    layers as neurons.csv has it (ids as in neurons.csv)."""
     f = laid.features
     if not has_images(f):  # inputs that are no images have no pictures to show
         return ()
@@ -173,10 +176,12 @@ def atlas_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: P
     written = []
     for l in range(f.n_layers):
         m = np.flatnonzero(f.layer == l)
-        title = f"{cfg.name}, layer {l + 1}: {len(m)} neurons"
-        written.append(write_sheet(out / f"atlas_layer{l + 1}.png", class_atlas(
+        number = int(f.layer_numbers[m[0]])
+        shown = "" if f.field_kind == "weights" else f", {f.field_kind}s"
+        title = f"{cfg.name}, {f.layer_name(l)}: {len(m)} neurons{shown}"
+        written.append(write_sheet(out / f"atlas_layer{number}.png", class_atlas(
             tiles[m], f.dominant[m], norms[m], f.output_vectors[m], m, f.class_names, title)))
-        written.append(write_sheet(out / f"atlas_top_layer{l + 1}.png", examples_atlas(
+        written.append(write_sheet(out / f"atlas_top_layer{number}.png", examples_atlas(
             tiles[m], trained.dataset.test.images, laid.top[m], laid.bottom[m], norms[m], m, title)))
     return tuple(written)
 
@@ -196,7 +201,7 @@ def details_for(laid: LayoutResult, test_images: np.ndarray | None = None) -> Ne
     f = laid.features
     selective = indices(f.class_activation)
     return NeuronDetails(receptive_fields=f.receptive_fields, output_vectors=f.output_vectors,
-                         class_activation=f.class_activation, layer=f.layer + 1, index=f.index, dominant=f.dominant,
+                         class_activation=f.class_activation, layer=f.layer_numbers, index=f.index, dominant=f.dominant,
                          activation_dominant=f.activation_dominant, selectivity=selective["selectivity"],
                          effective_classes=selective["effective_classes"],
                          top=laid.top if test_images is not None else None,

@@ -59,7 +59,7 @@ def structure_key(cfg: RunConfig, network_key: str, data_key: str, layout_key: s
     """Everything the results depend on: the network, the data (its test set gives the activations; its
     training set, with the model and train sections, the retrained and shuffled-label networks), the
     layout and its final positions [N, 3], and the structure settings."""
-    return fingerprint({"version": 3, "network": network_key, "data": data_key, "model": cfg.model, "train": cfg.train,
+    return fingerprint({"version": 4, "network": network_key, "data": data_key, "model": cfg.model, "train": cfg.train,
                         "layout": layout_key, "structure": cfg.structure,
                         "positions": hashlib.sha256(np.ascontiguousarray(positions).tobytes()).hexdigest()})[:20]
 

@@ -38,10 +38,12 @@ def run_point(cfg: RunConfig, out: Path, retrain: bool) -> tuple[list[dict], Pat
     write_json(out / "metrics.json", run_figures(trained.figures, laid.figures, structure.figures))
     snapshot, _ = render_stage(scene_for(cfg, trained, laid, structure), cfg, out, ("png",))  # (no notes for a png)
     net, f = trained.network, laid.features
-    activations = hidden_activations(net, trained.dataset.test.images)
+    hidden = f.hidden_layers or tuple(range(f.n_layers))
+    activations = hidden_activations(net, trained.dataset.test.images, hidden)
     vectors = [f.output_vectors[f.layer == l] for l in range(f.n_layers)]
     common = {"test_accuracy": net.test_accuracy, "weight_sparsity": network_sparsity(net.weights)}
-    rows = [{**common, **row} for row in layer_rows(structure.layers, activations, net, vectors)]
+    names = tuple(f.layer_name(l).removeprefix("layer ") for l in range(f.n_layers))
+    rows = [{**common, **row} for row in layer_rows(structure.layers, activations, net, vectors, hidden, names)]
     return rows, snapshot[0] if snapshot else None
 
 

@@ -11,9 +11,17 @@ from pathlib import Path
 
 from layout.core.config import ModelConfig, RunConfig, config_to_yaml
 from layout.core.files import cache_dir, write_text
+from layout.core.layers import hidden_kinds
 from layout.core.memory import gigabytes
 from layout.core.progress import progress_bar
-from layout.pipeline.preflight import check_fits_data, check_layers, check_memory, check_snapshots, check_trainable
+from layout.pipeline.preflight import (
+    check_fits_data,
+    check_laid_out,
+    check_layers,
+    check_memory,
+    check_snapshots,
+    check_trainable,
+)
 from models.data.datasets import Dataset, load_dataset
 from models.network.mlp import layer_sizes
 from models.network.network import Network
@@ -54,16 +62,22 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
     if given is not None:
         check_fits(given, dataset, network_file)
         check_snapshots(cfg, len(given.snapshots.step), network_file, lays_out)
+        if lays_out:
+            check_laid_out(cfg, given.hidden_kinds, f"the network in {network_file}")
         if given.layers is not None:  # a CNN's file
-            check_layers(with_model_of(cfg, given, network_file)[0], dataset.n_classes, n_train, n_test, lays_out)
+            check_layers(with_model_of(cfg, given, network_file)[0], dataset.n_classes, n_train, n_test)
         else:
             check_memory(cfg, given.sizes, n_train, n_test, given_snapshots=len(given.snapshots.step),
                          lays_out=lays_out)
     elif cfg.model.layers is not None:
         check_trainable(cfg, dataset)
-        check_layers(cfg, dataset.n_classes, n_train, n_test, lays_out)
+        if lays_out:
+            check_laid_out(cfg, hidden_kinds(cfg.model.layers), "model.layers")
+        check_layers(cfg, dataset.n_classes, n_train, n_test)
     else:
         check_trainable(cfg, dataset)
+        if lays_out:
+            check_laid_out(cfg, ("dense",) * len(cfg.model.hidden), "the MLP of model.hidden")
         check_memory(cfg, layer_sizes(N_INPUTS, cfg.model.hidden, dataset.n_classes), n_train, n_test,
                      lays_out=lays_out)
     if given is not None:

@@ -57,12 +57,41 @@ def init_layers(key: jax.Array, layers: tuple[Layer, ...], activation: str, n_cl
              "b": jnp.zeros(b, jnp.float32)} for k, (w, b) in zip(keys, shapes)]
 
 
+def hidden_positions(layers: tuple[Layer, ...]) -> list[int]:
+    """The positions in `layers` of the hidden layers (those with weights: conv and dense), in order."""
+    return [i for i, layer in enumerate(layers) if isinstance(layer, (Conv, Dense))]
+
+
 def apply_layers(params: Params, x: jnp.ndarray, layers: tuple[Layer, ...], activation: str
                  ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
     """Forward pass on images [batch, 784] scaled to 0..1: (logits, the activations after every conv
     ([batch, C, H, W]) and dense ([batch, units]) hidden layer)."""
-    act = ACTIVATIONS[activation]
-    h = x.reshape(x.shape[0], *INPUT_SHAPE)
+    return run_layers(params, x.reshape(x.shape[0], *INPUT_SHAPE), layers, activation)
+
+
+def apply_above(params: Params, h: jnp.ndarray, layers: tuple[Layer, ...], activation: str,
+                hidden: int) -> jnp.ndarray:
+    """The logits from hidden layer `hidden`'s activations `h` (as apply_layers returns them): the
+    layers above it run on h."""
+    position = hidden_positions(layers)[hidden]
+    return run_layers(params[hidden + 1:], h, layers[position + 1:], activation)[0]
+
+
+def pool(h: jnp.ndarray, layer: Pool) -> jnp.ndarray:
+    """Non-overlapping pooling of [n, C, H, W] by layer.size (rows and columns that do not fill a window
+    are dropped, as PyTorch's default does), as a reshape and a max or mean: the same values as
+    lax.reduce_window with stride = size, and far faster to differentiate on a CPU."""
+    k = layer.size
+    n, c, height, width = h.shape
+    blocks = h[:, :, :height // k * k, :width // k * k].reshape(n, c, height // k, k, width // k, k)
+    return blocks.max((3, 5)) if layer.kind == "max" else blocks.mean((3, 5))
+
+
+def run_layers(params: Params, h: jnp.ndarray, layers: tuple[Layer, ...], activation: str
+               ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
+    """`layers`, then the output layer, on h: params are the weighted layers' among them, the output
+    layer's last. activation: a name, or the function itself."""
+    act = ACTIVATIONS[activation] if isinstance(activation, str) else activation
     hidden, weights = [], iter(params)
     for layer in layers:
         if isinstance(layer, Conv):
@@ -73,11 +102,7 @@ def apply_layers(params: Params, x: jnp.ndarray, layers: tuple[Layer, ...], acti
             h = act(h + p["b"][None, :, None, None])
             hidden.append(h)
         elif isinstance(layer, Pool):
-            window = (1, 1, layer.size, layer.size)
-            if layer.kind == "max":
-                h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, window, window, "VALID")
-            else:
-                h = jax.lax.reduce_window(h, 0.0, jax.lax.add, window, window, "VALID") / layer.size ** 2
+            h = pool(h, layer)
         elif isinstance(layer, Flatten) or (isinstance(layer, Dense) and h.ndim == 4):
             h = h.reshape(h.shape[0], -1)
         if isinstance(layer, Dense):

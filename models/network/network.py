@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from layout.core.layers import Conv, Dense, Layer, hidden_kinds
+
 
 @dataclass(frozen=True)
 class History:
@@ -56,6 +58,20 @@ class Network:
     train_seconds: float
     epochs: int
     layers: tuple | None = None  # model.layers for a CNN (layout/core/layers.py); None: the MLP of `sizes`
+
+    @property
+    def layer_list(self) -> tuple[Layer, ...]:
+        """The hidden layers as model.layers describes them (an MLP's as dense layers)."""
+        return self.layers if self.layers is not None else tuple(Dense(n) for n in self.sizes[1:-1])
+
+    @property
+    def hidden_kinds(self) -> tuple[str, ...]:
+        """'conv' or 'dense' for each hidden layer (each layer with weights but the output layer)."""
+        return hidden_kinds(self.layer_list)
+
+    @property
+    def has_conv(self) -> bool:
+        return any(isinstance(layer, Conv) for layer in self.layer_list)
 
     @property
     def n_params(self) -> int:
