@@ -171,7 +171,7 @@ def test_the_probe_colours_neurons_by_their_activation_on_the_image(shared_data)
     logits = hidden @ network.weights[1] + network.biases[1]
     p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     cfg = RunConfig(render=RenderConfig(probe=7))
-    (coloring,), scale, images = probe_colorings(cfg, trained, network.class_names)
+    (coloring,), scale, images = probe_colorings(cfg, trained, network.class_names, (0,))
     caption, rgb, share = coloring
     np.testing.assert_allclose(share, np.clip(hidden / hidden.max(), 0, 1), atol=1e-5)
     np.testing.assert_array_equal(rgb, style.activation_rgb(hidden.astype(np.float32)))
@@ -180,7 +180,7 @@ def test_the_probe_colours_neurons_by_their_activation_on_the_image(shared_data)
     assert caption.startswith(f"probe: test image 7, a {label}; predicted {network.class_names[p.argmax()]} "
                               f"{p.max():.2f}")
     per_class = RunConfig(render=RenderConfig(probe="per_class"))
-    colorings, _, images = probe_colorings(per_class, trained, network.class_names)
+    colorings, _, images = probe_colorings(per_class, trained, network.class_names, (0,))
     assert len(colorings) == len(images) == 10
     assert [dataset.test.labels[np.flatnonzero((dataset.test.images == im).all((1, 2)))[0]] for im in images] == \
         list(range(10))  # one test image of each class, in class order
