@@ -219,7 +219,7 @@ def pipeline(args: argparse.Namespace) -> int:
                    + exported)
     say_written(folder, written)
     if window:
-        details = details_for(laid, trained.dataset.test.images)
+        details = details_for(laid, trained.dataset.test.images, trained.network)
         show_window(scene, cfg.render, details, probe=window_probe(cfg, trained, laid.features.hidden_layers))
     return 0
 

@@ -28,7 +28,8 @@ class NeuronDetails:
     layer [N] (numbered from 1, the first hidden layer, as in every output), index [N] (within its layer),
     dominant [N], activation_dominant [N]; selectivity and effective_classes [N] (NaN where undefined);
     top and bottom [N, k]: the test images that activate it most and least, indices into `images`
-    [n_test, 28, 28] uint8."""
+    [n_test, 28, 28] uint8; filters [N, kh, kw]: a CNN's first conv layer's kernels, NaN for every other
+    neuron (shown beside the field when given)."""
 
     receptive_fields: np.ndarray
     output_vectors: np.ndarray
@@ -42,6 +43,7 @@ class NeuronDetails:
     top: np.ndarray | None = None
     bottom: np.ndarray | None = None
     images: np.ndarray | None = None
+    filters: np.ndarray | None = None
 
 
 def describe(details: NeuronDetails, names: tuple[str, ...], i: int) -> str:
@@ -107,6 +109,8 @@ class Panel:
     activation: pv.BarPlot
     top: pv.ImageData | None
     bottom: pv.ImageData | None
+    filter: pv.ImageData | None = None
+    filter_zoom: int = 1
 
 
 def add_panel(plotter: pv.Plotter, details: NeuronDetails, class_names: tuple[str, ...], width: int,
@@ -146,7 +150,20 @@ def add_panel(plotter: pv.Plotter, details: NeuronDetails, class_names: tuple[st
             plotter.add_text(label, position=(MARGIN, y + 29), font_size=7, color=style.TEXT_COLOR)
             top, bottom = (strip, bottom) if row == 0 else (top, strip)
     panel = Panel(details, class_names, text, field, k, bar, charts[0], charts[1], top, bottom)
+    if details.filters is not None:  # a CNN's first conv layer: its kernel at the right of the field
+        kh, kw = details.filters.shape[1:]
+        zoom_by = max(1, min(2 * k, (width // 4 - MARGIN) // kw))
+        x, y = width - MARGIN - kw * zoom_by, field_top - 28 * k
+        actor, panel.filter = image_actor(filter_rgb(details.filters[0], zoom_by), x, y)
+        renderer.AddViewProp(actor)
+        plotter.add_text("filter", position=(x, y + kh * zoom_by + 2), font_size=7, color=style.TEXT_COLOR)
+        panel.filter_zoom = zoom_by
     return panel
+
+
+def filter_rgb(kernel: np.ndarray, k: int) -> np.ndarray:
+    """A conv kernel in the diverging map at k x k pixels per weight; blank (white) where it is NaN."""
+    return field_rgb(np.nan_to_num(kernel), k)
 
 
 def show_neuron(panel: Panel, i: int) -> None:
@@ -162,6 +179,8 @@ def show_neuron(panel: Panel, i: int) -> None:
     colour = style.CLASS_COLORS[int(d.dominant[i]) % len(style.CLASS_COLORS)]
     panel.weights.color = colour
     panel.activation.color = style.CLASS_COLORS[int(d.activation_dominant[i]) % len(style.CLASS_COLORS)]
+    if panel.filter is not None:
+        set_rgb(panel.filter, filter_rgb(d.filters[i], panel.filter_zoom))
     if panel.top is not None:
         set_rgb(panel.top, digits_strip(d.images, d.top[i]))
         set_rgb(panel.bottom, digits_strip(d.images, d.bottom[i]))

@@ -321,3 +321,30 @@ def test_the_cnn_config_writes_every_output_for_its_channels_and_dense_neurons(t
     for n in widths:  # a tile per neuron: bigger sheets for bigger layers
         assert imageio.imread(out / f"atlas_layer{n}.png").std() > 5
     assert "Traceback" not in result.stderr and "output vectors: jacobian (conv), weights (dense)" in result.stdout
+
+
+def test_the_details_panel_shows_a_first_layer_channels_filter(trained_cnn, shared_data):
+    """Clicking a channel of the first conv layer shows its 5x5 kernel at exact pixels beside its feature
+    visualisation; a neuron of another layer has no filter (blank)."""
+    import pyvista as pv
+
+    from layout.engine.features import neuron_features
+    from layout.pipeline.layout_stage import LayoutResult
+    from layout.pipeline.render_stage import details_for
+    from render.panel import add_panel, field_rgb, show_neuron
+
+    network = load_network(trained_cnn / "network.npz")
+    f = neuron_features(network, few_test_images(shared_data), "weights", "all")
+    laid = LayoutResult(f, particles=None, trajectory=None, figures={}, written=(), distortion=np.zeros(f.n_neurons))
+    details = details_for(laid, None, network)
+    assert details.filters.shape == (f.n_neurons, 5, 5) and f.layer_numbers[:4].tolist() == [1] * 4
+    np.testing.assert_array_equal(details.filters[:4], network.weights[0][:, 0])
+    assert np.isnan(details.filters[4:]).all()
+    plotter = pv.Plotter(off_screen=True, window_size=(420, 720))
+    panel = add_panel(plotter, details, f.class_names, 420, 720)
+    for i, kernel in ((2, network.weights[0][2, 0]), (10, np.zeros((5, 5)))):
+        show_neuron(panel, i)
+        size = 5 * panel.filter_zoom
+        shown = np.flipud(np.asarray(panel.filter.point_data["rgb"]).reshape(size, size, 3))
+        np.testing.assert_array_equal(shown, field_rgb(kernel, panel.filter_zoom))
+    plotter.close()

@@ -94,16 +94,21 @@ def point_label(point: dict) -> str:
 
 
 def value_label(value) -> str:
-    """A grid value as the labels show it: JSON, but a whole model in words ('mlp 100 sigmoid', 'cnn
-    conv6 maxpool2 conv16 maxpool2 flatten dense120 dense84 relu')."""
+    """A grid value as the labels show it: JSON, but a whole model in short words ('mlp 100 sigmoid',
+    'cnn c6-max2-c16-max2-f-d120-d84 relu': conv channels, pool kind and size, flatten, dense units)."""
     if isinstance(value, dict) and ("hidden" in value or "layers" in value):
         if value.get("layers") is not None:
-            layers = parse_layers(value["layers"])
-            parts = ["cnn", *(describe(layer).split("@")[0].replace(" ", "") for layer in layers)]
+            parts = ["cnn", "-".join(short_layer(layer) for layer in parse_layers(value["layers"]))]
         else:
             parts = ["mlp", "-".join(map(str, value.get("hidden") or []))]
         return " ".join(parts + ([str(value["activation"])] if "activation" in value else []))
     return json.dumps(value, separators=(",", ":"))
+
+
+def short_layer(layer) -> str:
+    """'c6', 'max2', 'f', 'd120'."""
+    words = describe(layer).split("@")[0].split()  # 'conv 6', 'max pool 2', 'flatten', 'dense 120'
+    return {"conv": "c", "dense": "d"}.get(words[0], words[0]) + words[-1] if len(words) > 1 else "f"
 
 
 def short_name(key: str, keys) -> str:

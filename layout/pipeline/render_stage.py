@@ -15,6 +15,7 @@ from layout.insight.selectivity import INDICES, indices
 from layout.pipeline.layout_stage import LayoutResult
 from layout.pipeline.structure_stage import StructureResult
 from layout.pipeline.train_stage import TrainResult
+from models.network.network import Network
 from render.atlas import (
     class_atlas,
     examples_atlas,
@@ -195,9 +196,23 @@ def render_stage(data: SceneData, cfg: RunConfig, out: Path, formats: tuple[str,
         return export(data, out, formats, render, on_frame=bar.advance_to), notes
 
 
-def details_for(laid: LayoutResult, test_images: np.ndarray | None = None) -> NeuronDetails:
+def first_filters(f: NeuronFeatures, network: Network | None) -> np.ndarray | None:
+    """[N, kh, kw]: each laid-out channel of a CNN's first conv layer its kernel (of the one input channel),
+    NaN for every other neuron; None when no such channel is laid out."""
+    first = np.flatnonzero(f.layer_numbers == 1)
+    if network is None or not network.has_conv or network.hidden_kinds[0] != "conv" or not len(first):
+        return None
+    kernels = network.weights[0][:, 0]  # [channels, kh, kw]
+    filters = np.full((f.n_neurons, *kernels.shape[1:]), np.nan, np.float32)
+    filters[first] = kernels[f.index[first]]
+    return filters
+
+
+def details_for(laid: LayoutResult, test_images: np.ndarray | None = None,
+                network: Network | None = None) -> NeuronDetails:
     """What the window shows about a clicked neuron (layers numbered from 1, as in every output), with
-    its top and bottom test images when `test_images` are given."""
+    its top and bottom test images when `test_images` are given, and a CNN's first-layer kernels when
+    its `network` is."""
     f = laid.features
     selective = indices(f.class_activation)
     return NeuronDetails(receptive_fields=f.receptive_fields, output_vectors=f.output_vectors,
@@ -205,4 +220,5 @@ def details_for(laid: LayoutResult, test_images: np.ndarray | None = None) -> Ne
                          activation_dominant=f.activation_dominant, selectivity=selective["selectivity"],
                          effective_classes=selective["effective_classes"],
                          top=laid.top if test_images is not None else None,
-                         bottom=laid.bottom if test_images is not None else None, images=test_images)
+                         bottom=laid.bottom if test_images is not None else None, images=test_images,
+                         filters=first_filters(f, network))

@@ -52,8 +52,9 @@ def sheet_title(i: int, point: dict, rows: list[dict], error: str | None = None)
     why it failed)."""
     if error:
         return f"{i:02d}: {point_label(point)}\nfailed: {error}"
-    layers = ", ".join(f"L{r['layer']} {r['silhouette_3d']:.2f} (p {r['silhouette_3d_p']:.2g})" for r in rows)
-    return f"{i:02d}: {point_label(point)}\naccuracy {rows[0]['test_accuracy']:.3f}; 3D silhouette {layers}"
+    layers = [f"L{r['layer']} {r['silhouette_3d']:.2f} (p {r['silhouette_3d_p']:.2g})" for r in rows]
+    lines = [", ".join(layers[i:i + 2]) for i in range(0, len(layers), 2)]  # two layers a line: captions fit
+    return f"{i:02d}: {point_label(point)}\naccuracy {rows[0]['test_accuracy']:.3f}; 3D silhouette " + "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
