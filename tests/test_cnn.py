@@ -276,51 +276,56 @@ def test_untrained_channels_are_not_called_structure(shared_data):
     assert verdict(structure.find("silhouette", "output")) != "real structure"
 
 
-def test_the_cnn_config_writes_every_output_for_its_channels_and_dense_neurons(tmp_path, shared_data):
-    """python -m layout.run configs/cnn.yaml --no-window --export mp4 png, with every layer laid out (short
-    training and small nulls to keep it quick): every file, and contents that agree with each other."""
+@pytest.mark.parametrize("which", ["dense", "all"])
+def test_the_cnn_config_writes_every_output_for_its_channels_and_dense_neurons(tmp_path, shared_data, which):
+    """python -m layout.run configs/cnn.yaml --no-window --export mp4 png, with its dense layers (the
+    default) or every layer laid out (short training and small nulls to keep it quick): every file, and
+    contents that agree with each other, the layers numbered among the network's hidden layers."""
     import csv
 
     import imageio.v2 as imageio
 
     from tests.test_render import decode_mp4
 
-    settings = ("train.epochs=2", "layout.layers=all", "structure.permutations=19", "structure.layout_nulls=19",
+    settings = ("train.epochs=2", f"layout.layers={which}", "structure.permutations=19", "structure.layout_nulls=19",
                 "structure.selectivity_nulls=19", "structure.ablation_groups=19", "structure.stability_seeds=2",
                 "render.settle_seconds=0.5", "render.orbit_seconds=0.5", "render.width=320", "render.height=240")
     result = run_layout(tmp_path, REPO / "configs" / "cnn.yaml", "--export", "mp4", "png", "--data-dir",
                         str(shared_data), *(a for s in settings for a in ("--set", s)))
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
-    widths = {1: 6, 2: 16, 3: 120, 4: 84}  # conv 6, conv 16, dense 120, dense 84
+    widths = {1: 6, 2: 16, 3: 120, 4: 84} if which == "all" else {3: 120, 4: 84}  # conv 6, conv 16, dense 120, 84
+    n = sum(widths.values())
     expected = {"config.yaml", "network.npz", "trajectory.npz", "neurons.csv", "top_images.npz", "structure.json",
                 "report.md", "metrics.json", "layout.mp4", "snapshot.png", "manifest.json",
                 *(f"{kind}_layer{n}.png" for n in widths for kind in ("structure", "atlas", "atlas_top"))}
     assert {p.name for p in out.iterdir()} == expected
     with open(out / "neurons.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 226
+    assert len(rows) == n
     assert {n: sum(int(r["layer"]) == n for r in rows) for n in widths} == widths
     with np.load(out / "top_images.npz") as z:
-        assert z["top"].shape == (226, 9) and z["top"].max() < 10_000
+        assert z["top"].shape == (n, 9) and z["top"].max() < 10_000
     with np.load(out / "trajectory.npz") as z:
         meta = json.loads(str(z["meta"]))
-        assert meta["n_neurons"] == 226 and meta["made_by"]["layout"]["layers"] == "all"
+        assert meta["n_neurons"] == n and meta["made_by"]["layout"]["layers"] == which
     structure = json.loads((out / "structure.json").read_text())
     assert [layer["name"] for layer in structure["layers"]] == [
-        "layer 1 (conv)", "layer 2 (conv)", "layer 3 (dense)", "layer 4 (dense)"]
+        f"layer {k} ({'conv' if k < 3 else 'dense'})" for k in widths]
     assert [layer["n_neurons"] for layer in structure["layers"]] == list(widths.values())
     assert any(v.startswith("layer 4 (dense), dominance clustering") for v in structure["verdicts"])
     report = (out / "report.md").read_text()
-    assert "## Layer 1 (conv) (6 neurons)" in report and "## Layer 4 (dense) (84 neurons)" in report
+    assert "## Layer 4 (dense) (84 neurons)" in report
+    assert ("## Layer 1 (conv) (6 neurons)" in report) == (which == "all")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["layout"]["n_neurons"] == 226
+    assert metrics["layout"]["n_neurons"] == n
     frames = decode_mp4(out / "layout.mp4")
     assert len(frames) >= 20 and frames[0].shape == (240, 320, 3) and frames[-1].std() > 5
     assert imageio.imread(out / "snapshot.png").shape[:2] == (240, 320)
     for n in widths:  # a tile per neuron: bigger sheets for bigger layers
         assert imageio.imread(out / f"atlas_layer{n}.png").std() > 5
-    assert "Traceback" not in result.stderr and "output vectors: jacobian (conv), weights (dense)" in result.stdout
+    assert "Traceback" not in result.stderr
+    assert ("output vectors: jacobian (conv), weights (dense)" in result.stdout) == (which == "all")
 
 
 def test_the_details_panel_shows_a_first_layer_channels_filter(trained_cnn, shared_data):

@@ -86,7 +86,7 @@ def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, ou
     written = write_report(out, cfg.name, tested.layers, tested.ablation, tested.stability, tested.retrained,
                            f.class_names, tested.plots_png, tested.selectivity)
     if not reused or not tested.plots_png:  # (an entry without its plots gets them)
-        plots = {l.layer: (out / f"structure_layer{l.layer + 1}.png").read_bytes() for l in tested.layers if l.tests}
+        plots = {l.layer: (out / f"structure_layer{l.file_number}.png").read_bytes() for l in tested.layers if l.tests}
         save_tested(cached, dataclasses.replace(tested, plots_png=plots), key)
     a = tested.ablation
     extra = {"ablation_drop": a.drop, "ablation_own_class_drop": a.class_drop[np.arange(f.n_neurons), f.dominant]}
