@@ -84,8 +84,7 @@ def test_the_forward_pass_equals_a_numpy_one_built_from_the_file_alone(trained_c
     network = load_network(trained_cnn / "network.npz")
     assert network.layers == SMALL and network.sizes == (784, 4, 6, 12, 10)
     images = load_dataset(DataConfig(dir=str(shared_data))).test.images[:64]
-    ours, _ = apply_layers([{"w": w, "b": b} for w, b in zip(network.weights, network.biases)],
-                           images.reshape(64, -1) / 255.0, network.layers, network.activation)
+    ours, _ = apply_layers(network.params(), images.reshape(64, -1) / 255.0, network.layers, network.activation)
     np.testing.assert_allclose(np.asarray(ours), numpy_logits(trained_cnn / "network.npz", images), atol=1e-4)
     saved = load_config(trained_cnn / "config.yaml")  # config.yaml repeats the run
     assert saved.model.layers == SMALL and saved.model.activation == "relu"
@@ -167,13 +166,13 @@ def test_jacobian_influence_equals_finite_differences_on_a_small_cnn(trained_cnn
     """A conv channel's influence (d logits / d its spatially summed activation, spread evenly) and a dense
     neuron's (d logits / d its activation), averaged over the images, against central differences of the
     independent numpy forward pass."""
-    from layout.engine.features import mean_jacobian, params_of
+    from layout.engine.features import mean_jacobian
 
     network = load_network(trained_cnn / "network.npz")
     images = load_dataset(DataConfig(dir=str(shared_data))).test.images[:40]
     eps = 1e-3
     for hidden, n in ((0, 4), (1, 6), (2, 12)):
-        ours = mean_jacobian(params_of(network), network.layers, network.activation, images, hidden)  # [n, C]
+        ours = mean_jacobian(network.params(), network.layers, network.activation, images, hidden)  # [n, C]
         assert ours.shape == (n, 10)
         for unit in range(n):
             step = np.zeros(n)
@@ -188,7 +187,7 @@ def test_jacobian_influence_equals_finite_differences_on_a_small_cnn(trained_cnn
 def test_feature_visualisation_excites_each_channel_far_beyond_the_test_images(shared_data):
     """cnn.yaml's network after three epochs: every channel's image excites it beyond all but 1% of the
     test images (and twice its mean), and nine in ten dense neurons' images do."""
-    from layout.engine.features import hidden_activations, params_of
+    from layout.engine.features import hidden_activations
     from layout.engine.featvis import feature_images, mean_activation
 
     cfg = load_config(REPO / "configs" / "cnn.yaml", ("train.epochs=3",))
@@ -199,7 +198,7 @@ def test_feature_visualisation_excites_each_channel_far_beyond_the_test_images(s
     images = feature_images(network, layers, [a.std(0) for a in activations])
     for h, (found, seen) in enumerate(zip(images, activations)):
         assert found.shape == (network.sizes[h + 1], 28, 28) and 0 <= found.min() and found.max() <= 1
-        own = np.diag(np.asarray(mean_activation(params_of(network), found.reshape(len(found), -1),
+        own = np.diag(np.asarray(mean_activation(network.params(), found.reshape(len(found), -1),
                                                  network.layers, network.activation, h)))
         alive = seen.std(0) > 1e-3  # a neuron constant over the test images has nothing to find
         assert alive.sum() >= 2

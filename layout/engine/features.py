@@ -85,11 +85,6 @@ class NeuronFeatures:
         return int(self.layer.max()) + 1
 
 
-def params_of(network: Network) -> list[dict]:
-    """The network's weights as models.network.cnn's parameter list."""
-    return [{"w": w, "b": b} for w, b in zip(network.weights, network.biases)]
-
-
 def chosen_layers(network: Network, which: str = "dense") -> tuple[int, ...]:
     """The hidden layers `layout.layers` lays out, by position among the network's hidden layers."""
     return tuple(h for h, kind in enumerate(network.hidden_kinds) if which in ("all", kind))
@@ -116,7 +111,7 @@ def hidden_activations(network: Network, images: np.ndarray, layers: tuple[int, 
     """The activations [n_images, n_l] of hidden layers `layers` (default: those laid out by default,
     chosen_layers) for uint8 images [n, 28, 28]; a conv channel's averaged over the image."""
     layers = chosen_layers(network) if layers is None else layers
-    _, hidden = forward_batches(params_of(network), network.layer_list, network.activation, images)
+    _, hidden = forward_batches(network.params(), network.layer_list, network.activation, images)
     return [hidden[h] for h in layers]
 
 
@@ -125,7 +120,7 @@ def probe(network: Network, images: np.ndarray, layers: tuple[int, ...] | None =
     """(activations [n, N] of every laid-out neuron, in order; class probabilities [n, C]) for uint8
     images [n, 28, 28]."""
     layers = chosen_layers(network) if layers is None else layers
-    logits, hidden = forward_batches(params_of(network), network.layer_list, network.activation, images)
+    logits, hidden = forward_batches(network.params(), network.layer_list, network.activation, images)
     logits = logits.astype(np.float64) - logits.max(1, keepdims=True)
     p = np.exp(logits)
     return np.concatenate([hidden[h] for h in layers], axis=1), p / p.sum(1, keepdims=True)
@@ -247,7 +242,7 @@ def neuron_features(network: Network, test: Split, influence: str = "weights", l
     n_classes = network.sizes[-1]
     hidden = chosen_layers(network, layers)
     activations = hidden_activations(network, test.images, hidden)
-    vectors = output_vectors(params_of(network), network, test.images, hidden, influence)
+    vectors = output_vectors(network.params(), network, test.images, hidden, influence)
     class_activation = np.concatenate([class_means(a, test.labels, n_classes) for a in activations])
     if not network.has_conv:
         upstream = upstream_products(network.weights)

@@ -41,7 +41,7 @@ def feature_images(network: Network, hidden_layers: tuple[int, ...], scales: lis
     every layer's images optimised together, in one compiled loop."""
     if not hidden_layers:
         return []
-    params = [{"w": w, "b": b} for w, b in zip(network.weights, network.biases)]
+    params = network.params()
     widths = tuple(network.sizes[h + 1] for h in hidden_layers)
     scale = np.concatenate(scales) if scales is not None else np.ones(sum(widths))
     images = np.asarray(_ascend(params, jnp.asarray(np.maximum(scale, SCALE_FLOOR), jnp.float32), jax.random.key(seed),

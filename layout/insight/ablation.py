@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from layout.engine.features import EVAL_BATCH, hidden_activations, influence_images, params_of
+from layout.engine.features import EVAL_BATCH, hidden_activations, influence_images
 from models.data.datasets import Split
 from models.network.cnn import apply_above, apply_layers
 from models.network.mlp import ACTIVATIONS
@@ -69,7 +69,7 @@ def masked_channel_accuracy(network: Network, layer: int, maps: np.ndarray, labe
     """[G, C] per-class accuracy with conv layer `layer`'s activation maps [n_images, channels, H, W]
     multiplied by each of masks [G, channels], running the layers above."""
     batch = max(1, MASK_BATCH_FLOATS // maps.size)
-    return np.asarray(_masked_channels(params_of(network), jnp.asarray(maps), jnp.asarray(labels),
+    return np.asarray(_masked_channels(network.params(), jnp.asarray(maps), jnp.asarray(labels),
                                        jnp.asarray(masks, jnp.float32), network.layer_list, network.activation, layer,
                                        network.sizes[-1], min(batch, len(masks))))
 
@@ -85,7 +85,7 @@ def _masked_channels(params, maps, labels, masks, layers, activation, layer, n_c
 
 def conv_maps(network: Network, layer: int, images: np.ndarray) -> np.ndarray:
     """Conv layer `layer`'s activation maps [n, channels, H, W] for uint8 images [n, 28, 28]."""
-    params = params_of(network)
+    params = network.params()
     return np.concatenate([np.asarray(_maps(params, images[i:i + EVAL_BATCH].reshape(-1, 784), network.layer_list,
                                             network.activation, layer)) for i in range(0, len(images), EVAL_BATCH)])
 

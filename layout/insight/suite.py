@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from layout.core.config import RunConfig
-from layout.engine.features import NeuronFeatures, hidden_activations, output_vectors, params_of
+from layout.engine.features import NeuronFeatures, hidden_activations, output_vectors
 from layout.engine.particles import Particles
 from layout.insight.ablation import Ablation, ablate
 from layout.insight.selectivity import distribution, layer_tests, untrained_class_means
@@ -143,6 +143,6 @@ def shuffled_label_vectors(cfg: RunConfig, data: Dataset, runs: int, hidden: tup
         split = dataclasses.replace(data.train, labels=rng.permutation(data.train.labels))
         net = train(cfg.model, dataclasses.replace(cfg.train, seed=cfg.train.seed + 1 + r),
                     dataclasses.replace(data, train=split))
-        vectors.append(np.concatenate(output_vectors(params_of(net), net, data.test.images, hidden,
+        vectors.append(np.concatenate(output_vectors(net.params(), net, data.test.images, hidden,
                                                      cfg.layout.influence)))
     return np.stack(vectors).astype(np.float32)

@@ -73,6 +73,10 @@ class Network:
     def has_conv(self) -> bool:
         return any(isinstance(layer, Conv) for layer in self.layer_list)
 
+    def params(self) -> list[dict]:
+        """The weights as models.network.cnn's parameter list: [{"w", "b"}, ...], the output layer last."""
+        return [{"w": w, "b": b} for w, b in zip(self.weights, self.biases)]
+
     @property
     def n_params(self) -> int:
         return sum(w.size + b.size for w, b in zip(self.weights, self.biases))
