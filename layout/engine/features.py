@@ -18,7 +18,7 @@ import numpy as np
 
 from layout.engine.featvis import feature_images
 from models.data.datasets import Split
-from models.network.cnn import apply_above, apply_layers
+from models.network.cnn import apply_above, apply_layers, per_neuron
 from models.network.network import Network
 
 EVAL_BATCH = 1000
@@ -94,7 +94,7 @@ def chosen_layers(network: Network, which: str = "dense") -> tuple[int, ...]:
 def _forward(params, x, layers, activation):
     """(logits, every hidden layer's activations per neuron) for uint8 images [n, 784]."""
     logits, hidden = apply_layers(params, x.astype(jnp.float32) / 255.0, layers, activation)
-    return logits, tuple(h.mean((2, 3)) if h.ndim == 4 else h for h in hidden)  # a channel: its mean over space
+    return logits, tuple(per_neuron(h) for h in hidden)
 
 
 def forward_batches(params: list[dict], layers: tuple, activation: str, images: np.ndarray

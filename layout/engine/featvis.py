@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from models.network.cnn import apply_layers
+from models.network.cnn import apply_layers, per_neuron
 from models.network.network import Network
 
 STEPS = 64
@@ -69,7 +69,7 @@ def mean_activation(params, images: jax.Array, layers: tuple, activation: str, h
     """[n, n_h]: layer `hidden`'s activations (a conv channel's averaged over its positions) for images
     [n, 784] in 0..1."""
     h = apply_layers(params, images, layers, activation)[1][hidden]
-    return h.mean((2, 3)) if h.ndim == 4 else h
+    return per_neuron(h)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
@@ -85,7 +85,7 @@ def _ascend(params, scale, key, layers, activation, hidden_layers, widths, steps
         own = []
         for h, start, width in zip(hidden_layers, starts, widths):  # image start + j is neuron j's
             a = hidden[h][start:start + width]
-            own.append(jnp.diagonal(a.mean((2, 3)) if a.ndim == 4 else a))
+            own.append(jnp.diagonal(per_neuron(a)))
         own = jnp.concatenate(own)
         images = x.reshape(n, 28, 28)
         variation = (jnp.abs(jnp.diff(images, axis=1)).mean((1, 2)) + jnp.abs(jnp.diff(images, axis=2)).mean((1, 2)))

@@ -77,6 +77,12 @@ def apply_above(params: Params, h: jnp.ndarray, layers: tuple[Layer, ...], activ
     return run_layers(params[hidden + 1:], h, layers[position + 1:], activation)[0]
 
 
+def per_neuron(h: jnp.ndarray) -> jnp.ndarray:
+    """A hidden layer's activations one value per neuron: a conv layer's [n, C, H, W] averaged over the
+    positions of each channel, a dense layer's [n, units] as they are."""
+    return h.mean((2, 3)) if h.ndim == 4 else h
+
+
 def pool(h: jnp.ndarray, layer: Pool) -> jnp.ndarray:
     """Non-overlapping pooling of [n, C, H, W] by layer.size (rows and columns that do not fill a window
     are dropped, as PyTorch's default does), as a reshape and a max or mean: the same values as
