@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy.signal import correlate
 
@@ -88,6 +90,57 @@ def test_the_forward_pass_equals_a_numpy_one_built_from_the_file_alone(trained_c
     np.testing.assert_allclose(np.asarray(ours), numpy_logits(trained_cnn / "network.npz", images), atol=1e-4)
     saved = load_config(trained_cnn / "config.yaml")  # config.yaml repeats the run
     assert saved.model.layers == SMALL and saved.model.activation == "relu"
+
+
+def reference_logits(params: list[dict], x: jnp.ndarray, layers: tuple, activation: str) -> jnp.ndarray:
+    """The same network by lax.conv_general_dilated and lax.reduce_window, batch first: differentiated
+    by JAX's own rules, it checks the patch-matrix convolution's custom gradient."""
+    act = {"relu": jax.nn.relu, "tanh": jnp.tanh}[activation]
+    h, weights = x.reshape(len(x), 1, 28, 28), iter(params)
+    for layer in layers:
+        if isinstance(layer, Conv):
+            p = next(weights)
+            h = jax.lax.conv_general_dilated(h, p["w"], (layer.stride,) * 2, [(layer.padding,) * 2] * 2,
+                                             dimension_numbers=("NCHW", "OIHW", "NCHW"))
+            h = act(h + p["b"][None, :, None, None])
+        elif isinstance(layer, Pool):
+            window = (1, 1, layer.size, layer.size)
+            h = (jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, window, window, "VALID") if layer.kind == "max" else
+                 jax.lax.reduce_window(h, 0.0, jax.lax.add, window, window, "VALID") / layer.size ** 2)
+        elif isinstance(layer, Flatten):
+            h = h.reshape(len(h), -1)
+        else:
+            p = next(weights)
+            h = act(h @ p["w"] + p["b"])
+    out = next(weights)
+    return h @ out["w"] + out["b"]
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_gradients_equal_those_of_lax_convolutions(shared_data, activation):
+    """Training's and the feature visualisation's gradients (with respect to every weight and to the
+    image) through stride, padding and both poolings, on real images, against JAX's own
+    differentiation of lax.conv_general_dilated and lax.reduce_window, batch first. A little noise on
+    the images and random biases leave no ties inside a max-pool window (where the formulations split
+    the gradient differently)."""
+    test = load_dataset(DataConfig(dir=str(shared_data))).test
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(test.images[:40].reshape(40, -1) / 255.0 + rng.uniform(0, 0.01, (40, 784)), jnp.float32)
+    y = jnp.asarray(test.labels[:40])
+    params = [{"w": p["w"], "b": jnp.asarray(rng.normal(0, 0.1, p["b"].shape), jnp.float32)}
+              for p in init_layers(jax.random.key(3), SMALL, activation, 10)]
+
+    def loss(forward):
+        return lambda p, x: optax.softmax_cross_entropy_with_integer_labels(forward(p, x), y).mean()
+
+    theirs = jax.grad(loss(lambda p, x: reference_logits(p, x, SMALL, activation)), (0, 1))(params, x)
+    for training in (True, False):  # training's formulation, and the one of the features
+        ours = jax.grad(loss(lambda p, x: apply_layers(p, x, SMALL, activation, training)[0]), (0, 1))(params, x)
+        np.testing.assert_allclose(apply_layers(params, x, SMALL, activation, training)[0],
+                                   reference_logits(params, x, SMALL, activation), rtol=1e-5, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(jnp.abs(b).max()))
 
 
 def test_parameter_counts_follow_the_formula():

@@ -160,6 +160,17 @@ def check_shapes(layers: tuple[Layer, ...], path: str = "model.layers") -> tuple
     return tuple(shapes)
 
 
+def patch_values(layers: tuple[Layer, ...]) -> int:
+    """Per image, the values of every conv layer's patches (in_channels * kernel**2 * out_h * out_w):
+    the working memory of a convolution computed as one matrix product (models/network/cnn.py)."""
+    total, before = 0, INPUT_SHAPE
+    for layer, after in zip(layers, check_shapes(layers)):
+        if isinstance(layer, Conv):
+            total += before[0] * layer.kernel ** 2 * after[1] * after[2]
+        before = after
+    return total
+
+
 def widths(layers: tuple[Layer, ...]) -> list[int]:
     """Each layer with weights' width: a conv layer's channels, a dense layer's units."""
     return [layer.channels if isinstance(layer, Conv) else layer.units for layer in layers

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 from layout.core.config import RunConfig
 from layout.core.errors import ConfigError, UserError
-from layout.core.layers import check_shapes
+from layout.core.layers import check_shapes, patch_values
 from layout.core.memory import available_memory, gigabytes
+from layout.engine.features import EVAL_BATCH
 from models.data.datasets import Dataset
 from models.network.cnn import count_params as count_layer_params
-from models.network.train import check_batches
+from models.network.train import EVAL_CHUNK, check_batches
 
 FLOAT = 4  # bytes
 REST_ROW = 1024  # the native kernel pads its rest-length rows to a multiple of this (layout/engine/pairs.py)
@@ -132,17 +133,21 @@ def check_laid_out(cfg: RunConfig, kinds: tuple[str, ...], network: str) -> None
 
 
 def check_layers(cfg: RunConfig, n_classes: int, n_train: int, n_test: int, available: int | None = None) -> None:
-    """A network of model.layers: trainable here (its weights, optimizer state and snapshots, and its
-    activations on the whole test set at once, as each epoch evaluates)."""
+    """A network of model.layers: trainable here (its weights, optimizer state and snapshots, and the
+    activations and convolution patches of the most images a pass takes at once: a training batch or an
+    evaluation chunk with patches, EVAL_BATCH images without them for the features)."""
     available = available_memory() if available is None else available
     n_params = count_layer_params(cfg.model.layers, n_classes)
     units = sum(math.prod(shape) for shape in check_shapes(cfg.model.layers))
-    need = FLOAT * (n_params * (OPTIMIZER_COPIES + 1 + n_snapshots(cfg, n_train)) + 2 * n_test * units)
+    at_once = max(min(cfg.train.batch_size, n_train), min(EVAL_CHUNK, n_test))
+    training = at_once * (units + patch_values(cfg.model.layers))
+    need = FLOAT * (n_params * (OPTIMIZER_COPIES + 1 + n_snapshots(cfg, n_train))
+                    + 2 * max(training, min(EVAL_BATCH, n_test) * units))
     if need > available:
         raise UserError(f"this CNN needs about {gigabytes(need)} of memory for its training ({n_params:,} weights, "
-                        f"their optimizer state and snapshots, and {units:,} activations for each of {n_test:,} test "
-                        f"images), more than the {gigabytes(available)} available here: use fewer channels or "
-                        "units, or set data.limit")
+                        f"their optimizer state and snapshots, and {units:,} activations for each image of a pass "
+                        f"with its convolutions' patches), more than the {gigabytes(available)} available here: use "
+                        "fewer channels or units, or a smaller train.batch_size")
 
 
 def check_memory(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: int,

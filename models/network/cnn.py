@@ -4,13 +4,21 @@ convolutions, pooling, flatten and dense layers, then the output layer (one unit
 Parameters are a list over the layers that have weights, in order, the output layer last, each
 {"w", "b"}: conv weights [out_channels, in_channels, kh, kw] and biases [out_channels] (PyTorch's
 order), dense weights [n_in, n_out] and biases [n_out] (as the MLP's). Images are [batch, 1, 28, 28];
-flatten keeps (C, H, W) order, as PyTorch flattens. The activation follows every conv and dense layer
+flatten keeps (C, H, W) order, as PyTorch flattens. Conv activations come out [batch, C, H, W].
+
+Inside, the conv and pool layers run batch last ([C, H, W, batch]). Training computes a convolution
+as one matrix product of the weights with the image patches (im2col) and pools by strided views: on
+XLA:CPU this trains LeNet about 8 times faster than lax.conv_general_dilated, whose weight gradients
+are slow there (benchmarks/README.md). Everything else (features, Jacobians, feature visualisation,
+ablation) uses lax.conv_general_dilated and pools by blocks, whose forward-mode and batched gradients
+cost far less than the patches'. The activation follows every conv and dense layer
 but the output layer. Initialisation: uniform Glorot (He for relu) over the fans of each layer, with
 a conv's fans counting its kernel's pixels, and zero biases.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -57,16 +65,72 @@ def init_layers(key: jax.Array, layers: tuple[Layer, ...], activation: str, n_cl
              "b": jnp.zeros(b, jnp.float32)} for k, (w, b) in zip(keys, shapes)]
 
 
+def patches(h: jnp.ndarray, kernel: int, stride: int) -> jnp.ndarray:
+    """[C, H, W, n] -> [C, kernel, kernel, H', W', n]: the input under every kernel offset, as two
+    stacks of `kernel` shifted views (one stack of kernel**2 views is several times slower on XLA:CPU)."""
+    _, height, width, _ = h.shape
+    out_h, out_w = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+    rows = jnp.stack([h[:, :, j:j + stride * (out_w - 1) + 1:stride] for j in range(kernel)], 1)
+    return jnp.stack([rows[:, :, i:i + stride * (out_h - 1) + 1:stride] for i in range(kernel)], 1)
+
+
+@jax.custom_vjp
+def weights_times(w: jnp.ndarray, cols: jnp.ndarray) -> jnp.ndarray:
+    """w [out, k] @ cols [k, positions], with the weight gradient computed the fast way round."""
+    return w @ cols
+
+
+def _weights_times_forward(w, cols):
+    return w @ cols, (w, cols)
+
+
+def _weights_times_backward(residuals, g):
+    """d w = g @ cols.T, computed as (cols @ g.T).T behind a barrier: XLA would rewrite it into the
+    first form, which XLA:CPU runs about twice as slowly for a contraction this long."""
+    w, cols = residuals
+    return jax.lax.optimization_barrier(cols @ g.T).T, w.T @ g
+
+
+weights_times.defvjp(_weights_times_forward, _weights_times_backward)
+
+
+def conv_by_patches(h: jnp.ndarray, p: dict, layer: Conv) -> jnp.ndarray:
+    """One convolution (cross-correlation, as PyTorch's Conv2d), batch last: [C, H, W, n] ->
+    [out_channels, H', W', n], bias added; as a matrix product with the patches."""
+    pad = layer.padding
+    cols = patches(jnp.pad(h, ((0, 0), (pad, pad), (pad, pad), (0, 0))), layer.kernel, layer.stride)
+    w = p["w"].reshape(p["w"].shape[0], -1)  # [out, (in, kh, kw)], the order of cols' first three axes
+    out = weights_times(w, cols.reshape(w.shape[1], -1)).reshape(w.shape[0], *cols.shape[3:])
+    return out + p["b"][:, None, None, None]
+
+
+def conv_by_lax(h: jnp.ndarray, p: dict, layer: Conv) -> jnp.ndarray:
+    """The same convolution by lax.conv_general_dilated."""
+    out = jax.lax.conv_general_dilated(h, p["w"], (layer.stride, layer.stride), [(layer.padding, layer.padding)] * 2,
+                                       dimension_numbers=("CHWN", "OIHW", "CHWN"))
+    return out + p["b"][:, None, None, None]
+
+
+def batch_first(h: jnp.ndarray) -> jnp.ndarray:
+    """[C, H, W, n] -> [n, C, H, W]."""
+    return h.transpose(3, 0, 1, 2)
+
+
+def flatten(h: jnp.ndarray) -> jnp.ndarray:
+    """[C, H, W, n] -> [n, C * H * W] in (C, H, W) order."""
+    return h.reshape(-1, h.shape[-1]).T
+
+
 def hidden_positions(layers: tuple[Layer, ...]) -> list[int]:
     """The positions in `layers` of the hidden layers (those with weights: conv and dense), in order."""
     return [i for i, layer in enumerate(layers) if isinstance(layer, (Conv, Dense))]
 
 
-def apply_layers(params: Params, x: jnp.ndarray, layers: tuple[Layer, ...], activation: str
+def apply_layers(params: Params, x: jnp.ndarray, layers: tuple[Layer, ...], activation: str, training: bool = False
                  ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
     """Forward pass on images [batch, 784] scaled to 0..1: (logits, the activations after every conv
-    ([batch, C, H, W]) and dense ([batch, units]) hidden layer)."""
-    return run_layers(params, x.reshape(x.shape[0], *INPUT_SHAPE), layers, activation)
+    ([batch, C, H, W]) and dense ([batch, units]) hidden layer). training: see run_layers."""
+    return run_layers(params, x.reshape(x.shape[0], *INPUT_SHAPE), layers, activation, training)
 
 
 def apply_above(params: Params, h: jnp.ndarray, layers: tuple[Layer, ...], activation: str,
@@ -83,37 +147,46 @@ def per_neuron(h: jnp.ndarray) -> jnp.ndarray:
     return h.mean((2, 3)) if h.ndim == 4 else h
 
 
-def pool(h: jnp.ndarray, layer: Pool) -> jnp.ndarray:
-    """Non-overlapping pooling of [n, C, H, W] by layer.size (rows and columns that do not fill a window
-    are dropped, as PyTorch's default does), as a reshape and a max or mean: the same values as
-    lax.reduce_window with stride = size, and far faster to differentiate on a CPU."""
+def pool_by_blocks(h: jnp.ndarray, layer: Pool) -> jnp.ndarray:
+    """Non-overlapping pooling of [C, H, W, n] by layer.size (rows and columns that do not fill a window
+    are dropped, as PyTorch's default does), as a reshape into blocks and a max or mean: the same values
+    as lax.reduce_window with stride = size, and far faster to differentiate on a CPU."""
     k = layer.size
-    n, c, height, width = h.shape
-    blocks = h[:, :, :height // k * k, :width // k * k].reshape(n, c, height // k, k, width // k, k)
-    return blocks.max((3, 5)) if layer.kind == "max" else blocks.mean((3, 5))
+    c, height, width, n = h.shape
+    blocks = h[:, :height // k * k, :width // k * k].reshape(c, height // k, k, width // k, k, n)
+    return blocks.max((2, 4)) if layer.kind == "max" else blocks.mean((2, 4))
 
 
-def run_layers(params: Params, h: jnp.ndarray, layers: tuple[Layer, ...], activation: str
+def pool_by_views(h: jnp.ndarray, layer: Pool) -> jnp.ndarray:
+    """The same pooling as the max or mean of the size**2 strided views: faster to train through for
+    small windows, far slower for batched (vmapped) gradients, whose views each pad a whole layer."""
+    k = layer.size
+    _, height, width, _ = h.shape
+    views = [h[:, i:height // k * k:k, j:width // k * k:k] for i in range(k) for j in range(k)]
+    return functools.reduce(jnp.maximum, views) if layer.kind == "max" else sum(views) / k ** 2
+
+
+def run_layers(params: Params, h: jnp.ndarray, layers: tuple[Layer, ...], activation: str, training: bool = False
                ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
     """`layers`, then the output layer, on h: params are the weighted layers' among them, the output
-    layer's last. activation: a name, or the function itself."""
+    layer's last. activation: a name, or the function itself. h and the activations returned are batch
+    first; conv and pool layers run batch last in between. training: the formulation with the fastest
+    weight gradients (patches, strided views), which has no forward mode."""
     act = ACTIVATIONS[activation] if isinstance(activation, str) else activation
+    conv, pool = (conv_by_patches, pool_by_views) if training else (conv_by_lax, pool_by_blocks)
     hidden, weights = [], iter(params)
+    h = h.transpose(1, 2, 3, 0) if h.ndim == 4 else h
     for layer in layers:
         if isinstance(layer, Conv):
-            p = next(weights)
-            h = jax.lax.conv_general_dilated(h, p["w"], (layer.stride, layer.stride),
-                                             [(layer.padding, layer.padding)] * 2,
-                                             dimension_numbers=("NCHW", "OIHW", "NCHW"))
-            h = act(h + p["b"][None, :, None, None])
-            hidden.append(h)
+            h = act(conv(h, next(weights), layer))
+            hidden.append(batch_first(h))
         elif isinstance(layer, Pool):
             h = pool(h, layer)
         elif isinstance(layer, Flatten) or (isinstance(layer, Dense) and h.ndim == 4):
-            h = h.reshape(h.shape[0], -1)
+            h = flatten(h)
         if isinstance(layer, Dense):
             p = next(weights)
             h = act(h @ p["w"] + p["b"])
             hidden.append(h)
     out = next(weights)
-    return h.reshape(h.shape[0], -1) @ out["w"] + out["b"], tuple(hidden)
+    return (flatten(h) if h.ndim == 4 else h) @ out["w"] + out["b"], tuple(hidden)
