@@ -134,9 +134,9 @@ def test_gradients_equal_those_of_lax_convolutions(shared_data, activation):
         return lambda p, x: optax.softmax_cross_entropy_with_integer_labels(forward(p, x), y).mean()
 
     theirs = jax.grad(loss(lambda p, x: reference_logits(p, x, SMALL, activation)), (0, 1))(params, x)
-    for training in (True, False):  # training's formulation, and the one of the features
-        ours = jax.grad(loss(lambda p, x: apply_layers(p, x, SMALL, activation, training)[0]), (0, 1))(params, x)
-        np.testing.assert_allclose(apply_layers(params, x, SMALL, activation, training)[0],
+    for fast in (True, False):  # training's formulation, and the one of the features
+        ours = jax.grad(loss(lambda p, x: apply_layers(p, x, SMALL, activation, fast)[0]), (0, 1))(params, x)
+        np.testing.assert_allclose(apply_layers(params, x, SMALL, activation, fast)[0],
                                    reference_logits(params, x, SMALL, activation), rtol=1e-5, atol=1e-5)
         for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
             assert a.shape == b.shape

@@ -81,7 +81,7 @@ def _ascend(params, scale, key, layers, activation, hidden_layers, widths, steps
     def objective(x, shift):
         shifted = jnp.roll(x.reshape(n, 28, 28), shift, axis=(1, 2)).reshape(n, 784)
         ascent = leaky_gradient_relu if activation == "relu" else activation
-        hidden = apply_layers(params, shifted, layers, ascent)[1]
+        hidden = apply_layers(params, shifted, layers, ascent, fast_gradients=True)[1]
         own = []
         for h, start, width in zip(hidden_layers, starts, widths):  # image start + j is neuron j's
             a = hidden[h][start:start + width]

@@ -4,16 +4,17 @@ convolutions, pooling, flatten and dense layers, then the output layer (one unit
 Parameters are a list over the layers that have weights, in order, the output layer last, each
 {"w", "b"}: conv weights [out_channels, in_channels, kh, kw] and biases [out_channels] (PyTorch's
 order), dense weights [n_in, n_out] and biases [n_out] (as the MLP's). Images are [batch, 1, 28, 28];
-flatten keeps (C, H, W) order, as PyTorch flattens. Conv activations come out [batch, C, H, W].
+flatten keeps (C, H, W) order, as PyTorch flattens. Conv activations come out [batch, C, H, W]. The
+activation follows every conv and dense layer but the output layer. Initialisation: uniform Glorot
+(He for relu) over the fans of each layer, with a conv's fans counting its kernel's pixels, and zero
+biases.
 
-Inside, the conv and pool layers run batch last ([C, H, W, batch]). Training computes a convolution
-as one matrix product of the weights with the image patches (im2col) and pools by strided views: on
-XLA:CPU this trains LeNet about 8 times faster than lax.conv_general_dilated, whose weight gradients
-are slow there (benchmarks/README.md). Everything else (features, Jacobians, feature visualisation,
-ablation) uses lax.conv_general_dilated and pools by blocks, whose forward-mode and batched gradients
-cost far less than the patches'. The activation follows every conv and dense layer
-but the output layer. Initialisation: uniform Glorot (He for relu) over the fans of each layer, with
-a conv's fans counting its kernel's pixels, and zero biases.
+Inside, the conv and pool layers run batch last ([C, H, W, batch]). Training and the feature
+visualisation's gradient ascent compute a convolution as one matrix product of the weights with the
+image patches (im2col) and pool by strided views: on XLA:CPU this trains LeNet about 8 times faster
+than lax.conv_general_dilated, whose weight gradients are slow there (benchmarks/README.md).
+Everything else (features, Jacobians, ablation) uses lax.conv_general_dilated and pools by blocks,
+whose forward-mode and batched gradients cost far less than the patches'.
 """
 
 from __future__ import annotations
@@ -126,11 +127,12 @@ def hidden_positions(layers: tuple[Layer, ...]) -> list[int]:
     return [i for i, layer in enumerate(layers) if isinstance(layer, (Conv, Dense))]
 
 
-def apply_layers(params: Params, x: jnp.ndarray, layers: tuple[Layer, ...], activation: str, training: bool = False
+def apply_layers(params: Params, x: jnp.ndarray, layers: tuple[Layer, ...], activation: str,
+                 fast_gradients: bool = False
                  ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
     """Forward pass on images [batch, 784] scaled to 0..1: (logits, the activations after every conv
-    ([batch, C, H, W]) and dense ([batch, units]) hidden layer). training: see run_layers."""
-    return run_layers(params, x.reshape(x.shape[0], *INPUT_SHAPE), layers, activation, training)
+    ([batch, C, H, W]) and dense ([batch, units]) hidden layer). fast_gradients: see run_layers."""
+    return run_layers(params, x.reshape(x.shape[0], *INPUT_SHAPE), layers, activation, fast_gradients)
 
 
 def apply_above(params: Params, h: jnp.ndarray, layers: tuple[Layer, ...], activation: str,
@@ -166,14 +168,16 @@ def pool_by_views(h: jnp.ndarray, layer: Pool) -> jnp.ndarray:
     return functools.reduce(jnp.maximum, views) if layer.kind == "max" else sum(views) / k ** 2
 
 
-def run_layers(params: Params, h: jnp.ndarray, layers: tuple[Layer, ...], activation: str, training: bool = False
+def run_layers(params: Params, h: jnp.ndarray, layers: tuple[Layer, ...], activation: str,
+                 fast_gradients: bool = False
                ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
     """`layers`, then the output layer, on h: params are the weighted layers' among them, the output
     layer's last. activation: a name, or the function itself. h and the activations returned are batch
-    first; conv and pool layers run batch last in between. training: the formulation with the fastest
-    weight gradients (patches, strided views), which has no forward mode."""
+    first; conv and pool layers run batch last in between. fast_gradients: the formulation whose
+    reverse-mode gradients of one batch are fastest (patches, strided views; training and the feature
+    visualisation), which has no forward mode and is slow to batch (vmap) gradients over."""
     act = ACTIVATIONS[activation] if isinstance(activation, str) else activation
-    conv, pool = (conv_by_patches, pool_by_views) if training else (conv_by_lax, pool_by_blocks)
+    conv, pool = (conv_by_patches, pool_by_views) if fast_gradients else (conv_by_lax, pool_by_blocks)
     hidden, weights = [], iter(params)
     h = h.transpose(1, 2, 3, 0) if h.ndim == 4 else h
     for layer in layers:

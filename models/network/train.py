@@ -73,7 +73,7 @@ def model_functions(model: ModelConfig, n_classes: int) -> tuple[Callable, Calla
         return (lambda key: init_params(key, sizes, model.activation),
                 lambda params, x: apply(params, x, model.activation))
     return (lambda key: init_layers(key, model.layers, model.activation, n_classes),
-            lambda params, x: apply_layers(params, x, model.layers, model.activation, training=True))
+            lambda params, x: apply_layers(params, x, model.layers, model.activation, fast_gradients=True))
 
 
 def logits_of(params: Params, images: jax.Array, forward: Callable) -> jax.Array:
