@@ -23,9 +23,10 @@ from layout.pipeline.preflight import (
     check_trainable,
 )
 from models.data.datasets import Dataset, load_dataset
+from models.formats.imported import read_network_file
 from models.network.mlp import layer_sizes
 from models.network.network import Network
-from models.network.store import Obtained, check_fits, load_network, obtain_network, save_network
+from models.network.store import Obtained, check_fits, obtain_network, save_network
 from models.network.train import N_INPUTS, enable_compilation_cache
 
 
@@ -57,7 +58,7 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
     `lays_out` the network), then train or reuse the network (or read the one given as
     `network_file`); write config.yaml (before training starts) and network.npz."""
     enable_compilation_cache(cache_dir() / "jax")
-    given = load_network(network_file) if network_file else None
+    given, read_notes = read_network_file(network_file, cfg.model.activation, dataset) if network_file else (None, ())
     n_train, n_test = len(dataset.train.labels), len(dataset.test.labels)
     if given is not None:
         check_fits(given, dataset, network_file)
@@ -84,7 +85,7 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
         digest = file_digest(Path(network_file))
         used, notes = with_model_of(cfg, given, network_file)
         config_file = write_text(out / "config.yaml", given_header(network_file, digest) + config_to_yaml(used))
-        obtained = Obtained(given, "given-" + digest[:14], True, notes)
+        obtained = Obtained(given, "given-" + digest[:14], True, read_notes + notes)
     else:
         used = cfg
         config_file = write_text(out / "config.yaml", config_to_yaml(cfg))
