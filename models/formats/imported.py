@@ -52,12 +52,15 @@ def imported_network(mlp: Mlp, activation: str, dataset: Dataset) -> Network:
     """The Network of imported weights: no training history and no snapshots (a training timeline
     cannot be drawn), its accuracies measured here."""
     empty = np.zeros(0)
-    none = tuple(np.zeros((0, *w.shape), np.float32) for w in mlp.weights)
+
+    def no_snapshots(arrays):
+        return tuple(np.zeros((0, *a.shape), np.float32) for a in arrays)
+
     return Network(
         sizes=mlp.sizes, activation=activation, weights=mlp.weights, biases=mlp.biases, dataset=dataset.name,
         classes=tuple(dataset.classes), class_names=tuple(dataset.class_names),
         history=History(empty, empty, empty, empty),
-        snapshots=Snapshots(np.zeros(0, np.int64), empty, empty, none, tuple(b[None][:0] for b in mlp.biases)),
+        snapshots=Snapshots(np.zeros(0, np.int64), empty, empty, no_snapshots(mlp.weights), no_snapshots(mlp.biases)),
         test_accuracy=accuracy(mlp, activation, dataset.test.images, dataset.test.labels),
         train_accuracy=accuracy(mlp, activation, dataset.train.images, dataset.train.labels),
         train_seconds=0.0, epochs=0)
