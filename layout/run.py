@@ -58,7 +58,11 @@ def add_view_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="files to write: mp4, gif (the movie), png (snapshot), none; default: png with a "
                              "window, mp4 and png without one")
     parser.add_argument("--network", metavar="FILE",
-                        help="lay out this network.npz (written by an earlier run) instead of training")
+                        help="lay out this network instead of training: a network.npz written by an earlier run, "
+                             "or an MLP's weights as safetensors or npz")
+    parser.add_argument("--expect-accuracy", type=float, metavar="X",
+                        help="with --network: stop unless the network's test accuracy here is X to within 0.001 "
+                             "(the figure your framework gave)")
     parser.add_argument("--trajectory", metavar="FILE",
                         help="show this trajectory.npz (written by an earlier run of the same network) "
                              "instead of simulating")
@@ -170,6 +174,17 @@ def train_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_expected(args: argparse.Namespace) -> None:
+    """--expect-accuracy: a fraction, and only with the --network file whose accuracy it checks."""
+    if args.expect_accuracy is None:
+        return
+    if args.network is None:
+        raise UserError("--expect-accuracy checks a --network file's test accuracy: give --network FILE too")
+    if not 0 <= args.expect_accuracy <= 1:
+        raise UserError(f"--expect-accuracy {args.expect_accuracy:g} is not a fraction between 0 and 1 (0.9123, "
+                        "not 91.23)")
+
+
 def pipeline(args: argparse.Namespace) -> int:
     """Train (or reuse) the network, lay its neurons out, measure the layout, then show or export it."""
     cfg = config_from_args(args)
@@ -179,6 +194,7 @@ def pipeline(args: argparse.Namespace) -> int:
     if problem:
         print(f"{problem}: exporting instead of opening a window (use --no-window to silence this)")
     formats = tuple(f for f in (args.export or (("png",) if window else ("mp4", "png"))) if f != "none")
+    check_expected(args)
     # the stages, once the config is valid (see the module docstring)
     from layout.engine.trajectory_file import check_settings, read_trajectory
     from layout.pipeline.layout_stage import layout_stage, layout_summary
@@ -194,7 +210,8 @@ def pipeline(args: argparse.Namespace) -> int:
     note(*dataset.notes)
     with run_folder(out, args.command) as folder:
         work = folder.staging
-        trained = training_stage(cfg, dataset, work, retrain=args.retrain, network_file=args.network)
+        trained = training_stage(cfg, dataset, work, retrain=args.retrain, network_file=args.network,
+                                 expect_accuracy=args.expect_accuracy)
         note(*trained.notes)
         print(training_summary(trained))
         cfg = trained.config  # as used: with --network, the file's model

@@ -23,10 +23,10 @@ from tests.data.make_reference import NETWORK
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(shared_data: Path, out: Path, network: Path) -> subprocess.CompletedProcess:
+def run(shared_data: Path, out: Path, network: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window", "--export",
                            "none", "--data-dir", str(shared_data), "--out", str(out), "--network", str(network),
-                           "--set", "layout.sim.steps=60", "--set", "structure.enabled=false"],
+                           "--set", "layout.sim.steps=60", "--set", "structure.enabled=false", *args],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
@@ -122,3 +122,25 @@ def test_weight_arrays_that_are_not_the_mlp_are_refused_in_one_line(tmp_path, sh
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith(f"error: {path} ") and message in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_expect_accuracy_stops_a_network_that_computes_otherwise_here(tmp_path, shared_data):
+    """--expect-accuracy: the figure of the user's framework. Met (to 0.001): the run goes on; missed
+    (here: the file's sigmoid network read as tanh, as a wrong model.activation would): one line and
+    nothing written."""
+    reference = load_network(NETWORK)
+    path = tmp_path / "weights.npz"
+    np.savez(path, *(x for pair in zip(reference.weights, reference.biases) for x in pair))
+    test = load_dataset(DataConfig(dir=str(shared_data))).test
+    theirs = numpy_accuracy([w.astype(np.float64) for w in reference.weights],
+                            [b.astype(np.float64) for b in reference.biases], test)
+    met = run(shared_data, tmp_path / "met", path, "--expect-accuracy", f"{theirs + 0.0004:.4f}")
+    assert met.returncode == 0, met.stderr
+    missed = run(shared_data, tmp_path / "missed", path, "--expect-accuracy", f"{theirs:.4f}",
+                 "--set", "model.activation=tanh")
+    assert missed.returncode == 2 and len(missed.stderr.strip().splitlines()) == 1, missed.stderr
+    assert f"not the {theirs:.4f} of --expect-accuracy (more than 0.001 apart)" in missed.stderr
+    assert "model.activation = tanh" in missed.stderr and not (tmp_path / "missed").exists()
+    alone = subprocess.run([sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window",
+                            "--expect-accuracy", "0.9"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 2 and "give --network FILE too" in alone.stderr

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layout.core.config import ModelConfig, RunConfig, config_to_yaml
+from layout.core.errors import UserError
 from layout.core.files import cache_dir, write_text
 from layout.core.layers import hidden_kinds
 from layout.core.memory import gigabytes
@@ -53,15 +54,18 @@ def data_stage(cfg: RunConfig) -> Dataset:
 
 
 def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool = False,
-                   network_file: str | None = None, lays_out: bool = True) -> TrainResult:
+                   network_file: str | None = None, lays_out: bool = True,
+                   expect_accuracy: float | None = None) -> TrainResult:
     """Check that the run fits the data and this machine (with the stages after training when the run
     `lays_out` the network), then train or reuse the network (or read the one given as
-    `network_file`); write config.yaml (before training starts) and network.npz."""
+    `network_file`, whose test accuracy must be `expect_accuracy` to within ACCURACY_TOLERANCE when
+    given); write config.yaml (before training starts) and network.npz."""
     enable_compilation_cache(cache_dir() / "jax")
     given, read_notes = read_network_file(network_file, cfg.model.activation, dataset) if network_file else (None, ())
     n_train, n_test = len(dataset.train.labels), len(dataset.test.labels)
     if given is not None:
         check_fits(given, dataset, network_file)
+        check_accuracy(given, dataset, network_file, expect_accuracy)
         check_snapshots(cfg, len(given.snapshots.step), network_file, lays_out)
         if lays_out:
             check_laid_out(cfg, given.hidden_kinds, f"the network in {network_file}")
@@ -114,6 +118,20 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
     saved = save_network(out / "network.npz", network, key)
     notes = obtained.notes + size_note(saved, network, network_file is None)
     return TrainResult(used, dataset, network, figures, (config_file, saved), notes)
+
+
+ACCURACY_TOLERANCE = 0.001
+
+
+def check_accuracy(network: Network, dataset: Dataset, path: str, expected: float | None) -> None:
+    """--expect-accuracy: the network computes here what its framework computed, to ACCURACY_TOLERANCE."""
+    if expected is None or abs(network.test_accuracy - expected) <= ACCURACY_TOLERANCE:
+        return
+    raise UserError(f"{path} reaches a test accuracy of {network.test_accuracy:.4f} here on "
+                    f"{len(dataset.test.labels):,} {dataset.name} test images, not the {expected:.4f} of "
+                    f"--expect-accuracy (more than {ACCURACY_TOLERANCE} apart): check that the network saw images "
+                    f"scaled to 0..1, that its activation is model.activation = {network.activation}, and that the "
+                    "file holds the network you measured")
 
 
 LARGE = 256 * 10**6  # bytes: a network file this big is worth a word

@@ -14,6 +14,12 @@ import numpy as np
 
 from layout.core.errors import UserError
 
+try:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+except ImportError:  # the [formats] extra is not installed: safetensors_arrays says so when it is needed
+    SafetensorError, load_file = ValueError, None
+
 HEADER_CAP = 100 * 2**20  # bytes: a safetensors header longer than this is refused unread
 
 
@@ -32,12 +38,9 @@ class Mlp:
 
 def safetensors_arrays(path: str | Path) -> list[tuple[str, np.ndarray]]:
     """(name, array) in the order of the tensors' data in the file, the header checked before reading."""
-    try:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-    except ImportError:
+    if load_file is None:
         raise UserError(f"{path} is a safetensors file, and reading it needs the safetensors package: "
-                        "pip install -e \".[formats]\"") from None
+                        "pip install -e \".[formats]\"")
 
     size = Path(path).stat().st_size
     with open(path, "rb") as f:
