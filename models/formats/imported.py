@@ -12,7 +12,7 @@ from layout.core.errors import UserError
 from models.data.datasets import Dataset
 from models.formats.sniff import EXPORT, sniff
 from models.formats.weights import Mlp, mlp_from_arrays, npz_arrays, safetensors_arrays
-from models.network.mlp import ACTIVATIONS
+from models.network.mlp import apply
 from models.network.network import History, Network, Snapshots
 from models.network.store import load_network
 
@@ -41,11 +41,10 @@ def read_network_file(path: str | Path, activation: str, dataset: Dataset) -> tu
 
 
 def accuracy(mlp: Mlp, activation: str, images: np.ndarray, labels: np.ndarray) -> float:
-    h = images.reshape(len(images), -1).astype(np.float32) / 255.0
-    act = ACTIVATIONS[activation]
-    for w, b in zip(mlp.weights[:-1], mlp.biases[:-1]):
-        h = np.asarray(act(h @ w + b))
-    return float(((h @ mlp.weights[-1] + mlp.biases[-1]).argmax(1) == labels).mean())
+    """The share of `images` (uint8) whose largest logit, by the MLP's own forward pass, is their label."""
+    params = [{"w": w, "b": b} for w, b in zip(mlp.weights, mlp.biases)]
+    logits, _ = apply(params, images.reshape(len(images), -1).astype(np.float32) / 255.0, activation)
+    return float((np.asarray(logits).argmax(1) == labels).mean())
 
 
 def imported_network(mlp: Mlp, activation: str, dataset: Dataset) -> Network:
