@@ -51,7 +51,7 @@ def test_an_mlp_saved_by_another_framework_is_read_run_and_laid_out(tmp_path, sh
     result = run(shared_data, tmp_path / "out", path)
     assert result.returncode == 0, result.stderr
     order = "PyTorch's [out, in]" if kind == "safetensors" else "Keras' [in, out]"
-    assert f"{path}: a 784-30-10 MLP stored in {order} order, activation sigmoid" in result.stderr + result.stdout
+    assert f"{path}: an MLP, 784-30-10, stored in {order} order, activation sigmoid" in result.stderr + result.stdout
     test = load_dataset(DataConfig(dir=str(shared_data))).test
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert abs(metrics["test_accuracy"] - numpy_accuracy(w, b, test)) < 1e-3
@@ -112,7 +112,7 @@ def arrays(**shapes: tuple[int, ...]):
     (arrays(a=(784, 50), b=(40, 10)),
      "(a [784, 50], b [40, 10]): no order of them chains from the data's 784 inputs to its 10 classes"),
     (arrays(a=(784, 10), b=(7,)), "its 1-D arrays do not match the layers' outputs as biases ([10])"),
-    (arrays(k=(6, 1, 5, 5)), "reading a CNN from weight arrays is not built yet"),
+    (arrays(k=(6, 1, 5, 5)), "for a CNN, list its layers in the config's model.layers"),
     (lambda folder: lying_header(folder / "m.safetensors"),
      "is not an intact safetensors file: its header claims 1,000,000,000 bytes"),
 ])

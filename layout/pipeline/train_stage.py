@@ -61,7 +61,7 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
     `network_file`, whose test accuracy must be `expect_accuracy` to within ACCURACY_TOLERANCE when
     given); write config.yaml (before training starts) and network.npz."""
     enable_compilation_cache(cache_dir() / "jax")
-    given, read_notes = read_network_file(network_file, cfg.model.activation, dataset) if network_file else (None, ())
+    given, read_notes = read_network_file(network_file, cfg.model, dataset) if network_file else (None, ())
     n_train, n_test = len(dataset.train.labels), len(dataset.test.labels)
     if given is not None:
         check_fits(given, dataset, network_file)

@@ -1,27 +1,34 @@
-"""A network file given with --network, whatever made it: this tool's network.npz, or the weights of an
-MLP trained elsewhere (safetensors, npz), which are run here on the test set so that the user can check
-the import computes what their framework computes."""
+"""A network file given with --network, whatever made it: this tool's network.npz, an ONNX file, or the
+weights of an MLP trained elsewhere (safetensors, npz). Another framework's network is run here on
+the test set, by the same forward pass as a network trained here, so that the user can check that the
+import computes what their framework computes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 
+from layout.core.config import ModelConfig
 from layout.core.errors import UserError
-from models.data.datasets import Dataset
+from layout.core.layers import Dense
+from models.data.datasets import Dataset, Split
+from models.formats.layered import Layered
+from models.formats.onnx_graph import read_onnx
 from models.formats.sniff import EXPORT, sniff
-from models.formats.weights import Mlp, mlp_from_arrays, npz_arrays, safetensors_arrays
-from models.network.mlp import apply
+from models.formats.weights import cnn_from_arrays, mlp_from_arrays, npz_arrays, safetensors_arrays
 from models.network.network import History, Network, Snapshots
 from models.network.store import load_network
+from models.network.train import evaluate_jit, model_functions
 
-NOT_YET = {"onnx": "an ONNX", "keras": "a Keras (.keras)", "h5": "an HDF5 (Keras .h5)"}
+NOT_YET = {"keras": "a Keras (.keras)", "h5": "an HDF5 (Keras .h5)"}
 
 
-def read_network_file(path: str | Path, activation: str, dataset: Dataset) -> tuple[Network, tuple[str, ...]]:
-    """(the network, notes for the user). A network.npz of this tool as written; an MLP's weight arrays
-    with `activation` (the config's model.activation), checked against `dataset` and evaluated on it.
+def read_network_file(path: str | Path, model: ModelConfig, dataset: Dataset) -> tuple[Network, tuple[str, ...]]:
+    """(the network, notes for the user). A network.npz of this tool as written; an ONNX file's network
+    as its graph says; weight arrays as the MLP they chain into, or the CNN of model.layers, with
+    model.activation. Another framework's network is checked against `dataset` and evaluated on it.
     Pickles (a PyTorch .pt or .pth) are refused unread, with the call that exports the model instead."""
     kind = sniff(path) if Path(path).is_file() else "unknown"
     if kind in ("network-npz", "unknown"):  # load_network says what is wrong with anything else
@@ -33,33 +40,57 @@ def read_network_file(path: str | Path, activation: str, dataset: Dataset) -> tu
         raise UserError(f"{path} is {NOT_YET[kind]} file, which this version cannot read yet: save the weights as "
                         "safetensors or npz instead (for PyTorch: safetensors.torch.save_file(model.state_dict(), "
                         "\"model.safetensors\"))")
-    arrays = safetensors_arrays(path) if kind == "safetensors" else npz_arrays(path)
+    image_shape = (1, *dataset.train.images.shape[1:])
+    if kind == "onnx":
+        layered = read_onnx(path, image_shape, dataset.n_classes)
+        how = "ONNX"
+    else:
+        arrays = safetensors_arrays(path) if kind == "safetensors" else npz_arrays(path)
+        layered, order = layered_from_arrays(arrays, model, dataset, path)
+        how = f"stored in {order} order, activation {model.activation} (model.activation)"
+    network = imported_network(layered, dataset)
+    shape = "-".join(map(str, network.sizes))
+    what = "an MLP" if network.layers is None else f"a CNN ({len(network.layers)} layers)"
+    return network, (f"{path}: {what}, {shape}, {how}",)
+
+
+def layered_from_arrays(arrays: list, model: ModelConfig, dataset: Dataset, path: str | Path) -> tuple[Layered, str]:
+    """The network weight arrays form: model.layers filled with them where the config lists layers, else
+    the MLP their shapes chain into; and the storage order found."""
+    if model.layers is not None:
+        return cnn_from_arrays(arrays, model.layers, dataset.n_classes, path, model.activation)
     mlp = mlp_from_arrays(arrays, dataset.train.images[0].size, dataset.n_classes, path)
-    network = imported_network(mlp, activation, dataset)
-    sizes = "-".join(map(str, mlp.sizes))
-    return network, (f"{path}: a {sizes} MLP stored in {mlp.order} order, activation {activation} (model.activation)",)
+    dense = tuple(Dense(w.shape[1]) for w in mlp.weights[:-1])
+    return Layered(dense, mlp.weights, mlp.biases, model.activation), mlp.order
 
 
-def accuracy(mlp: Mlp, activation: str, images: np.ndarray, labels: np.ndarray) -> float:
-    """The share of `images` (uint8) whose largest logit, by the MLP's own forward pass, is their label."""
-    params = [{"w": w, "b": b} for w, b in zip(mlp.weights, mlp.biases)]
-    logits, _ = apply(params, images.reshape(len(images), -1).astype(np.float32) / 255.0, activation)
-    return float((np.asarray(logits).argmax(1) == labels).mean())
+def accuracy(layered: Layered, model: ModelConfig, split: Split, n_classes: int) -> float:
+    """The share of the split's images whose largest logit is their label, by the forward pass and
+    evaluation that a network trained here is measured with."""
+    forward = model_functions(model, n_classes)[1]
+    params = [{"w": jnp.asarray(w), "b": jnp.asarray(b)} for w, b in zip(layered.weights, layered.biases)]
+    images = jnp.asarray(split.images.reshape(len(split.images), -1))
+    return float(evaluate_jit(params, images, jnp.asarray(split.labels), forward)[1])
 
 
-def imported_network(mlp: Mlp, activation: str, dataset: Dataset) -> Network:
-    """The Network of imported weights: no training history and no snapshots (a training timeline
-    cannot be drawn), its accuracies measured here."""
+def imported_network(layered: Layered, dataset: Dataset) -> Network:
+    """The Network of imported weights: an MLP's (layers None) or a CNN's; no training history and no
+    snapshots (a training timeline cannot be drawn); its accuracies measured here."""
     empty = np.zeros(0)
+    sizes = layered.sizes(dataset.train.images[0].size)
+    layers = None if layered.is_mlp else layered.layers
+    model = (ModelConfig(hidden=sizes[1:-1], activation=layered.activation) if layers is None
+             else ModelConfig(activation=layered.activation, layers=layers))
 
     def no_snapshots(arrays):
         return tuple(np.zeros((0, *a.shape), np.float32) for a in arrays)
 
     return Network(
-        sizes=mlp.sizes, activation=activation, weights=mlp.weights, biases=mlp.biases, dataset=dataset.name,
-        classes=tuple(dataset.classes), class_names=tuple(dataset.class_names),
+        sizes=sizes, activation=layered.activation, weights=layered.weights, biases=layered.biases,
+        dataset=dataset.name, classes=tuple(dataset.classes), class_names=tuple(dataset.class_names),
         history=History(empty, empty, empty, empty),
-        snapshots=Snapshots(np.zeros(0, np.int64), empty, empty, no_snapshots(mlp.weights), no_snapshots(mlp.biases)),
-        test_accuracy=accuracy(mlp, activation, dataset.test.images, dataset.test.labels),
-        train_accuracy=accuracy(mlp, activation, dataset.train.images, dataset.train.labels),
-        train_seconds=0.0, epochs=0)
+        snapshots=Snapshots(np.zeros(0, np.int64), empty, empty, no_snapshots(layered.weights),
+                            no_snapshots(layered.biases)),
+        test_accuracy=accuracy(layered, model, dataset.test, dataset.n_classes),
+        train_accuracy=accuracy(layered, model, dataset.train, dataset.n_classes),
+        train_seconds=0.0, epochs=0, layers=layers)

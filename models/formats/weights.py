@@ -1,5 +1,6 @@
 """Weight arrays from a safetensors or npz file (read as data: safetensors' own reader, numpy without
-pickles), in the order the file stores them, and the MLP they form."""
+pickles), in the order the file stores them, and the MLP they form, or the CNN of a config's
+model.layers they fill."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from layout.core.errors import UserError
+from layout.core.layers import INPUT_SHAPE, Conv, Dense, Flatten, Layer, check_shapes
+from models.formats.layered import Layered
+from models.network.cnn import weight_shapes
 
 try:
     from safetensors import SafetensorError
@@ -84,6 +88,11 @@ def listing(arrays: list[tuple[str, np.ndarray]]) -> str:
     return shown + (f" and {len(arrays) - 12} more" if len(arrays) > 12 else "")
 
 
+def check_floats(arrays: list[tuple[str, np.ndarray]], where: str) -> None:
+    if any(not np.issubdtype(a.dtype, np.floating) for _, a in arrays):
+        raise UserError(f"{where} holds arrays that are not floating point: save the weights as float32")
+
+
 def chains(matrices: list[np.ndarray], n_inputs: int, n_classes: int) -> list[str]:
     """The storage orders in which `matrices` chain from n_inputs to n_classes."""
     found = []
@@ -104,10 +113,9 @@ def mlp_from_arrays(arrays: list[tuple[str, np.ndarray]], n_inputs: int, n_class
         raise UserError(f"{path} holds no arrays: save the network's weights and biases into it")
     if any(a.ndim not in (1, 2) for _, a in arrays):
         raise UserError(f"{where} holds arrays that are neither weight matrices nor bias vectors (a CNN's conv "
-                        "kernels?): reading a CNN from weight arrays is not built yet; an MLP's file holds only "
-                        "2-D weights and 1-D biases")
-    if any(not np.issubdtype(a.dtype, np.floating) for _, a in arrays):
-        raise UserError(f"{where} holds arrays that are not floating point: save the weights as float32")
+                        "kernels?): for a CNN, list its layers in the config's model.layers (configs/cnn.yaml "
+                        "shows how), and the arrays are matched to them")
+    check_floats(arrays, where)
     for ordering in (arrays, sorted(arrays, key=lambda item: natural(item[0]))):
         matrices = [a for _, a in ordering if a.ndim == 2]
         vectors = [a for _, a in ordering if a.ndim == 1]
@@ -126,3 +134,65 @@ def mlp_from_arrays(arrays: list[tuple[str, np.ndarray]], n_inputs: int, n_class
                         f"({[w.shape[1] for w in weights]}): save one bias per weight matrix, in order")
     biases = tuple(v.astype(np.float32) for v in vectors) or tuple(np.zeros(w.shape[1], np.float32) for w in weights)
     return Mlp(weights, biases, order)
+
+
+PYTORCH, KERAS = "PyTorch's [out, in] (conv [out, in, kh, kw])", "Keras' [in, out] (conv [kh, kw, in, out])"
+
+
+def as_stored(shape: tuple[int, ...], order: str) -> tuple[int, ...]:
+    """A weight's shape as a file in `order` stores it, from this tool's (conv [out, in, k, k], dense [in, out])."""
+    if len(shape) == 4:
+        return shape if order == PYTORCH else (shape[2], shape[3], shape[1], shape[0])
+    return shape[::-1] if order == PYTORCH else shape
+
+
+def from_stored(a: np.ndarray, order: str, flattened_from: tuple[int, ...] | None) -> np.ndarray:
+    """A stored weight in this tool's layout. Keras flattens images in (H, W, C) order and this tool in
+    (C, H, W), as PyTorch does: a dense layer's rows after a flatten are put in (C, H, W) order."""
+    if a.ndim == 4:
+        return a if order == PYTORCH else a.transpose(3, 2, 0, 1)
+    if order == PYTORCH:
+        return a.T
+    if flattened_from is None:
+        return a
+    c, h, w = flattened_from
+    return a.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)
+
+
+def cnn_from_arrays(arrays: list[tuple[str, np.ndarray]], layers: tuple[Layer, ...], n_classes: int,
+                    path: str | Path, activation: str) -> tuple[Layered, str]:
+    """The network of `layers` (model.layers) with the file's weights, matched to the layers by order
+    (the file's, else their names' natural order) and shape, in PyTorch's or Keras' storage order;
+    (the network, the order found). Anything else: a UserError listing the arrays and the shapes needed."""
+    where = f"{path} ({listing(arrays)})"
+    check_floats(arrays, where)
+    expected = weight_shapes(layers, n_classes)
+    flat_from = flattened_inputs(layers)
+    for ordering in (arrays, sorted(arrays, key=lambda item: natural(item[0]))):
+        weights = [a for _, a in ordering if a.ndim in (2, 4)]
+        biases = [a for _, a in ordering if a.ndim == 1]
+        found = [order for order in (PYTORCH, KERAS) if len(weights) == len(expected) and all(
+            a.shape == as_stored(w, order) for a, (w, _) in zip(weights, expected))]
+        if len(found) == 1 and (not biases or [len(b) for b in biases] == [b[0] for _, b in expected]):
+            order = found[0]
+            ws = tuple(from_stored(a, order, f).astype(np.float32) for a, f in zip(weights, flat_from))
+            bs = tuple(b.astype(np.float32) for b in biases) or tuple(np.zeros(b, np.float32) for _, b in expected)
+            return Layered(layers, ws, bs, activation), order
+    needed = ", ".join(f"{list(as_stored(w, PYTORCH))} + bias {b[0]}" for w, b in expected)
+    raise UserError(f"{where} does not match model.layers, which needs, in order, {needed} (PyTorch's order; Keras' "
+                    "kernels [kh, kw, in, out] and dense [in, out] are read too): set model.layers to the network "
+                    "the file holds, and save only its weights and biases")
+
+
+def flattened_inputs(layers: tuple[Layer, ...]) -> list[tuple[int, ...] | None]:
+    """For each layer with weights (the output layer last): the (C, H, W) of the images it takes,
+    flattened, where it is the dense layer right after a flatten; else None."""
+    found, before, images = [], INPUT_SHAPE, None
+    for layer, after in zip(layers, check_shapes(layers)):
+        if isinstance(layer, Flatten) and len(before) == 3:
+            images = before
+        if isinstance(layer, (Conv, Dense)):
+            found.append(images if isinstance(layer, Dense) else None)
+            images = None
+        before = after
+    return found + [images]
