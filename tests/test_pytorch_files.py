@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 import onnx
-from onnx.external_data_helper import set_external_data
 import pytest
+import yaml
+from onnx.external_data_helper import set_external_data
 
 from layout.core.config import DataConfig, ModelConfig
 from layout.core.errors import UserError
@@ -103,8 +104,8 @@ def networks(dataset):
 
 
 def model_config(kind: str) -> ModelConfig:
-    return ModelConfig() if kind == "mlp" else ModelConfig(activation="relu", layers=parse_layers(
-        __import__("yaml").safe_load(LENET)))
+    cnn = ModelConfig(activation="relu", layers=parse_layers(yaml.safe_load(LENET)))
+    return ModelConfig() if kind == "mlp" else cnn
 
 
 @pytest.mark.parametrize("form", ["onnx-torchscript", "onnx-dynamo", "safetensors"])
