@@ -56,6 +56,13 @@ def onnx_model(w: dict[str, np.ndarray]) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def cpu_model() -> str:
+    info = Path("/proc/cpuinfo")
+    if info.exists() and "model name" in info.read_text():
+        return info.read_text().split("model name")[1].split("\n")[0].strip(":\t ")
+    return platform.processor() or platform.machine()
+
+
 def median_seconds(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -86,7 +93,7 @@ def main() -> None:
             return read_onnx(ox, (1, 28, 28), 10)
 
         figures = {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
             "safetensors_mb": round(st.stat().st_size / 1e6, 1), "onnx_mb": round(ox.stat().st_size / 1e6, 1),
             "import_s_safetensors_100mb": median_seconds(read_safetensors, args.repeats),
             "floor_s_safetensors_100mb": median_seconds(lambda: load_file(str(st)), args.repeats),
@@ -94,9 +101,7 @@ def main() -> None:
             "floor_s_onnx_100mb": median_seconds(lambda: onnx.load(str(ox)), args.repeats),
             "target_s": 2.0,
         }
-    cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(":\t ") if Path(
-        "/proc/cpuinfo").exists() else figures["cpu"]
-    figures["cpu"] = cpu
+    cpu = figures["cpu"]
     if args.json:
         print(json.dumps(figures, indent=2))
         return

@@ -44,7 +44,7 @@ class Data:
 
     shape: tuple[int, ...]
     linear: bool = False
-    final: bool = False  # a Softmax was applied: nothing may follow
+    final: str = ""  # the Softmax or LogSoftmax applied: nothing may follow
 
 
 @dataclass
@@ -155,7 +155,7 @@ def step(node, inputs: list, reading: Reading) -> list:
         raise reading.refuse(node, "must take the image data as its first input and constants otherwise")
     (x,) = data
     if x.final:
-        raise reading.refuse(node, f"follows the {x.final} Softmax: a Softmax may only end the network")
+        raise reading.refuse(node, f"follows a {x.final}: a Softmax may only end the network")
     return [layer_step(op, x, [v for v in inputs if not isinstance(v, Data)], attributes(node), node, reading)]
 
 

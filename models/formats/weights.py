@@ -35,10 +35,6 @@ class Mlp:
     biases: tuple[np.ndarray, ...]
     order: str  # "PyTorch's [out, in]" or "Keras' [in, out]": how the file stored the matrices
 
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return (self.weights[0].shape[0], *(w.shape[1] for w in self.weights))
-
 
 def safetensors_arrays(path: str | Path) -> list[tuple[str, np.ndarray]]:
     """(name, array) in the order of the tensors' data in the file, the header checked before reading."""
