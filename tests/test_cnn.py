@@ -225,7 +225,7 @@ def test_jacobian_influence_equals_finite_differences_on_a_small_cnn(trained_cnn
     images = load_dataset(DataConfig(dir=str(shared_data))).test.images[:40]
     eps = 1e-3
     for hidden, n in ((0, 4), (1, 6), (2, 12)):
-        ours = mean_jacobian(network.params(), network.layers, network.activation, images, hidden)  # [n, C]
+        ours = mean_jacobian(network.params(), network, images, hidden)  # [n, C]
         assert ours.shape == (n, 10)
         for unit in range(n):
             step = np.zeros(n)
@@ -251,8 +251,7 @@ def test_feature_visualisation_excites_each_channel_far_beyond_the_test_images(s
     images = feature_images(network, layers, [a.std(0) for a in activations])
     for h, (found, seen) in enumerate(zip(images, activations)):
         assert found.shape == (network.sizes[h + 1], 28, 28) and 0 <= found.min() and found.max() <= 1
-        own = np.diag(np.asarray(mean_activation(network.params(), found.reshape(len(found), -1),
-                                                 network.layers, network.activation, h)))
+        own = np.diag(np.asarray(mean_activation(network.params(), found.reshape(len(found), -1), network, h)))
         alive = seen.std(0) > 1e-3  # a neuron constant over the test images has nothing to find
         assert alive.sum() >= 2
         above = own[alive] > np.maximum(2 * seen.mean(0)[alive], np.percentile(seen, 99, axis=0)[alive])

@@ -24,6 +24,7 @@ from layout.core.errors import UserError
 from layout.core.layers import parse_layers
 from models.data.datasets import load_dataset
 from models.formats.imported import read_network_file
+from models.network.network import inputs_of
 
 if os.environ.get("CI"):  # in CI PyTorch is installed (.ci/run): a missing one fails, never skips
     import torch
@@ -57,11 +58,15 @@ def mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.Sigmoid(), nn.Linear(100, 10))
 
 
-def trained(model: nn.Module, dataset, epochs: int) -> tuple[nn.Module, float]:
-    """The model after a few epochs of Adam on the training images (scaled to 0..1), and its test
-    accuracy as PyTorch computes it."""
+def trained(model: nn.Module, dataset, epochs: int, mean: float = 0.0, std: float = 1.0) -> tuple[nn.Module, float]:
+    """The model after a few epochs of Adam on the training images (scaled to 0..1, then as
+    transforms.Normalize((mean,), (std,)) does), and its test accuracy as PyTorch computes it."""
     torch.manual_seed(0)
-    x = torch.tensor(dataset.train.images[:, None] / 255.0, dtype=torch.float32)
+
+    def tensor(images):
+        return (torch.tensor(images[:, None] / 255.0, dtype=torch.float32) - mean) / std
+
+    x = tensor(dataset.train.images)
     y = torch.tensor(dataset.train.labels, dtype=torch.long)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     for _ in range(epochs):
@@ -71,8 +76,7 @@ def trained(model: nn.Module, dataset, epochs: int) -> tuple[nn.Module, float]:
             optimizer.step()
     model.eval()
     with torch.no_grad():
-        test = torch.tensor(dataset.test.images[:, None] / 255.0, dtype=torch.float32)
-        predicted = model(test).argmax(1).numpy()
+        predicted = model(tensor(dataset.test.images)).argmax(1).numpy()
     return model, float((predicted == dataset.test.labels).mean())
 
 
@@ -209,6 +213,20 @@ def test_weights_that_do_not_chain_from_the_data_are_refused(tmp_path, shared_da
     model = nn.Sequential(nn.Flatten(), nn.Linear(1024, 10), nn.Sigmoid(), nn.Linear(10, 10))
     path = export(model, tmp_path, "safetensors")
     assert "no order of them chains from the data's 784 inputs" in refused(shared_data, tmp_path / "out", path)
+
+
+def test_a_network_trained_on_normalised_images_is_read_with_the_same_normalisation(tmp_path, dataset, shared_data):
+    """PyTorch's usual MNIST normalisation, (x / 255 - 0.1307) / 0.3081: given as data.mean and data.std,
+    the tool computes PyTorch's accuracy; without them, --expect-accuracy catches the difference."""
+    model, theirs = trained(mlp(), dataset, 2, mean=0.1307, std=0.3081)
+    path = export(model, tmp_path, "onnx-dynamo")
+    normalised = inputs_of(DataConfig(mean=0.1307, std=0.3081))
+    network, _ = read_network_file(path, ModelConfig(), dataset, normalised)
+    assert abs(network.test_accuracy - theirs) <= 0.001 and network.inputs == normalised
+    raw, _ = read_network_file(path, ModelConfig(), dataset)
+    assert abs(raw.test_accuracy - theirs) > 0.01  # the scaling matters: it is not ignored
+    result = run(shared_data, tmp_path / "out", path, "--expect-accuracy", f"{theirs:.4f}", "--export", "none")
+    assert result.returncode == 2 and "check that data.scale, data.mean and data.std scale the images" in result.stderr
 
 
 def test_an_onnx_networks_activation_is_the_graphs_not_the_configs(tmp_path, dataset):

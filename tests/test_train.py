@@ -11,12 +11,26 @@ import jax
 import numpy as np
 import pytest
 
-from layout.core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
+from layout.core.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    load_config,
+)
+from layout.core.errors import UserError
 from layout.run import main as run_main
 from layout.run import train_main
 from models.data.datasets import load_dataset
 from models.network.mlp import apply, init_params, layer_sizes
-from models.network.store import load_network, network_key, obtain_network, save_network
+from models.network.network import Inputs, inputs_of
+from models.network.store import (
+    check_fits,
+    load_network,
+    network_key,
+    obtain_network,
+    save_network,
+)
 from models.network.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,10 +49,10 @@ SMALL_MODEL = ModelConfig(hidden=(16,))
 SMALL_TRAIN = TrainConfig(epochs=3, batch_size=32, learning_rate=1e-2)
 
 
-def numpy_forward(network, images):
+def numpy_forward(network, images, mean: float = 0.0, std: float = 1.0):
     """An independent numpy forward pass: the saved weights alone must reproduce the accuracy."""
     act = {"sigmoid": lambda z: 1 / (1 + np.exp(-z)), "tanh": np.tanh, "relu": lambda z: np.maximum(z, 0)}
-    h = images.reshape(len(images), -1).astype(np.float32) / 255
+    h = (images.reshape(len(images), -1).astype(np.float32) / 255 - mean) / std
     for w, b in zip(network.weights[:-1], network.biases[:-1]):
         h = act[network.activation](h @ w + b)
     return h @ network.weights[-1] + network.biases[-1]
@@ -153,11 +167,30 @@ def test_trained_network_is_reused_only_when_data_model_and_train_are_unchanged(
     for changed in (dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, l1=1e-4)),
                     dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=1)),
                     dataclasses.replace(cfg, model=ModelConfig(hidden=(8,))),
-                    dataclasses.replace(cfg, model=ModelConfig(hidden=(16,), activation="relu"))):
+                    dataclasses.replace(cfg, model=ModelConfig(hidden=(16,), activation="relu")),
+                    dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mean=0.1307, std=0.3081)),
+                    dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, scale="none"))):
         assert network_key(changed, small) != key
     fewer = load_dataset(DataConfig(limit=256), environ={"NEURON_LAYOUT_DATA": str(shared_data)},
                          system_root=Path("/nonexistent"))
     assert fewer.key != small.key and network_key(cfg, fewer) != key  # the data actually used
+
+
+def test_a_network_trains_on_the_pixels_as_data_scale_mean_and_std_give_them(small, tmp_path):
+    """(pixels / 255 - 0.1307) / 0.3081 here: the file keeps the scaling, an independent numpy forward pass
+    with it reproduces the accuracy, and the file is refused for a config that scales the pixels otherwise."""
+    data = DataConfig(mean=0.1307, std=0.3081)
+    net = train(SMALL_MODEL, SMALL_TRAIN, small, inputs=inputs_of(data))
+    back = load_network(save_network(tmp_path / "network.npz", net))
+    assert back.inputs == net.inputs == Inputs(gain=1 / 0.3081, offset=-0.1307 / 0.3081)
+    accuracy = (numpy_forward(back, small.test.images, 0.1307, 0.3081).argmax(-1) == small.test.labels).mean()
+    assert accuracy == pytest.approx(net.test_accuracy, abs=1e-3) and accuracy > 0.7
+    assert (numpy_forward(back, small.test.images).argmax(-1) == small.test.labels).mean() < accuracy - 0.05
+    check_fits(back, small, "network.npz", inputs_of(data))
+    with pytest.raises(UserError, match="set data.scale, data.mean and data.std as in the config.yaml"):
+        check_fits(back, small, "network.npz", inputs_of(DataConfig()))
+    raw = inputs_of(DataConfig(scale="none"))
+    assert np.asarray(raw.of_pixels(np.array([0, 51, 255], np.uint8))).tolist() == [0.0, 51.0, 255.0]
 
 
 def test_a_cached_network_copied_over_another_key_is_trained_again(small, isolated_cache):

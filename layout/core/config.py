@@ -23,6 +23,7 @@ from layout.core.layers import parse_layers
 from layout.core.plain import join, to_plain
 
 DATASETS = ("mnist", "fashion-mnist", "mnist-sample")
+SCALES = ("unit", "none")
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
 OPTIMIZERS = ("adam", "sgd")
 SNAPSHOT_UNITS = ("epoch", "step")
@@ -61,6 +62,10 @@ class DataConfig:
     )
     limit: int | None = option(None, "keep the first n examples of each split (after `classes`)", ge=1, le=MAX_COUNT)
     mirrors: tuple[str, ...] | None = option(None, "base URLs to download from instead of the standard mirrors")
+    scale: str = option("unit", "the pixels as the network sees them: unit divides them by 255 (0..1), none keeps "
+                                "0..255; then (pixels - mean) / std", choices=SCALES)
+    mean: float = option(0.0, "subtracted from the scaled pixels (PyTorch's usual figure for MNIST: 0.1307)")
+    std: float = option(1.0, "what the scaled pixels minus the mean are divided by (PyTorch's usual: 0.3081)", gt=0)
 
 
 @dataclass(frozen=True)

@@ -90,18 +90,18 @@ def chosen_layers(network: Network, which: str = "dense") -> tuple[int, ...]:
     return tuple(h for h, kind in enumerate(network.hidden_kinds) if which in ("all", kind))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _forward(params, x, layers, activation):
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _forward(params, x, layers, activation, inputs):
     """(logits, every hidden layer's activations per neuron) for uint8 images [n, 784]."""
-    logits, hidden = apply_layers(params, x.astype(jnp.float32) / 255.0, layers, activation)
+    logits, hidden = apply_layers(params, inputs.of_pixels(x), layers, activation)
     return logits, tuple(per_neuron(h) for h in hidden)
 
 
-def forward_batches(params: list[dict], layers: tuple, activation: str, images: np.ndarray
-                    ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(logits [n, C], every hidden layer's activations [n, n_l]) for uint8 images [n, 28, 28]."""
-    batches = [_forward(params, images[i:i + EVAL_BATCH].reshape(-1, 784), layers, activation)
-               for i in range(0, len(images), EVAL_BATCH)]
+def forward_batches(params: list[dict], network: Network, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(logits [n, C], every hidden layer's activations [n, n_l]) for uint8 images [n, 28, 28], of the
+    network's layers, activation and input scaling with the weights `params` (its own or others)."""
+    batches = [_forward(params, images[i:i + EVAL_BATCH].reshape(-1, 784), network.layer_list, network.activation,
+                        network.inputs) for i in range(0, len(images), EVAL_BATCH)]
     logits = np.concatenate([np.asarray(b[0]) for b in batches])
     return logits, [np.concatenate([np.asarray(b[1][h]) for b in batches]) for h in range(len(batches[0][1]))]
 
@@ -111,7 +111,7 @@ def hidden_activations(network: Network, images: np.ndarray, layers: tuple[int, 
     """The activations [n_images, n_l] of hidden layers `layers` (default: those laid out by default,
     chosen_layers) for uint8 images [n, 28, 28]; a conv channel's averaged over the image."""
     layers = chosen_layers(network) if layers is None else layers
-    _, hidden = forward_batches(network.params(), network.layer_list, network.activation, images)
+    _, hidden = forward_batches(network.params(), network, images)
     return [hidden[h] for h in layers]
 
 
@@ -120,7 +120,7 @@ def probe(network: Network, images: np.ndarray, layers: tuple[int, ...] | None =
     """(activations [n, N] of every laid-out neuron, in order; class probabilities [n, C]) for uint8
     images [n, 28, 28]."""
     layers = chosen_layers(network) if layers is None else layers
-    logits, hidden = forward_batches(network.params(), network.layer_list, network.activation, images)
+    logits, hidden = forward_batches(network.params(), network, images)
     logits = logits.astype(np.float64) - logits.max(1, keepdims=True)
     p = np.exp(logits)
     return np.concatenate([hidden[h] for h in layers], axis=1), p / p.sum(1, keepdims=True)
@@ -168,21 +168,21 @@ def upstream_products(weights: tuple[np.ndarray, ...]) -> list[np.ndarray]:
     return out
 
 
-def mean_jacobian(params: list[dict], layers: tuple, activation: str, images: np.ndarray, hidden: int
-                  ) -> np.ndarray:
+def mean_jacobian(params: list[dict], network: Network, images: np.ndarray, hidden: int) -> np.ndarray:
     """[n_h, C]: the mean over `images` of d logits / d (a neuron of hidden layer `hidden`). For a conv
     channel, the derivative with respect to its spatially summed activation: the logits' change when
     the sum grows by one, spread evenly over the channel's positions."""
-    total = sum(np.asarray(_jacobian_sum(params, images[i:i + EVAL_BATCH].reshape(-1, 784), layers, activation,
-                                         hidden), np.float64) for i in range(0, len(images), EVAL_BATCH))
+    architecture = network.layer_list, network.activation, network.inputs
+    total = sum(np.asarray(_jacobian_sum(params, images[i:i + EVAL_BATCH].reshape(-1, 784), *architecture, hidden),
+                           np.float64) for i in range(0, len(images), EVAL_BATCH))
     return (total / len(images)).T.astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _jacobian_sum(params, x, layers, activation, hidden):
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _jacobian_sum(params, x, layers, activation, inputs, hidden):
     """[C, n_h]: the sum over the batch of d logits / d (each neuron of layer `hidden`), as one shift
     shared by the batch (so one Jacobian of the summed logits, forward or reverse, whichever is shorter)."""
-    _, maps = apply_layers(params, x.astype(jnp.float32) / 255.0, layers, activation)
+    _, maps = apply_layers(params, inputs.of_pixels(x), layers, activation)
     a = maps[hidden]
 
     def summed_logits(t):
@@ -215,7 +215,7 @@ def output_vectors(params: list[dict], network: Network, images: np.ndarray, lay
         products = dict(zip(range(first, len(kinds)),
                             downstream_products(tuple(np.asarray(p["w"]) for p in params[first:]))))
     return [products[h] if h in products else
-            mean_jacobian(params, network.layer_list, network.activation, influence_images(images, kinds[h]), h)
+            mean_jacobian(params, network, influence_images(images, kinds[h]), h)
             for h in layers]
 
 

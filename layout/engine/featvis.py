@@ -45,7 +45,8 @@ def feature_images(network: Network, hidden_layers: tuple[int, ...], scales: lis
     widths = tuple(network.sizes[h + 1] for h in hidden_layers)
     scale = np.concatenate(scales) if scales is not None else np.ones(sum(widths))
     images = np.asarray(_ascend(params, jnp.asarray(np.maximum(scale, SCALE_FLOOR), jnp.float32), jax.random.key(seed),
-                                network.layer_list, network.activation, tuple(hidden_layers), widths, steps))
+                                network.layer_list, network.activation, network.inputs, tuple(hidden_layers), widths,
+                                steps))
     return np.split(images.reshape(-1, 28, 28), np.cumsum(widths)[:-1])
 
 
@@ -65,15 +66,15 @@ def blurred(g: jax.Array) -> jax.Array:
     return images.reshape(g.shape)
 
 
-def mean_activation(params, images: jax.Array, layers: tuple, activation: str, hidden: int) -> jax.Array:
+def mean_activation(params, images: jax.Array, network: Network, hidden: int) -> jax.Array:
     """[n, n_h]: layer `hidden`'s activations (a conv channel's averaged over its positions) for images
-    [n, 784] in 0..1."""
-    h = apply_layers(params, images, layers, activation)[1][hidden]
+    [n, 784] in 0..1, scaled as the network's inputs were."""
+    h = apply_layers(params, network.inputs.of_unit(images), network.layer_list, network.activation)[1][hidden]
     return per_neuron(h)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
-def _ascend(params, scale, key, layers, activation, hidden_layers, widths, steps):
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+def _ascend(params, scale, key, layers, activation, inputs, hidden_layers, widths, steps):
     optimizer = optax.adam(LEARNING_RATE)
     n = sum(widths)
     starts = np.cumsum((0,) + widths[:-1])
@@ -81,7 +82,7 @@ def _ascend(params, scale, key, layers, activation, hidden_layers, widths, steps
     def objective(x, shift):
         shifted = jnp.roll(x.reshape(n, 28, 28), shift, axis=(1, 2)).reshape(n, 784)
         ascent = leaky_gradient_relu if activation == "relu" else activation
-        hidden = apply_layers(params, shifted, layers, ascent, fast_gradients=True)[1]
+        hidden = apply_layers(params, inputs.of_unit(shifted), layers, ascent, fast_gradients=True)[1]
         own = []
         for h, start, width in zip(hidden_layers, starts, widths):  # image start + j is neuron j's
             a = hidden[h][start:start + width]

@@ -86,13 +86,14 @@ def _masked_channels(params, maps, labels, masks, layers, activation, layer, n_c
 def conv_maps(network: Network, layer: int, images: np.ndarray) -> np.ndarray:
     """Conv layer `layer`'s activation maps [n, channels, H, W] for uint8 images [n, 28, 28]."""
     params = network.params()
-    return np.concatenate([np.asarray(_maps(params, images[i:i + EVAL_BATCH].reshape(-1, 784), network.layer_list,
-                                            network.activation, layer)) for i in range(0, len(images), EVAL_BATCH)])
+    architecture = network.layer_list, network.activation, network.inputs
+    return np.concatenate([np.asarray(_maps(params, images[i:i + EVAL_BATCH].reshape(-1, 784), *architecture, layer))
+                           for i in range(0, len(images), EVAL_BATCH)])
 
 
-@partial(jax.jit, static_argnums=(2, 3, 4))
-def _maps(params, x, layers, activation, layer):
-    return apply_layers(params, x.astype(jnp.float32) / 255.0, layers, activation)[1][layer]
+@partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _maps(params, x, layers, activation, inputs, layer):
+    return apply_layers(params, inputs.of_pixels(x), layers, activation)[1][layer]
 
 
 def random_groups(rng: np.random.Generator, n: int, size: int, count: int) -> np.ndarray:

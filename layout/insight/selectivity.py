@@ -19,12 +19,12 @@ its class means measured on the same test images; each null network gives one la
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from layout.engine.features import EVAL_BATCH, class_means
 from layout.insight.structure import NullTest
 from models.network.mlp import ACTIVATIONS, init_limit
+from models.network.network import Inputs
 
 TINY = 1e-12
 INDICES = ("selectivity", "effective_classes")
@@ -56,10 +56,11 @@ def indices(means: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def untrained_class_means(sizes: tuple[int, ...], activation: str, images: np.ndarray, labels: np.ndarray,
-                          count: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """For each hidden layer, [count, n_l, C]: the class means of `count` randomly initialised networks."""
+                          count: int, rng: np.random.Generator, inputs: Inputs = Inputs()) -> list[np.ndarray]:
+    """For each hidden layer, [count, n_l, C]: the class means of `count` randomly initialised networks
+    shown the images scaled as `inputs` says (the trained network's scaling)."""
     act = ACTIVATIONS[activation]
-    forward = jax.jit(lambda ws, x: hidden_of(ws, x, act))
+    forward = jax.jit(lambda ws, x: hidden_of(ws, inputs.of_pixels(x), act))
     n_classes = sizes[-1]
     out: list[list[np.ndarray]] = [[] for _ in sizes[1:-1]]
     for _ in range(count):
@@ -72,9 +73,8 @@ def untrained_class_means(sizes: tuple[int, ...], activation: str, images: np.nd
     return [np.stack(layer) for layer in out]
 
 
-def hidden_of(weights, x, act):
-    """Hidden activations of a network at initialisation (zero biases), images scaled to 0..1."""
-    h = x.astype(jnp.float32) / 255.0
+def hidden_of(weights, h, act):
+    """Hidden activations of a network at initialisation (zero biases) for its inputs h."""
     out = []
     for w in weights:
         h = act(h @ w)

@@ -20,7 +20,7 @@ from layout.insight.stability import Retrained, Stability, relayout, retrained_s
 from layout.insight.structure import LayerInputs, LayerStructure, layer_structure, shuffled_columns, untrained
 from layout.insight.untrained import conv_influence_nulls, untrained_layer_class_means
 from models.data.datasets import Dataset
-from models.network.network import Network
+from models.network.network import Network, inputs_of
 from models.network.train import train
 
 
@@ -98,7 +98,7 @@ def run_structure_tests(cfg: RunConfig, subject: Subject,
         part_done()
     elif sc.selectivity_nulls:
         null_means = untrained_class_means(net.sizes, net.activation, test.images, test.labels, sc.selectivity_nulls,
-                                           np.random.default_rng([sc.seed, 7]))
+                                           np.random.default_rng([sc.seed, 7]), net.inputs)
         part_done()
     layers = []
     for l, m in enumerate(layers_of):
@@ -142,7 +142,7 @@ def shuffled_label_vectors(cfg: RunConfig, data: Dataset, runs: int, hidden: tup
     for r in range(runs):
         split = dataclasses.replace(data.train, labels=rng.permutation(data.train.labels))
         net = train(cfg.model, dataclasses.replace(cfg.train, seed=cfg.train.seed + 1 + r),
-                    dataclasses.replace(data, train=split))
+                    dataclasses.replace(data, train=split), inputs=inputs_of(cfg.data))
         vectors.append(np.concatenate(output_vectors(net.params(), net, data.test.images, hidden,
                                                      cfg.layout.influence)))
     return np.stack(vectors).astype(np.float32)

@@ -39,8 +39,8 @@ def null_params(network: Network, seed: int, i: int) -> list[dict]:
 def conv_influence_nulls(network: Network, hidden: int, images: np.ndarray, count: int, seed: int) -> np.ndarray:
     """[min(count, CONV_NULLS), n_h, C]: conv layer `hidden`'s Jacobian influence in untrained networks."""
     sample = influence_images(images, "conv")
-    return np.stack([mean_jacobian(null_params(network, seed, i), network.layer_list, network.activation, sample,
-                                   hidden) for i in range(min(count, CONV_NULLS))])
+    return np.stack([mean_jacobian(null_params(network, seed, i), network, sample, hidden)
+                     for i in range(min(count, CONV_NULLS))])
 
 
 def untrained_layer_class_means(network: Network, hidden_layers: tuple[int, ...], images: np.ndarray,
@@ -48,7 +48,7 @@ def untrained_layer_class_means(network: Network, hidden_layers: tuple[int, ...]
     """For each of `hidden_layers`, [count, n_l, C]: the class means of `count` untrained networks."""
     out: list[list[np.ndarray]] = [[] for _ in hidden_layers]
     for i in range(count):
-        _, hidden = forward_batches(null_params(network, seed, i), network.layer_list, network.activation, images)
+        _, hidden = forward_batches(null_params(network, seed, i), network, images)
         for column, h in zip(out, hidden_layers):
             column.append(class_means(hidden[h], labels, network.sizes[-1]))
     return [np.stack(column) for column in out]

@@ -14,6 +14,7 @@ from layout.core.errors import UserError
 from layout.core.files import cache_dir, write_text
 from layout.core.layers import hidden_kinds
 from layout.core.memory import gigabytes
+from layout.core.plain import fingerprint
 from layout.core.progress import progress_bar
 from layout.pipeline.preflight import (
     check_fits_data,
@@ -26,7 +27,7 @@ from layout.pipeline.preflight import (
 from models.data.datasets import Dataset, load_dataset
 from models.formats.imported import read_network_file
 from models.network.mlp import layer_sizes
-from models.network.network import Network
+from models.network.network import Inputs, Network, inputs_of
 from models.network.store import Obtained, check_fits, obtain_network, save_network
 from models.network.train import N_INPUTS, enable_compilation_cache
 
@@ -61,10 +62,11 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
     `network_file`, whose test accuracy must be `expect_accuracy` to within ACCURACY_TOLERANCE when
     given); write config.yaml (before training starts) and network.npz."""
     enable_compilation_cache(cache_dir() / "jax")
-    given, read_notes = read_network_file(network_file, cfg.model, dataset) if network_file else (None, ())
+    inputs = inputs_of(cfg.data)
+    given, read_notes = read_network_file(network_file, cfg.model, dataset, inputs) if network_file else (None, ())
     n_train, n_test = len(dataset.train.labels), len(dataset.test.labels)
     if given is not None:
-        check_fits(given, dataset, network_file)
+        check_fits(given, dataset, network_file, inputs)
         check_accuracy(given, dataset, network_file, expect_accuracy)
         check_snapshots(cfg, len(given.snapshots.step), network_file, lays_out)
         if lays_out:
@@ -89,7 +91,7 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
         digest = file_digest(Path(network_file))
         used, notes = with_model_of(cfg, given, network_file)
         config_file = write_text(out / "config.yaml", given_header(network_file, digest) + config_to_yaml(used))
-        obtained = Obtained(given, "given-" + digest[:14], True, read_notes + notes)
+        obtained = Obtained(given, given_key(digest, inputs), True, read_notes + notes)
     else:
         used = cfg
         config_file = write_text(out / "config.yaml", config_to_yaml(cfg))
@@ -123,14 +125,20 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
 ACCURACY_TOLERANCE = 0.001
 
 
+def given_key(digest: str, inputs: Inputs) -> str:
+    """A given network's key for the caches after training: its file, and how its images are scaled
+    (which changes every figure computed from the network's activations)."""
+    return "given-" + fingerprint({"file": digest, "inputs": inputs})[:14]
+
+
 def check_accuracy(network: Network, dataset: Dataset, path: str, expected: float | None) -> None:
     """--expect-accuracy: the network computes here what its framework computed, to ACCURACY_TOLERANCE."""
     if expected is None or abs(network.test_accuracy - expected) <= ACCURACY_TOLERANCE:
         return
     raise UserError(f"{path} reaches a test accuracy of {network.test_accuracy:.4f} here on "
                     f"{len(dataset.test.labels):,} {dataset.name} test images, not the {expected:.4f} of "
-                    f"--expect-accuracy (more than {ACCURACY_TOLERANCE} apart): check that the network saw images "
-                    f"scaled to 0..1, that its activation is model.activation = {network.activation}, and that the "
+                    f"--expect-accuracy (more than {ACCURACY_TOLERANCE} apart): check that data.scale, data.mean and "
+                    f"data.std scale the images as they were when it was trained, that its activation is model.activation = {network.activation}, and that the "
                     "file holds the network you measured")
 
 

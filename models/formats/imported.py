@@ -14,41 +14,45 @@ from layout.core.config import ModelConfig
 from layout.core.errors import UserError
 from layout.core.layers import Dense
 from models.data.datasets import Dataset, Split
+from models.formats.keras import read_keras
 from models.formats.layered import Layered
 from models.formats.onnx_graph import read_onnx
 from models.formats.sniff import EXPORT, sniff
 from models.formats.weights import cnn_from_arrays, mlp_from_arrays, npz_arrays, safetensors_arrays
-from models.network.network import History, Network, Snapshots
+from models.network.network import History, Inputs, Network, Snapshots
 from models.network.store import load_network
 from models.network.train import evaluate_jit, model_functions
 
-NOT_YET = {"keras": "a Keras (.keras)", "h5": "an HDF5 (Keras .h5)"}
 
 
-def read_network_file(path: str | Path, model: ModelConfig, dataset: Dataset) -> tuple[Network, tuple[str, ...]]:
+def read_network_file(path: str | Path, model: ModelConfig, dataset: Dataset,
+                      inputs: Inputs = Inputs()) -> tuple[Network, tuple[str, ...]]:
     """(the network, notes for the user). A network.npz of this tool as written; an ONNX file's network
     as its graph says; weight arrays as the MLP they chain into, or the CNN of model.layers, with
-    model.activation. Another framework's network is checked against `dataset` and evaluated on it.
+    model.activation. Another framework's network is checked against `dataset` and evaluated on it, its
+    pixels scaled as `inputs` says (data.scale, data.mean, data.std).
     Pickles (a PyTorch .pt or .pth) are refused unread, with the call that exports the model instead."""
     kind = sniff(path) if Path(path).is_file() else "unknown"
+    if kind == "unknown" and Path(path).suffix.lower() == ".keras":  # the content is no Keras archive (any more)
+        raise UserError(f"{path} is not an intact Keras file (not a zip archive holding config.json and "
+                        "model.weights.h5): save it again with model.save")
     if kind in ("network-npz", "unknown"):  # load_network says what is wrong with anything else
         return load_network(path), ()
     if kind in ("pytorch", "pickle"):
         raise UserError(f"{path} holds pickled Python objects (a PyTorch .pt or .pth checkpoint?), which are never "
                         f"loaded (they can run code): export the model instead, with {EXPORT}")
-    if kind in NOT_YET:
-        raise UserError(f"{path} is {NOT_YET[kind]} file, which this version cannot read yet: save the weights as "
-                        "safetensors or npz instead (for PyTorch: safetensors.torch.save_file(model.state_dict(), "
-                        "\"model.safetensors\"))")
     image_shape = (1, *dataset.train.images.shape[1:])
     if kind == "onnx":
         layered = read_onnx(path, image_shape, dataset.n_classes)
         how = "ONNX"
+    elif kind in ("keras", "h5"):
+        layered = read_keras(path, kind, image_shape, dataset.n_classes)
+        how = "Keras" + (" (legacy .h5)" if kind == "h5" else "")
     else:
         arrays = safetensors_arrays(path) if kind == "safetensors" else npz_arrays(path)
         layered, order = layered_from_arrays(arrays, model, dataset, path)
         how = f"stored in {order} order, activation {model.activation} (model.activation)"
-    network = imported_network(layered, dataset)
+    network = imported_network(layered, dataset, inputs)
     shape = "-".join(map(str, network.sizes))
     what = "an MLP" if network.layers is None else f"a CNN ({len(network.layers)} layers)"
     return network, (f"{path}: {what}, {shape}, {how}",)
@@ -64,16 +68,16 @@ def layered_from_arrays(arrays: list, model: ModelConfig, dataset: Dataset, path
     return Layered(dense, mlp.weights, mlp.biases, model.activation), mlp.order
 
 
-def accuracy(layered: Layered, model: ModelConfig, split: Split, n_classes: int) -> float:
+def accuracy(layered: Layered, model: ModelConfig, split: Split, n_classes: int, inputs: Inputs) -> float:
     """The share of the split's images whose largest logit is their label, by the forward pass and
     evaluation that a network trained here is measured with."""
-    forward = model_functions(model, n_classes)[1]
+    forward = model_functions(model, n_classes, inputs)[1]
     params = [{"w": jnp.asarray(w), "b": jnp.asarray(b)} for w, b in zip(layered.weights, layered.biases)]
     images = jnp.asarray(split.images.reshape(len(split.images), -1))
     return float(evaluate_jit(params, images, jnp.asarray(split.labels), forward)[1])
 
 
-def imported_network(layered: Layered, dataset: Dataset) -> Network:
+def imported_network(layered: Layered, dataset: Dataset, inputs: Inputs = Inputs()) -> Network:
     """The Network of imported weights: an MLP's (layers None) or a CNN's; no training history and no
     snapshots (a training timeline cannot be drawn); its accuracies measured here."""
     empty = np.zeros(0)
@@ -91,6 +95,6 @@ def imported_network(layered: Layered, dataset: Dataset) -> Network:
         history=History(empty, empty, empty, empty),
         snapshots=Snapshots(np.zeros(0, np.int64), empty, empty, no_snapshots(layered.weights),
                             no_snapshots(layered.biases)),
-        test_accuracy=accuracy(layered, model, dataset.test, dataset.n_classes),
-        train_accuracy=accuracy(layered, model, dataset.train, dataset.n_classes),
-        train_seconds=0.0, epochs=0, layers=layers)
+        test_accuracy=accuracy(layered, model, dataset.test, dataset.n_classes, inputs),
+        train_accuracy=accuracy(layered, model, dataset.train, dataset.n_classes, inputs),
+        train_seconds=0.0, epochs=0, layers=layers, inputs=inputs)

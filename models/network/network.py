@@ -8,7 +8,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from layout.core.config import DataConfig
 from layout.core.layers import Conv, Dense, Layer, hidden_kinds
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """How images become the network's inputs: pixels (uint8, 0..255) / 255 * gain + offset. The default,
+    0..1, is what this tool trains on; data.scale / data.mean / data.std give another (inputs_of)."""
+
+    gain: float = 1.0
+    offset: float = 0.0
+
+    def of_pixels(self, pixels):
+        """Network inputs (float32) for uint8 pixels, a numpy or JAX array of any shape."""
+        return self.of_unit(pixels.astype(np.float32) / 255.0)
+
+    def of_unit(self, images):
+        """Network inputs for images scaled to 0..1 (those that feature visualisation ascends)."""
+        return images if self == Inputs() else images * np.float32(self.gain) + np.float32(self.offset)
+
+
+def inputs_of(data: DataConfig) -> Inputs:
+    """(pixels * (1/255 for unit, 1 for none) - mean) / std, as gain and offset on 0..1 images."""
+    unit = 1.0 if data.scale == "unit" else 255.0
+    return Inputs(gain=unit / data.std, offset=0.0 - data.mean / data.std)  # 0.0 -: never -0.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,7 @@ class Network:
     train_seconds: float
     epochs: int
     layers: tuple | None = None  # model.layers for a CNN (layout/core/layers.py); None: the MLP of `sizes`
+    inputs: Inputs = Inputs()  # how its input images were scaled when it was trained
 
     @property
     def layer_list(self) -> tuple[Layer, ...]:

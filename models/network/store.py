@@ -23,7 +23,7 @@ from layout.core.layers import parse_layers, plain_layers, widths
 from layout.core.plain import fingerprint
 from models.data.datasets import Dataset
 from models.network.cnn import weight_shapes as cnn_weight_shapes
-from models.network.network import History, Network, Snapshots
+from models.network.network import History, Inputs, Network, Snapshots, inputs_of
 from models.network.train import N_INPUTS, EpochStats, train
 
 FORMAT_VERSION = 1
@@ -47,12 +47,14 @@ META_CHECKS = {
 def network_key(cfg: RunConfig, dataset: Dataset) -> str:
     """What decides the trained weights: the data actually used (its files, classes and limit: where the
     files live does not change them), the model and the training settings."""
-    return fingerprint({"version": FORMAT_VERSION, "data": dataset.key, "model": cfg.model, "train": cfg.train})[:20]
+    return fingerprint({"version": FORMAT_VERSION, "data": dataset.key, "inputs": inputs_of(cfg.data),
+                        "model": cfg.model, "train": cfg.train})[:20]
 
 
 def network_arrays(network: Network, key: str) -> dict[str, np.ndarray]:
     meta = {name: getattr(network, name) for name in META_FIELDS}
-    meta.update(n_params=network.n_params, key=key, format=FORMAT_VERSION)
+    meta.update(n_params=network.n_params, key=key, format=FORMAT_VERSION,
+                inputs={"gain": network.inputs.gain, "offset": network.inputs.offset})
     if network.layers is not None:
         meta["layers"] = plain_layers(network.layers)
     arrays = {"meta": np.array(json.dumps(meta))}
@@ -120,8 +122,19 @@ def read_network(path: str | Path) -> tuple[Network, dict]:
         train_seconds=meta["train_seconds"],
         epochs=meta["epochs"],
         layers=model_layers,
+        inputs=read_inputs(path, what, meta),
     )
     return network, meta
+
+
+def read_inputs(path: str | Path, what: str, meta: dict) -> Inputs:
+    """How the file's network scales its input pixels (files from before data.scale: 0..1)."""
+    inputs = meta.get("inputs", {"gain": 1.0, "offset": 0.0})
+    if not (isinstance(inputs, dict) and set(inputs) == {"gain", "offset"} and number(inputs["gain"])
+            and inputs["gain"] > 0 and number(inputs["offset"])):
+        raise UserError(f"{path} is not a {what} written by neuron-layout: its meta's 'inputs' is "
+                        f"{excerpt(inputs)}, not a gain above 0 and an offset")
+    return Inputs(float(inputs["gain"]), float(inputs["offset"]))
 
 
 def read_layers(path: str | Path, what: str, meta: dict, sizes: list[int]) -> tuple | None:
@@ -138,7 +151,7 @@ def read_layers(path: str | Path, what: str, meta: dict, sizes: list[int]) -> tu
     return layers
 
 
-def check_fits(network: Network, dataset: Dataset, path: str | Path) -> None:
+def check_fits(network: Network, dataset: Dataset, path: str | Path, inputs: Inputs = Inputs()) -> None:
     """A network given with --network must have been trained on the dataset and classes the config selects."""
     if network.dataset != dataset.name or tuple(network.classes) != tuple(dataset.classes):
         raise UserError(f"{path} was trained on {network.dataset} classes {list(network.classes)}, but the config "
@@ -146,6 +159,11 @@ def check_fits(network: Network, dataset: Dataset, path: str | Path) -> None:
                         "to match (the config.yaml written beside the network has them)")
     if network.sizes[0] != N_INPUTS:
         raise UserError(f"{path} has {network.sizes[0]} inputs, but {dataset.name} images have {N_INPUTS} pixels")
+    if network.inputs != inputs:
+        raise UserError(f"{path} was trained on pixels scaled by {network.inputs.gain:g} / 255 plus "
+                        f"{network.inputs.offset:g}, but the config scales them by {inputs.gain:g} / 255 plus "
+                        f"{inputs.offset:g}: set data.scale, data.mean and data.std as in the config.yaml written "
+                        "beside the network")
 
 
 @dataclass(frozen=True)
@@ -175,6 +193,6 @@ def obtain_network(cfg: RunConfig, dataset: Dataset, *, retrain: bool = False,
         except UserError:
             why = "is damaged"
         notes = (f"the cached network {cached} {why}: trained it again",)
-    network = train(cfg.model, cfg.train, dataset, on_epoch=on_epoch)
+    network = train(cfg.model, cfg.train, dataset, on_epoch=on_epoch, inputs=inputs_of(cfg.data))
     save_network(cached, network, key)
     return Obtained(network, key, False, notes)

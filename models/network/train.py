@@ -22,7 +22,7 @@ from layout.core.layers import widths
 from models.data.datasets import Dataset
 from models.network.cnn import apply_layers, init_layers
 from models.network.mlp import Params, apply, init_params, layer_sizes, weight_penalty
-from models.network.network import History, Network, Snapshots
+from models.network.network import History, Inputs, Network, Snapshots
 
 N_INPUTS = 28 * 28
 EVAL_CHUNK = 250  # test images per forward pass when an epoch ends
@@ -57,35 +57,36 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def to_device(images: np.ndarray, labels: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    """Images [n, 28, 28] uint8 -> [n, 784] uint8 (scaled to 0..1 batch by batch) and labels, on the device.
+    """Images [n, 28, 28] uint8 -> [n, 784] uint8 (scaled batch by batch) and labels, on the device.
 
     jax.device_put, unlike jnp.asarray, hands a numpy buffer over without a compiled copy (20x faster here)."""
     return jax.device_put(images.reshape(len(images), -1)), jax.device_put(labels)
 
 
 @functools.lru_cache(maxsize=None)
-def model_functions(model: ModelConfig, n_classes: int) -> tuple[Callable, Callable]:
-    """(init(key) -> parameters, forward(parameters, images in 0..1) -> (logits, hidden activations)) of
-    the network `model` describes: the MLP of model.hidden, or the layers of model.layers. One pair per
-    model, so that compiled programs are reused."""
+def model_functions(model: ModelConfig, n_classes: int, inputs: Inputs = Inputs()) -> tuple[Callable, Callable]:
+    """(init(key) -> parameters, forward(parameters, uint8 pixels [n, 784]) -> (logits, hidden activations))
+    of the network `model` describes, its pixels scaled as `inputs` says: the MLP of model.hidden, or the
+    layers of model.layers. One pair per model, so that compiled programs are reused."""
     if model.layers is None:
         sizes = layer_sizes(N_INPUTS, model.hidden, n_classes)
         return (lambda key: init_params(key, sizes, model.activation),
-                lambda params, x: apply(params, x, model.activation))
+                lambda params, x: apply(params, inputs.of_pixels(x), model.activation))
     return (lambda key: init_layers(key, model.layers, model.activation, n_classes),
-            lambda params, x: apply_layers(params, x, model.layers, model.activation, fast_gradients=True))
+            lambda params, x: apply_layers(params, inputs.of_pixels(x), model.layers, model.activation,
+                                           fast_gradients=True))
 
 
 def logits_of(params: Params, images: jax.Array, forward: Callable) -> jax.Array:
     """[n, n_classes] for uint8 images [n, 784], EVAL_CHUNK images per pass (lax.map over the full
     chunks, then the rest): a CNN's patches of all 10,000 test images at once would take 0.8 GB."""
-    def scaled(x):
-        return forward(params, x.astype(jnp.float32) / 255.0)[0]
+    def logits(x):
+        return forward(params, x)[0]
 
     n_full = images.shape[0] // EVAL_CHUNK * EVAL_CHUNK
-    parts = [scaled(images[n_full:])] if n_full < images.shape[0] else []
+    parts = [logits(images[n_full:])] if n_full < images.shape[0] else []
     if n_full:
-        full = jax.lax.map(scaled, images[:n_full].reshape(-1, EVAL_CHUNK, images.shape[1]))
+        full = jax.lax.map(logits, images[:n_full].reshape(-1, EVAL_CHUNK, images.shape[1]))
         parts.insert(0, full.reshape(n_full, -1))
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
@@ -115,7 +116,7 @@ def make_epoch(optimizer: optax.GradientTransformation, forward: Callable, cfg: 
         return data_loss + weight_penalty(params, cfg.l1, cfg.l2), data_loss
 
     def learn(params, opt_state, x, y):
-        grads, data_loss = jax.grad(loss_fn, has_aux=True)(params, x.astype(jnp.float32) / 255.0, y)
+        grads, data_loss = jax.grad(loss_fn, has_aux=True)(params, x, y)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, data_loss
 
@@ -183,12 +184,13 @@ def check_batches(n_train: int, n_test: int, cfg: TrainConfig) -> None:
 
 
 def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
-          on_epoch: Callable[[EpochStats], None] | None = None) -> Network:
-    """Train the network `model` describes on `dataset` as `cfg` says; same config and data, same weights."""
+          on_epoch: Callable[[EpochStats], None] | None = None, inputs: Inputs = Inputs()) -> Network:
+    """Train the network `model` describes on `dataset`, its pixels scaled as `inputs` says, as `cfg` says;
+    same config and data, same weights."""
     start = time.perf_counter()
     check_batches(len(dataset.train.labels), len(dataset.test.labels), cfg)
     n_train = len(dataset.train.labels)
-    init, forward = model_functions(model, dataset.n_classes)
+    init, forward = model_functions(model, dataset.n_classes, inputs)
     batch_size = min(cfg.batch_size, n_train)  # smaller only without training (epochs = 0)
     n_batches = n_train // batch_size
     x, y = to_device(dataset.train.images, dataset.train.labels)
@@ -231,6 +233,7 @@ def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
         train_accuracy=float(train_accuracy),
         train_seconds=time.perf_counter() - start,
         epochs=cfg.epochs,
+        inputs=inputs,
     )
 
 
