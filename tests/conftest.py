@@ -16,6 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 PROGRESS_LINE = re.compile(r"[a-z][a-z ]*: (done, )?\d+/\d+ [a-z]+, \d+\.\d s")
 
 
+MAX_WORKERS = 4  # each worker runs JAX and the tool's commands: about 2 GB each at most
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per CPU, at least two (most tests wait on a command's start-up or compiler,
+    so two share even one or two CPUs well), at most MAX_WORKERS."""
+    return min(max(os.cpu_count() or 1, 2), MAX_WORKERS)
+
+
 def messages(stderr: str) -> list[str]:
     """stderr's lines but the progress lines that layout/core/progress.py writes when stderr is not a
     terminal: the notes and errors a user reads."""

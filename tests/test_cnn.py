@@ -338,8 +338,8 @@ def test_the_cnn_config_writes_every_output_for_its_channels_and_dense_neurons(t
 
     from tests.test_render import decode_mp4
 
-    settings = ("train.epochs=2", f"layout.layers={which}", "structure.permutations=19", "structure.layout_nulls=19",
-                "structure.selectivity_nulls=19", "structure.ablation_groups=19", "structure.stability_seeds=2",
+    settings = ("train.epochs=2", f"layout.layers={which}", "structure.permutations=19", "structure.layout_nulls=4",
+                "structure.selectivity_nulls=4", "structure.ablation_groups=4", "structure.stability_seeds=2",
                 "render.settle_seconds=0.5", "render.orbit_seconds=0.5", "render.width=320", "render.height=240")
     result = run_layout(tmp_path, REPO / "configs" / "cnn.yaml", "--export", "mp4", "png", "--data-dir",
                         str(shared_data), *(a for s in settings for a in ("--set", s)))
