@@ -217,7 +217,10 @@ def keras3_weights(f, name: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
     within the model, and the layers by class within the session)."""
     layers = hard_group(f, "layers", path)
     for group in layers:
-        found = hard_group(layers, f"{group}/vars", path)
+        held = layers[group] if isinstance(layers.get(group, getlink=True), h5py.HardLink) else None
+        if not isinstance(held, h5py.Group) or not isinstance(held.get("vars", getlink=True), h5py.HardLink):
+            continue  # no weights of its own, or kept elsewhere: never the layer looked for
+        found = hard_group(held, "vars", path)
         if text(found.attrs.get("name", group)) == name:
             return kernel_and_bias([dataset(found, key, path) for key in sorted(found, key=int)], name, path)
     raise UserError(f"{path}: model.weights.h5 holds no weights for layer {name}")
