@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 PROGRESS_LINE = re.compile(r"[a-z][a-z ]*: (done, )?\d+/\d+ [a-z]+, \d+\.\d s")
 
 
+WHOLE_TOOL_QUICKLY = ("layout.sim.steps=80", "structure.permutations=19", "structure.layout_nulls=2",
+                      "structure.stability_seeds=2", "structure.ablation_groups=3", "structure.selectivity_nulls=3")
 MAX_WORKERS = 4  # each worker runs JAX and the tool's commands: about 2 GB each at most
 
 

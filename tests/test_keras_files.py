@@ -9,6 +9,7 @@ elsewhere they are skipped."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from layout.core.errors import UserError
 from layout.core.layers import parse_layers
 from models.data.datasets import load_dataset
 from models.formats.imported import read_network_file
+from tests.conftest import WHOLE_TOOL_QUICKLY
+from tests.data.make_reference import settings
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # the backend these machines have; set before Keras is imported
 if os.environ.get("CI"):  # in CI Keras is installed (.ci/run): a missing one fails, never skips
@@ -99,6 +102,23 @@ def test_a_keras_cnns_weights_as_npz_fill_model_layers_in_keras_order(tmp_path, 
     network, notes = read_network_file(path, cnn, dataset)
     assert abs(network.test_accuracy - theirs) <= 0.001, (network.test_accuracy, theirs)
     assert "Keras' [in, out] (conv [kh, kw, in, out]) order" in notes[0]
+
+
+def test_a_keras_cnn_runs_through_layout_structure_tests_and_snapshot(tmp_path, shared_data, networks):
+    model, theirs = networks["cnn"]
+    path, out = tmp_path / "model.keras", tmp_path / "out"
+    model.save(path)
+    result = subprocess.run([sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window", "--data-dir",
+                             str(shared_data), "--out", str(out), "--network", str(path), "--expect-accuracy",
+                             f"{theirs:.4f}", "--export", "png", *settings(*WHOLE_TOOL_QUICKLY)],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert abs(metrics["test_accuracy"] - theirs) <= 0.001 and metrics["network_file"] == str(path)
+    assert len((out / "neurons.csv").read_text().splitlines()) == 1 + 120 + 84  # the dense layers, laid out
+    assert any("dominance clustering" in v for v in metrics["structure"]["verdicts"])
+    assert next(out.glob("*.png")).stat().st_size > 10_000
+    assert "replaces the config's model" in result.stderr
 
 
 def test_a_layer_outside_the_supported_list_is_refused_in_one_line(tmp_path, shared_data):

@@ -25,6 +25,8 @@ from layout.core.layers import parse_layers
 from models.data.datasets import load_dataset
 from models.formats.imported import read_network_file
 from models.network.network import inputs_of
+from tests.conftest import WHOLE_TOOL_QUICKLY
+from tests.data.make_reference import settings
 
 if os.environ.get("CI"):  # in CI PyTorch is installed (.ci/run): a missing one fails, never skips
     import torch
@@ -127,6 +129,9 @@ def test_a_pytorch_network_is_read_with_pytorchs_own_test_accuracy(tmp_path, dat
     assert notes and ("ONNX" in notes[0]) == form.startswith("onnx")
 
 
+QUICK = settings(*WHOLE_TOOL_QUICKLY)  # every stage of the tool, with small nulls
+
+
 def run(shared_data: Path, out: Path, network: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window",
                            "--data-dir", str(shared_data), "--out", str(out), "--network", str(network), *args],
@@ -139,10 +144,7 @@ def test_a_pytorch_network_runs_through_layout_structure_tests_and_snapshot(tmp_
     model, theirs = networks[kind]
     path = export(model, tmp_path, form)
     out = tmp_path / "out"
-    result = run(shared_data, out, path, "--expect-accuracy", f"{theirs:.4f}", "--export", "png",
-                 "--set", "layout.sim.steps=80", "--set", "structure.permutations=19", "--set",
-                 "structure.layout_nulls=2", "--set", "structure.stability_seeds=2", "--set",
-                 "structure.ablation_groups=3", "--set", "structure.selectivity_nulls=3")
+    result = run(shared_data, out, path, "--expect-accuracy", f"{theirs:.4f}", "--export", "png", *QUICK)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert abs(metrics["test_accuracy"] - theirs) <= 0.001 and metrics["network_file"] == str(path)
@@ -227,6 +229,12 @@ def test_a_network_trained_on_normalised_images_is_read_with_the_same_normalisat
     assert abs(raw.test_accuracy - theirs) > 0.01  # the scaling matters: it is not ignored
     result = run(shared_data, tmp_path / "out", path, "--expect-accuracy", f"{theirs:.4f}", "--export", "none")
     assert result.returncode == 2 and "check that data.scale, data.mean and data.std scale the images" in result.stderr
+    out = tmp_path / "scaled"
+    result = run(shared_data, out, path, "--expect-accuracy", f"{theirs:.4f}", "--export", "none", *QUICK,
+                 "--set", "data.mean=0.1307", "--set", "data.std=0.3081")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert abs(json.loads((out / "metrics.json").read_text())["test_accuracy"] - theirs) <= 0.001
+    assert "data:\n" in (out / "config.yaml").read_text() and "std: 0.3081" in (out / "config.yaml").read_text()
 
 
 def test_an_onnx_networks_activation_is_the_graphs_not_the_configs(tmp_path, dataset):

@@ -19,6 +19,7 @@ from layout.core.config import (
     load_config,
 )
 from layout.core.errors import UserError
+from layout.engine.features import hidden_activations
 from layout.run import main as run_main
 from layout.run import train_main
 from models.data.datasets import load_dataset
@@ -186,6 +187,10 @@ def test_a_network_trains_on_the_pixels_as_data_scale_mean_and_std_give_them(sma
     accuracy = (numpy_forward(back, small.test.images, 0.1307, 0.3081).argmax(-1) == small.test.labels).mean()
     assert accuracy == pytest.approx(net.test_accuracy, abs=1e-3) and accuracy > 0.7
     assert (numpy_forward(back, small.test.images).argmax(-1) == small.test.labels).mean() < accuracy - 0.05
+    images = small.test.images[:50]  # the later stages see the same inputs: the neurons' activations
+    pixels = (images.reshape(50, -1) / 255 - 0.1307) / 0.3081
+    expected = 1 / (1 + np.exp(-(pixels @ back.weights[0] + back.biases[0])))
+    np.testing.assert_allclose(hidden_activations(back, images)[0], expected, rtol=1e-4, atol=1e-5)
     check_fits(back, small, "network.npz", inputs_of(data))
     with pytest.raises(UserError, match="set data.scale, data.mean and data.std as in the config.yaml"):
         check_fits(back, small, "network.npz", inputs_of(DataConfig()))
