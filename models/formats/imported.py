@@ -24,7 +24,6 @@ from models.network.store import load_network
 from models.network.train import evaluate_jit, model_functions
 
 
-
 def read_network_file(path: str | Path, model: ModelConfig, dataset: Dataset,
                       inputs: Inputs = Inputs()) -> tuple[Network, tuple[str, ...]]:
     """(the network, notes for the user). A network.npz of this tool as written; an ONNX file's network
