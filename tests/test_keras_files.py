@@ -142,7 +142,8 @@ def test_a_layer_outside_the_supported_list_is_refused_in_one_line(tmp_path, sha
     (lambda: keras.Sequential([keras.Input((32, 32, 1)), layers.Flatten(), layers.Dense(10, activation="relu"),
                                layers.Dense(10)]), "takes inputs of shape [32, 32, 1], but the data's images are 28"),
     (lambda: keras.Sequential([keras.Input((784,)), layers.Dense(30, activation="relu"),
-                               layers.Dense(20, activation="tanh"), layers.Dense(10)]), "uses the activations relu, tanh"),
+                               layers.Dense(20, activation="tanh"), layers.Dense(10)]),
+     "uses the activations relu, tanh"),
     (lambda: keras.Sequential([keras.Input((784,)), layers.Dense(30), layers.Dense(10)]), "follows a layer with no "
                                                                                           "activation"),
 ])

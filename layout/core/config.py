@@ -22,7 +22,7 @@ from layout.core.errors import ConfigError
 from layout.core.layers import parse_layers
 from layout.core.plain import join, to_plain
 
-DATASETS = ("mnist", "fashion-mnist", "mnist-sample")
+DATASETS = ("mnist", "fashion-mnist", "mnist-sample", "idx", "npz", "folder")
 SCALES = ("unit", "none")
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
 OPTIMIZERS = ("adam", "sgd")
@@ -55,13 +55,21 @@ def option(default: Any, doc: str, **rules: Any) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = option("mnist", "which dataset to train on", choices=DATASETS)
-    dir: str | None = option(None, "folder holding the IDX files (searched before anything else)")
+    dataset: str = option("mnist", "which dataset to train on: mnist, fashion-mnist, the bundled mnist-sample, or "
+                                   "your own: idx (data.dir), npz (data.file) or folder (data.dir)", choices=DATASETS)
+    dir: str | None = option(None, "folder holding the IDX files (searched before anything else; for data.dataset "
+                                   "idx, the folder of your own IDX files; for folder, the folder of class "
+                                   "subfolders)")
+    file: str | None = option(None, "for data.dataset npz: your .npz file of x_train, y_train, x_test, y_test (and "
+                                    "class_names)")
     classes: tuple[int, ...] | None = option(
         None, "keep only these labels, remapped to 0..k-1 (e.g. [0, 1])", ge=0, le=9, min_len=2, unique=True
     )
     limit: int | None = option(None, "keep the first n examples of each split (after `classes`)", ge=1, le=MAX_COUNT)
     mirrors: tuple[str, ...] | None = option(None, "base URLs to download from instead of the standard mirrors")
+    test_fraction: float = option(0.2, "for data.dataset folder: the share of each class's images kept for the test "
+                                       "split", gt=0, lt=1)
+    split_seed: int = option(0, "for data.dataset folder: the seed of the train/test split", ge=0, le=MAX_SEED)
     scale: str = option("unit", "the pixels as the network sees them: unit divides them by 255 (0..1), none keeps "
                                 "0..255; then (pixels - mean) / std", choices=SCALES)
     mean: float = option(0.0, "subtracted from the scaled pixels (PyTorch's usual figure for MNIST: 0.1307)")

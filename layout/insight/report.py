@@ -3,6 +3,7 @@ one PNG per hidden layer with each statistic drawn against its null distribution
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -92,7 +93,7 @@ def markdown(summary: dict, name: str, plots: list[str]) -> str:
                   "| --- | --- | --- | --- | --- | --- |"]
         for g in a["groups"]:
             null = "n/a" if g["null_mean"] is None else f"{g['null_mean']:.4f} +/- {num(g['null_sd'])}"
-            lines.append(f"| {g['layer']} | {g['class']} | {g['size']} | {g['drop']:.4f} | {null} | "
+            lines.append(f"| {g['layer']} | {markdown_text(g['class'])} | {g['size']} | {g['drop']:.4f} | {null} | "
                          f"{num(g['p'])} |")
     if summary["stability"]:
         s = summary["stability"]
@@ -135,6 +136,15 @@ def selectivity_table(quartiles: dict, tests: list[dict]) -> list[str]:
         p = "n/a" if test is None or test["p"] is None else p_text(test["p"], test["n_null"])
         lines.append(f"| {name} | {spread(q['observed'])} | {spread(q['untrained'])} | {p} |")
     return lines
+
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>&~])")
+
+
+def markdown_text(text: str) -> str:
+    """Text from the user's data (a class name) as Markdown shows it literally: every character that
+    Markdown or HTML would read as markup escaped with a backslash (CommonMark)."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 def num(x, digits: int = 4) -> str:

@@ -26,6 +26,7 @@ from layout.core.errors import DataError
 from layout.core.files import cache_dir
 from layout.core.plain import fingerprint
 from models.data.idx import file_header, read_bytes, read_idx_cached
+from models.data.own import folder_splits, npz_splits
 
 SYSTEM_ROOT = Path("/usr/share/datasets")
 IMAGE_SHAPE = (28, 28)
@@ -45,6 +46,7 @@ SPLIT_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 STEMS = tuple(stem for pair in SPLIT_FILES.values() for stem in pair)
+OWN = ("idx", "npz", "folder")  # the user's own data: an IDX folder (data.dir), an .npz (data.file), images
 DOMAIN = {"mnist-sample": "mnist"}  # a dataset's name as networks record it: the sample is MNIST
 
 @dataclass(frozen=True)
@@ -175,6 +177,13 @@ def locate(cfg: DataConfig, *, environ: dict | None = None, system_root: Path = 
     """(the four files of `cfg.dataset`, notes): the first folder in lookup order that has them, else a
     download, else (for mnist) the bundled sample, with a note saying so."""
     environ = os.environ if environ is None else environ
+    if cfg.dataset == "idx":
+        folder = Path(cfg.dir or "").expanduser()
+        files = find_files(folder) if cfg.dir and folder.is_dir() else None
+        if files is None:
+            raise DataError(f"data.dataset = idx needs data.dir (or --data-dir): a folder holding "
+                            f"{', '.join(STEMS)} (each .gz or not); {cfg.dir or 'none'} does not")
+        return files, ()
     if cfg.dataset == "mnist-sample":
         return sample_files(), (f"data.dataset = mnist-sample: the bundled sample, 5,000 of MNIST's training "
                                 f"images and its 10,000 test images; {FULL_SET} and set data.dataset: mnist",)
@@ -268,6 +277,22 @@ def one_line(error: Exception) -> str:
 def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: Path = SYSTEM_ROOT,
                  progressbar: bool = False) -> Dataset:
     """Find, read and check the dataset, then apply `classes` and `limit`."""
+    if cfg.dataset == "npz":
+        if not cfg.file:
+            raise DataError("data.dataset = npz needs data.file: the .npz file holding x_train, y_train, x_test and "
+                            "y_test")
+        path = Path(cfg.file).expanduser()
+        arrays, names, digest, notes = npz_splits(path, IMAGE_SHAPE, N_LABELS)
+        splits = {split: Split(images, labels) for split, (images, labels) in arrays.items()}
+        return made_dataset(cfg, f"npz:{path.name}", splits, names, path, digest, notes)
+    if cfg.dataset == "folder":
+        folder = Path(cfg.dir or "").expanduser()
+        if not cfg.dir:
+            raise DataError("data.dataset = folder needs data.dir (or --data-dir): a folder with one subfolder of "
+                            "images per class")
+        arrays, names, digest, notes = folder_splits(folder, IMAGE_SHAPE, N_LABELS, cfg.test_fraction, cfg.split_seed)
+        splits = {split: Split(images, labels) for split, (images, labels) in arrays.items()}
+        return made_dataset(cfg, f"folder:{folder.name}", splits, names, folder, digest, notes)
     files, notes = locate(cfg, environ=environ, system_root=system_root, progressbar=progressbar)
     raw = {stem: read_bytes(files[stem]) for stem in STEMS}
     for img, lab in SPLIT_FILES.values():  # from the headers alone, before anything is decompressed
@@ -280,22 +305,38 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
         arrays[stem] = decoded.array
         digest.update(decoded.digest.encode())
         notes += (decoded.note,) if decoded.note else ()
-    classes = cfg.classes or tuple(range(N_LABELS))
-    splits = {
-        split: select(check_split(arrays[img], arrays[lab], (str(files[img]), str(files[lab]))), classes, cfg.limit)
-        for split, (img, lab) in SPLIT_FILES.items()
-    }
+    splits = {split: check_split(arrays[img], arrays[lab], (str(files[img]), str(files[lab])))
+              for split, (img, lab) in SPLIT_FILES.items()}
+    if cfg.dataset == "idx":
+        name, names = f"idx:{files[STEMS[0]].parent.name}", None
+    else:
+        name, names = DOMAIN.get(cfg.dataset, cfg.dataset), SOURCES[cfg.dataset].class_names
+    return made_dataset(cfg, name, splits, names, files[STEMS[0]].parent, digest.hexdigest(), notes)
+
+
+def made_dataset(cfg: DataConfig, name: str, splits: dict[str, Split], names: tuple[str, ...] | None, source: Path,
+                 digest: str, notes: tuple[str, ...]) -> Dataset:
+    """The Dataset of checked splits (labels 0-9) after `classes` and `limit`: every class by default, or
+    for the user's own data the labels it has; class names as given, else the labels themselves."""
+    present = sorted(set(np.unique(splits["train"].labels).tolist()))
+    classes = cfg.classes or (tuple(range(N_LABELS)) if cfg.dataset not in OWN else tuple(present))
+    if len(classes) < 2:
+        raise DataError(f"{source} holds examples of {len(classes)} class: a network here tells at least two apart")
+    if names is not None and len(names) <= max(classes):
+        raise DataError(f"{source}: its {len(names)} class_names do not name label {max(classes)}: give one name per "
+                        "label, in label order")
+    names = names or tuple(str(c) for c in range(N_LABELS))
+    splits = {split: select(s, classes, cfg.limit) for split, s in splits.items()}
     for split_name, split in splits.items():
         missing = sorted(set(range(len(classes))) - set(np.unique(split.labels).tolist()))
         if cfg.classes and missing and cfg.limit is None:
             raise DataError(f"data.classes names {', '.join(str(classes[m]) for m in missing)}, which the "
-                            f"{split_name} split in {files[STEMS[0]].parent} has no examples of: choose "
-                            "classes that the data has")
-    names, name = SOURCES[cfg.dataset].class_names, DOMAIN.get(cfg.dataset, cfg.dataset)
-    key = fingerprint({"name": name, "digest": digest.hexdigest(), "classes": classes, "limit": cfg.limit})[:20]
+                            f"{split_name} split in {source} has no examples of: choose classes that the data has")
+    split = (cfg.test_fraction, cfg.split_seed) if cfg.dataset == "folder" else None  # which images are tested
+    key = fingerprint({"name": name, "digest": digest, "classes": classes, "limit": cfg.limit,
+                       **({"split": split} if split else {})})[:20]
     return Dataset(name=name, train=splits["train"], test=splits["test"], classes=tuple(classes),
-                   class_names=tuple(names[c] for c in classes), source=files[STEMS[0]].parent,
-                   digest=digest.hexdigest(), key=key, notes=notes)
+                   class_names=tuple(names[c] for c in classes), source=source, digest=digest, key=key, notes=notes)
 
 
 def select(split: Split, classes: tuple[int, ...], limit: int | None) -> Split:

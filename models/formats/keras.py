@@ -53,7 +53,7 @@ def read_keras(path: str | Path, kind: str, image_shape: tuple[int, ...], n_clas
             config = json_of(f.attrs["model_config"], path)
             return translate(config, lambda name: legacy_weights(f["model_weights"], name, path), path, image_shape,
                              n_classes)
-    except (OSError, RuntimeError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as e:  # h5py: OSError, RuntimeError
+    except (OSError, RuntimeError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as e:  # h5py: the first two
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not an intact Keras file ({why}): save it again with model.save") from None
 

@@ -1,0 +1,141 @@
+"""A user's own images as a dataset, read as data and checked like the IDX files:
+- a `.npz` file of arrays (data.dataset: npz, data.file), numpy without pickles: x_train [n, 28, 28]
+  (or [n, 28, 28, 1]), uint8 or float (0..1 or 0..255), y_train [n] whole numbers 0-9, the same for
+  x_test / y_test, and optionally class_names [k] text;
+- a folder of image files (data.dataset: folder, data.dir), one subfolder per class (its name the
+  class name, in sorted order), PNG or JPEG read with Pillow as greyscale, split into training and test
+  images per class, seeded (data.test_fraction, data.split_seed)."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from layout.core.errors import DataError
+
+ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+IMAGE_FILES = (".png", ".jpg", ".jpeg")
+NAME_CHARS = 40  # a class name longer than this is refused: it is a label in the legend, not a text
+
+
+def npz_splits(path: Path, image_shape: tuple[int, int], n_labels: int
+               ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...] | None, str, tuple[str, ...]]:
+    """({"train" | "test": (uint8 images [n, H, W], int labels [n])}, the class names or None, the file's
+    SHA-256, notes for the user)."""
+    if not path.is_file():
+        raise DataError(f"data.file '{path}' is not a file: set data.file to the .npz holding {', '.join(ARRAYS)}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [name for name in ARRAYS if name not in z.files]
+            if missing:
+                raise DataError(f"{path} lacks {', '.join(missing)}: save x_train, y_train, x_test and y_test "
+                                f"(np.savez(\"{path.name}\", x_train=..., y_train=..., x_test=..., y_test=...)); it "
+                                f"holds {', '.join(z.files) or 'nothing'}")
+            arrays = {name: z[name] for name in (*ARRAYS, *(["class_names"] if "class_names" in z.files else []))}
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise DataError(f"{path} holds pickled Python objects, which are never loaded (they can run code): save "
+                            "plain numeric arrays, and class_names as an array of text (np.array([...], dtype=str))"
+                            ) from None
+        raise DataError(f"{path} is not a readable .npz archive ({e})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path} is not an intact .npz archive ({e})") from None
+    notes = []
+    splits = {}
+    for split in ("train", "test"):
+        images, note = pixels(arrays[f"x_{split}"], f"{path}: x_{split}", image_shape)
+        notes += [note] if note else []
+        labels = whole_labels(arrays[f"y_{split}"], f"{path}: y_{split}", n_labels)
+        if len(images) != len(labels):
+            raise DataError(f"{path}: x_{split} has {len(images)} images but y_{split} {len(labels)} labels: one label "
+                            "per image")
+        splits[split] = (images, labels)
+    names = class_names(arrays["class_names"], path) if "class_names" in arrays else None
+    return splits, names, hashlib.sha256(path.read_bytes()).hexdigest(), tuple(dict.fromkeys(notes))
+
+
+def pixels(a: np.ndarray, what: str, image_shape: tuple[int, int]) -> tuple[np.ndarray, str | None]:
+    """uint8 images [n, H, W]: as stored, or floats in 0..1 (times 255) or 0..255, rounded."""
+    shape = tuple(a.shape[1:])
+    if a.ndim not in (3, 4) or shape not in (image_shape, (*image_shape, 1)):
+        raise DataError(f"{what} is an array of shape {list(a.shape)}: it must hold images [n, {image_shape[0]}, "
+                        f"{image_shape[1]}] (or [n, {image_shape[0]}, {image_shape[1]}, 1]); other sizes and colour "
+                        "are not read yet")
+    a = a.reshape(len(a), *image_shape)
+    if a.dtype == np.uint8:
+        return a, None
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)) or a.size and not (
+            np.isfinite(a).all() and a.min() >= 0 and a.max() <= 255):
+        raise DataError(f"{what} holds {a.dtype} values outside 0..255 (or not finite): save uint8 pixels, or floats "
+                        "in 0..1 or 0..255")
+    if np.issubdtype(a.dtype, np.floating) and a.size and a.max() <= 1:
+        return np.round(a * 255).astype(np.uint8), f"{what} holds floats in 0..1: read as pixels times 255"
+    return np.round(a).astype(np.uint8), None
+
+
+def whole_labels(a: np.ndarray, what: str, n_labels: int) -> np.ndarray:
+    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer) or a.size and (a.min() < 0 or a.max() >= n_labels):
+        shown = f"values {a.min()}..{a.max()}" if a.size and np.issubdtype(a.dtype, np.number) else "no values"
+        raise DataError(f"{what} is a {a.dtype} array of shape {list(a.shape)} ({shown}): labels must be whole numbers "
+                        f"0-{n_labels - 1}, one per image")
+    return a.astype(np.int32)
+
+
+def class_names(a: np.ndarray, path: Path) -> tuple[str, ...]:
+    if a.ndim != 1 or a.dtype.kind not in "US" or len(a) > 10:
+        raise DataError(f"{path}: class_names is a {a.dtype} array of shape {list(a.shape)}: save at most 10 names as "
+                        "text, one per label (np.array([\"cat\", \"dog\"]))")
+    names = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in a.tolist())
+    bad = [n for n in names if not n.strip() or len(n) > NAME_CHARS or not n.isprintable()]
+    if bad:
+        raise DataError(f"{path}: class name {bad[0][:NAME_CHARS]!r} is empty, longer than {NAME_CHARS} characters "
+                        "or holds control characters: give each class a short printable name")
+    return names
+
+
+def folder_splits(folder: Path, image_shape: tuple[int, int], n_labels: int, test_fraction: float, seed: int
+                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...], str, tuple[str, ...]]:
+    """({"train" | "test": (uint8 images [n, H, W], labels [n])}, the class names (the subfolders), a SHA-256
+    over every image file, notes): each class's images shuffled by `seed`, test_fraction of them (at
+    least one) the test split."""
+    found = folder.iterdir() if folder.is_dir() else ()
+    classes = sorted(p for p in found if p.is_dir() and not p.name.startswith("."))
+    if not 2 <= len(classes) <= n_labels:
+        raise DataError(f"data.dir '{folder}' holds {len(classes)} subfolders: data.dataset = folder needs one "
+                        f"subfolder of PNG or JPEG images per class, 2 to {n_labels} classes")
+    rng = np.random.default_rng(seed)
+    digest, parts, ignored = hashlib.sha256(), {"train": [], "test": []}, 0
+    for label, sub in enumerate(classes):
+        files = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_FILES)
+        ignored += sum(1 for p in sub.iterdir() if p not in files)
+        if len(files) < 2:
+            raise DataError(f"{sub} holds {len(files)} PNG or JPEG images: each class needs at least two (one to "
+                            "train on, one to test)")
+        images = np.stack([greyscale(p, image_shape, digest) for p in files])
+        order = rng.permutation(len(images))
+        n_test = min(max(1, round(test_fraction * len(images))), len(images) - 1)
+        for split, chosen in (("test", order[:n_test]), ("train", order[n_test:])):
+            parts[split].append((images[np.sort(chosen)], np.full(len(chosen), label, np.int32)))
+    splits = {split: (np.concatenate([i for i, _ in p]), np.concatenate([y for _, y in p]))
+              for split, p in parts.items()}
+    names = class_names(np.array([p.name for p in classes]), folder)
+    notes = (f"{folder}: {ignored} files that are not PNG or JPEG images were left out",) if ignored else ()
+    return splits, names, digest.hexdigest(), notes
+
+
+def greyscale(path: Path, image_shape: tuple[int, int], digest) -> np.ndarray:
+    """One image file as uint8 [H, W], its size checked from the header before it is decoded."""
+    raw = path.read_bytes()
+    digest.update(path.parent.name.encode() + b"/" + path.name.encode() + b"\0" + hashlib.sha256(raw).digest())
+    try:
+        with Image.open(path) as image:
+            if image.size != image_shape[::-1]:
+                raise DataError(f"{path} is {image.size[0]} x {image.size[1]} pixels: the images must be "
+                                f"{image_shape[1]} x {image_shape[0]} (other sizes are not read yet)")
+            return np.asarray(image.convert("L"), np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"{path} is not a readable PNG or JPEG image ({e})") from None
