@@ -99,11 +99,11 @@ def examples_atlas(tiles: np.ndarray, images: np.ndarray, top: np.ndarray, botto
     order = np.argsort(-norms, kind="stable")[:TOP_SHEET_MAX]
     h = tiles.shape[1] * ZOOM
     k = top.shape[1]
-    side = images.shape[1]
-    row_h = max(h + LABEL, side) + GAP
+    rows, cols = images.shape[1:3]
+    row_h = max(h + LABEL, rows) + GAP
     x_top = GAP + tiles.shape[2] * ZOOM + 3 * GAP
-    x_bottom = x_top + k * (side + 2) + 4 * GAP
-    width, height = x_bottom + k * (side + 2) + GAP, HEADER + len(order) * row_h + GAP
+    x_bottom = x_top + k * (cols + 2) + 4 * GAP
+    width, height = x_bottom + k * (cols + 2) + GAP, HEADER + len(order) * row_h + GAP
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((GAP, 4), f"{title}: most activating test images (left), least (right)", fill="black", font=font())
@@ -114,7 +114,7 @@ def examples_atlas(tiles: np.ndarray, images: np.ndarray, top: np.ndarray, botto
         for j in range(k):
             for x, index in ((x_top, top[i, j]), (x_bottom, bottom[i, j])):
                 digit = 255 - images[index]  # dark ink on white, as the digits are drawn by hand
-                sheet.paste(Image.fromarray(np.repeat(digit[:, :, None], 3, 2)), (x + j * (side + 2), y0))
+                sheet.paste(Image.fromarray(np.repeat(digit[:, :, None], 3, 2)), (x + j * (cols + 2), y0))
         draw.text((GAP, y0 + h), f"#{int(ids[i])}", fill="black", font=font())
         placed[int(ids[i])] = (GAP, y0)
     return Sheet(np.asarray(sheet), placed, {})
@@ -123,20 +123,20 @@ def examples_atlas(tiles: np.ndarray, images: np.ndarray, top: np.ndarray, botto
 def thumbnail_strip(tiles: np.ndarray, vectors: np.ndarray, class_names: tuple[str, ...], k: int) -> Sheet:
     """render.thumbnails: a row per class, its name then the k neurons that drive it hardest (largest
     output weight to it), as their fields; for a strip beside the scene."""
-    side = tiles.shape[1]
-    label = 28
-    width = label + k * (side + 2)
-    height = len(class_names) * (side + 4) + 4
+    rows, cols = tiles.shape[1:3]
+    label = 28  # pixels for the class name
+    width = label + k * (cols + 2)
+    height = len(class_names) * (rows + 4) + 4
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     placed = {}
     for c, name in enumerate(class_names):
-        y = 4 + c * (side + 4)
-        draw.text((2, y + side // 2 - 6), str(name)[:4], fill=tuple(int(v) for v in style.class_rgb(np.array([c]))[0]),
+        y = 4 + c * (rows + 4)
+        draw.text((2, y + rows // 2 - 6), str(name)[:4], fill=tuple(int(v) for v in style.class_rgb(np.array([c]))[0]),
                   font=font())
         for j, i in enumerate(np.argsort(-vectors[:, c], kind="stable")[:k]):
-            sheet.paste(Image.fromarray(tiles[i]), (label + j * (side + 2), y))
-            placed.setdefault(int(i), (label + j * (side + 2), y))
+            sheet.paste(Image.fromarray(tiles[i]), (label + j * (cols + 2), y))
+            placed.setdefault(int(i), (label + j * (cols + 2), y))
     return Sheet(np.asarray(sheet), placed, {})
 
 

@@ -24,11 +24,11 @@ TEXT_HEIGHT = 84  # pixels of the text at the top
 
 @dataclass(frozen=True)
 class NeuronDetails:
-    """Per neuron [N, ...]: receptive_fields [N, 28, 28], output_vectors [N, C], class_activation [N, C],
+    """Per neuron [N, ...]: receptive_fields [N, H, W], output_vectors [N, C], class_activation [N, C],
     layer [N] (numbered from 1, the first hidden layer, as in every output), index [N] (within its layer),
     dominant [N], activation_dominant [N]; selectivity and effective_classes [N] (NaN where undefined);
     top and bottom [N, k]: the test images that activate it most and least, indices into `images`
-    [n_test, 28, 28] uint8; filters [N, kh, kw]: a CNN's first conv layer's kernels, NaN for every other
+    [n_test, H, W] uint8; filters [N, kh, kw]: a CNN's first conv layer's kernels, NaN for every other
     neuron (shown beside the field when given)."""
 
     receptive_fields: np.ndarray
@@ -67,10 +67,10 @@ def field_rgb(field: np.ndarray, k: int) -> np.ndarray:
 
 def digits_strip(images: np.ndarray, indices: np.ndarray, gap: int = 2) -> np.ndarray:
     """The test images `indices` side by side, dark ink on white."""
-    side = images.shape[1]
-    strip = np.full((side, len(indices) * (side + gap), 3), 255, np.uint8)
+    rows, cols = images.shape[1:3]
+    strip = np.full((rows, len(indices) * (cols + gap), 3), 255, np.uint8)
     for j, i in enumerate(indices):
-        strip[:, j * (side + gap):j * (side + gap) + side] = (255 - images[i])[:, :, None]
+        strip[:, j * (cols + gap):j * (cols + gap) + cols] = (255 - images[i])[:, :, None]
     return strip
 
 
@@ -120,14 +120,16 @@ def add_panel(plotter: pv.Plotter, details: NeuronDetails, class_names: tuple[st
     plotter.set_background(style.BACKGROUND)
     renderer = plotter.renderer
     text = plotter.add_text("click a neuron", position="upper_left", font_size=9, color=style.TEXT_COLOR)
-    k = max(1, int((width - 3 * MARGIN) * 0.62 // 28))
+    rows, cols = details.receptive_fields.shape[1:3]  # the data's image size (28 x 28 for MNIST)
+    k = max(1, int((width - 3 * MARGIN) * 0.62 // cols))
     field_top = height - TEXT_HEIGHT
-    actor, field = image_actor(field_rgb(details.receptive_fields[0], k), MARGIN, field_top - 28 * k)
+    actor, field = image_actor(field_rgb(details.receptive_fields[0], k), MARGIN, field_top - rows * k)
     renderer.AddViewProp(actor)
-    bar = diverging_bar(1.0, (2 * MARGIN + 28 * k) / width, (field_top - 28 * k) / height)
+    bar = diverging_bar(1.0, (2 * MARGIN + cols * k) / width, (field_top - rows * k) / height)
     renderer.AddViewProp(bar)
-    charts_top = (field_top - 28 * k - MARGIN) / height
-    digits = 0 if details.top is None else 2 * (28 + 16) + MARGIN
+    charts_top = (field_top - rows * k - MARGIN) / height
+    digit_rows = details.images.shape[1]
+    digits = 0 if details.top is None else 2 * (digit_rows + 16) + MARGIN
     chart_h = (charts_top - digits / height - 0.02) / 2
     x = np.arange(len(class_names), dtype=float)
     charts = []
@@ -144,16 +146,16 @@ def add_panel(plotter: pv.Plotter, details: NeuronDetails, class_names: tuple[st
     top = bottom = None
     if details.top is not None:
         for row, (label, indices) in enumerate((("most active", details.top[0]), ("least active", details.bottom[0]))):
-            y = MARGIN + (1 - row) * (28 + 16)
+            y = MARGIN + (1 - row) * (digit_rows + 16)
             actor, strip = image_actor(digits_strip(details.images, indices), MARGIN, y)
             renderer.AddViewProp(actor)
-            plotter.add_text(label, position=(MARGIN, y + 29), font_size=7, color=style.TEXT_COLOR)
+            plotter.add_text(label, position=(MARGIN, y + digit_rows + 1), font_size=7, color=style.TEXT_COLOR)
             top, bottom = (strip, bottom) if row == 0 else (top, strip)
     panel = Panel(details, class_names, text, field, k, bar, charts[0], charts[1], top, bottom)
     if details.filters is not None:  # a CNN's first conv layer: its kernel at the right of the field
         kh, kw = details.filters.shape[1:]
         zoom_by = max(1, min(2 * k, (width // 4 - MARGIN) // kw))
-        x, y = width - MARGIN - kw * zoom_by, field_top - 28 * k
+        x, y = width - MARGIN - kw * zoom_by, field_top - rows * k
         actor, panel.filter = image_actor(filter_rgb(details.filters[0], zoom_by), x, y)
         renderer.AddViewProp(actor)
         plotter.add_text("filter", position=(x, y + kh * zoom_by + 2), font_size=7, color=style.TEXT_COLOR)

@@ -56,7 +56,7 @@ class SceneData:
     halo: np.ndarray | None = None  # [N] radius of a translucent halo around each neuron (None: no halos)
     scale: ColorScale | None = None  # with colorings: what their colours measure, shown as a colour bar
     fields: FieldImages | None = None  # render.glyph: field: the neurons drawn as their receptive fields
-    probed: tuple[np.ndarray, ...] = ()  # render.probe: each colouring's test image [28, 28] uint8, shown
+    probed: tuple[np.ndarray, ...] = ()  # render.probe: each colouring's test image [H, W] uint8, shown
     thumbnails: np.ndarray | None = None  # render.thumbnails: an RGB strip [h, w, 3] at the scene's left edge
 
 
@@ -225,7 +225,7 @@ PROBE_MARGIN = 8
 
 
 def digit_image(image: np.ndarray) -> np.ndarray:
-    """[28 * zoom, 28 * zoom, 3] uint8: a test image as dark ink on white, at exact pixels."""
+    """[H * zoom, W * zoom, 3] uint8: a test image as dark ink on white, at exact pixels."""
     ink = 255 - np.repeat(np.repeat(np.asarray(image, np.uint8), PROBE_ZOOM, 0), PROBE_ZOOM, 1)
     return np.repeat(ink[:, :, None], 3, 2)
 

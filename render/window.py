@@ -37,7 +37,7 @@ ENLARGED = 1.8  # the clicked neuron's size, in its own
 
 @dataclass(frozen=True)
 class ProbeData:
-    """What the window needs to probe any test image: images [n, 28, 28] uint8, labels [n], every hidden
+    """What the window needs to probe any test image: images [n, H, W] uint8, labels [n], every hidden
     neuron's activations [n, N] and the class probabilities [n, C], and the image shown first."""
 
     images: np.ndarray

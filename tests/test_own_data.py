@@ -91,7 +91,9 @@ def test_any_idx_folder_is_a_dataset_of_the_labels_it_has(tmp_path, mnist):
     (dict(class_names=np.array(["a", "b"])), "its 2 class_names do not name label 3"),
     (dict(class_names=np.array([{"a": 1}], dtype=object)), "holds pickled Python objects, which are never loaded"),
     (dict(y_train=np.full(10, 12)), "labels must be whole numbers 0-9"),
-    (dict(x_train=np.zeros((10, 20, 20), np.uint8)), "other sizes and colour are not read yet"),
+    (dict(x_train=np.zeros((10, 28, 28, 3), np.uint8)), "colour is not read yet"),
+    (dict(x_train=np.zeros((10, 20, 20), np.uint8), y_train=np.arange(10) % 4),
+     "the training images are 20x20 and the test images 28x28"),
     (dict(x_train=np.full((10, 28, 28), 300.0)), "values outside 0..255"),
     (dict(class_names=np.array(["ok", "two\nlines", "c", "d"])), "holds control characters"),
 ])
@@ -143,10 +145,50 @@ def test_an_image_folder_is_a_dataset_split_by_its_seed(tmp_path, mnist):
 def test_an_image_folder_that_cannot_be_read_is_refused(tmp_path, mnist):
     folder = image_folder(mnist, tmp_path / "digits", per_class=3)
     Image.new("L", (32, 32)).save(folder / "zero" / "big.png")
-    with pytest.raises(DataError, match="big.png is 32 x 32 pixels: the images must be 28 x 28"):
+    with pytest.raises(DataError, match="big.png is 32 x 32 pixels: the images must be 28 x 28, as the first"):
         load_dataset(DataConfig(dataset="folder", dir=str(folder)))
     (folder / "zero" / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")
     with pytest.raises(DataError, match="big.png is not a readable PNG or JPEG image"):
         load_dataset(DataConfig(dataset="folder", dir=str(folder)))
     with pytest.raises(DataError, match="holds 0 subfolders: data.dataset = folder needs one subfolder"):
         load_dataset(DataConfig(dataset="folder", dir=str(folder / "zero")))
+
+
+@pytest.fixture(scope="module")
+def mnist_20x20(mnist, tmp_path_factory) -> Path:
+    """The real MNIST images' central 20 x 20 pixels (where the digits lie) as an IDX folder."""
+    folder = tmp_path_factory.mktemp("mnist-20x20")
+    for split, (images, labels) in SPLIT_FILES.items():
+        part = getattr(mnist, split)
+        write_idx(folder / f"{images}.gz", np.ascontiguousarray(part.images[:, 4:24, 4:24]))
+        write_idx(folder / f"{labels}.gz", part.labels.astype(np.uint8))
+    return folder
+
+
+@pytest.mark.parametrize("config, layers", [("euclid.yaml", "dense"), ("cnn.yaml", "all")])
+def test_20x20_images_run_through_the_whole_tool(tmp_path, shared_data, mnist_20x20, config, layers):
+    """An MLP and a CNN on 20 x 20 images: trained, laid out, tested, drawn (movie, snapshot, atlases)
+    at the data's size."""
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "layout.run", f"configs/{config}", "--no-window", "--out", str(out),
+                             "--export", "mp4", "png", *settings(
+                                 "data.dataset=idx", f"data.dir={mnist_20x20}", "train.epochs=2",
+                                 f"layout.layers={layers}", "render.width=320", "render.height=240",
+                                 "render.settle_seconds=0.5", "render.orbit_seconds=0.5", *WHOLE_TOOL_QUICKLY)],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == f"idx:{mnist_20x20.name}" and metrics["sizes"][0] == 400
+    assert metrics["test_accuracy"] > 0.8
+    with np.load(out / "top_images.npz") as z:
+        assert z["top"].max() < 10_000
+    atlas = np.asarray(Image.open(out / "atlas_top_layer1.png"))
+    assert atlas.shape[0] > 100 and atlas.std() > 5
+    assert (out / "layout.mp4").stat().st_size > 1000 and (out / "snapshot.png").stat().st_size > 10_000
+    network = out / "network.npz"
+    with np.load(network) as z:
+        assert json.loads(str(z["meta"]))["inputs"]["shape"] == [1, 20, 20]
+    again = subprocess.run([sys.executable, "-m", "layout.run", f"configs/{config}", "--no-window", "--out",
+                            str(tmp_path / "mnist"), "--network", str(network), "--export", "none", "--data-dir",
+                            str(shared_data)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and f"{network} was trained on idx:{mnist_20x20.name} classes" in again.stderr

@@ -27,15 +27,16 @@ WINDOW = RenderConfig(width=480, height=320, fps=20)
 N = 12  # tiny_data's neurons
 
 
-def details_for_tiny() -> NeuronDetails:
+def details_for_tiny(rows: int = 28, cols: int = 28) -> NeuronDetails:
     """Neuron i looks at one pixel of its own, (i, 2i), with weight i + 1, and one negative pixel; its
-    top images are 3i..3i+2 of 40 made-up test images, its bottom ones 39-3i, ..."""
-    fields = np.zeros((N, 28, 28), np.float32)
+    top images are 3i..3i+2 of 40 made-up test images, its bottom ones 39-3i, ... (images of rows x cols
+    pixels: MNIST's 28 x 28, or the user's own data's)."""
+    fields = np.zeros((N, rows, cols), np.float32)
     for i in range(N):
         fields[i, i, 2 * i] = i + 1
-        fields[i, 27 - i, 0] = -0.5
+        fields[i, rows - 1 - i, 0] = -0.5
     classes = np.arange(N) // 4
-    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28)).astype(np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (40, rows, cols)).astype(np.uint8)
     top = np.arange(N)[:, None] * 3 + np.arange(3)
     return NeuronDetails(receptive_fields=fields, output_vectors=np.eye(3)[classes] * 0.8,
                          class_activation=np.eye(3)[classes] * 0.6 + 0.1, layer=np.ones(N, int), index=np.arange(N),
@@ -44,12 +45,12 @@ def details_for_tiny() -> NeuronDetails:
                          top=top, bottom=39 - top, images=images)
 
 
-@pytest.fixture
-def window():
+@pytest.fixture(params=[(28, 28), (20, 24)], ids=["mnist", "20x24 images"])
+def window(request):
     data = tiny_data()
     data = type(data)(**{**data.__dict__, "colorings": activation_colorings(
         np.eye(3)[np.arange(N) % 3], ("fires for zero", "fires for one", "fires for two"))})
-    player = build_window(data, WINDOW, details_for_tiny(), off_screen=True)
+    player = build_window(data, WINDOW, details_for_tiny(*request.param), off_screen=True)
     player.scene.plotter.render()
     yield player
     player.scene.plotter.close()
@@ -125,7 +126,9 @@ def click(player, x: float, y: float) -> None:
 
 def test_a_click_on_a_neuron_fills_the_details_panel(window):
     plotter = window.scene.plotter
-    panel, details = window.panel, details_for_tiny()
+    panel = window.panel
+    details = details_for_tiny(*panel.details.receptive_fields.shape[1:])
+    rows, cols = details.receptive_fields.shape[1:]
     assert panel.text.GetText(2) == "click a neuron"
     tick(window, 5)  # the last frame, where the classes sit apart
     plotter.render()
@@ -140,16 +143,17 @@ def test_a_click_on_a_neuron_fills_the_details_panel(window):
         assert text.startswith(f"neuron {k}: layer 1, index {k}\n")  # layers numbered from 1, as everywhere
         assert f"drives hardest: {window.data.class_names[k // 4]}" in text
         assert f"selectivity {details.selectivity[k]:.3f}" in text
-        shown = np.flipud(np.asarray(panel.field.point_data["rgb"]).reshape(28 * panel.field_zoom,
-                                                                             28 * panel.field_zoom, 3))
+        shown = np.flipud(np.asarray(panel.field.point_data["rgb"]).reshape(rows * panel.field_zoom,
+                                                                             cols * panel.field_zoom, 3))
         expected = style.diverging_rgb(details.receptive_fields[k], k + 1)  # symmetric limits: white at 0
         np.testing.assert_array_equal(shown[::panel.field_zoom, ::panel.field_zoom], expected)  # exact pixels
         assert panel.field_bar.GetLookupTable().GetRange() == (-(k + 1), k + 1)
         np.testing.assert_allclose(np.ravel(panel.weights.y), details.output_vectors[k])
         np.testing.assert_allclose(np.ravel(panel.activation.y), details.class_activation[k])
-        strip = np.flipud(np.asarray(panel.top.point_data["rgb"]).reshape(28, -1, 3))
+        strip = np.flipud(np.asarray(panel.top.point_data["rgb"]).reshape(rows, -1, 3))
         for j, image in enumerate(details.top[k]):
-            np.testing.assert_array_equal(strip[:, j * 30:j * 30 + 28, 0], 255 - details.images[image])
+            np.testing.assert_array_equal(strip[:, j * (cols + 2):j * (cols + 2) + cols, 0],
+                                          255 - details.images[image])
         assert np.asarray(window.scene.neurons["radius"])[k] == pytest.approx(
             sphere_radii(window.data)[k] * 1.8)  # the clicked neuron is drawn larger
     click(window, 2, 2)  # a corner: no neuron there, the panel keeps the last one

@@ -93,14 +93,16 @@ def describe(layer: Layer) -> str:
     return "flatten" if isinstance(layer, Flatten) else f"dense {layer.units}"
 
 
-def parse_layers(value: Any, path: str = "model.layers") -> tuple[Layer, ...]:
-    """The layers a config lists, each checked, and the list checked as a whole (check_shapes)."""
+def parse_layers(value: Any, path: str = "model.layers", input_shape: tuple[int, int, int] = INPUT_SHAPE
+                 ) -> tuple[Layer, ...]:
+    """The layers a config lists, each checked, and the list checked as a whole (check_shapes) for images
+    of input_shape (a config's against MNIST's; the data's own are checked again before training)."""
     if not isinstance(value, (list, tuple)) or not value:
         raise ConfigError(f"{path} = {excerpt(value)} must be a non-empty list of layers, e.g. "
                           "[{conv: {channels: 6, kernel: 5}}, {pool: {kind: max, size: 2}}, flatten, {dense: "
                           "{units: 120}}]")
     layers = tuple(parse_layer(item, f"{path}, layer {i + 1}") for i, item in enumerate(value))
-    check_shapes(layers, path)
+    check_shapes(layers, path, input_shape)
     return layers
 
 
@@ -136,15 +138,17 @@ def parse_layer(item: Any, where: str) -> Layer:
     return cls(**settings)
 
 
-def check_shapes(layers: tuple[Layer, ...], path: str = "model.layers") -> tuple[tuple[int, ...], ...]:
-    """Each layer's output shape from the input's; a layer that cannot follow the one before is refused."""
-    shape, shapes = INPUT_SHAPE, []
+def check_shapes(layers: tuple[Layer, ...], path: str = "model.layers",
+                 input_shape: tuple[int, int, int] = INPUT_SHAPE) -> tuple[tuple[int, ...], ...]:
+    """Each layer's output shape from the input's (C, H, W); a layer that cannot follow the one before is
+    refused."""
+    shape, shapes = input_shape, []
     for i, layer in enumerate(layers):
         where = f"{path}, layer {i + 1} ({describe(layer)})"
         if isinstance(layer, (Conv, Pool)) and len(shape) == 1:
             raise ConfigError(f"{where} comes after flatten, where there are no images left to "
                               f"{'convolve' if isinstance(layer, Conv) else 'pool'}: move it before flatten")
-        if isinstance(layer, Dense) and len(shape) == 3 and shape != INPUT_SHAPE:
+        if isinstance(layer, Dense) and len(shape) == 3 and shape != input_shape:
             raise ConfigError(f"{where} follows image layers that were never flattened: put flatten before it")
         if isinstance(layer, Dense) and len(shape) == 3:
             shape = Flatten().shape_after(shape)  # an MLP on the pixels: the image flattens by itself
@@ -160,11 +164,11 @@ def check_shapes(layers: tuple[Layer, ...], path: str = "model.layers") -> tuple
     return tuple(shapes)
 
 
-def patch_values(layers: tuple[Layer, ...]) -> int:
+def patch_values(layers: tuple[Layer, ...], input_shape: tuple[int, int, int] = INPUT_SHAPE) -> int:
     """Per image, the values of every conv layer's patches (in_channels * kernel**2 * out_h * out_w):
     the working memory of a convolution computed as one matrix product (models/network/cnn.py)."""
-    total, before = 0, INPUT_SHAPE
-    for layer, after in zip(layers, check_shapes(layers)):
+    total, before = 0, input_shape
+    for layer, after in zip(layers, check_shapes(layers, input_shape=input_shape)):
         if isinstance(layer, Conv):
             total += before[0] * layer.kernel ** 2 * after[1] * after[2]
         before = after

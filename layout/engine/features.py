@@ -93,14 +93,19 @@ def chosen_layers(network: Network, which: str = "dense") -> tuple[int, ...]:
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _forward(params, x, layers, activation, inputs):
     """(logits, every hidden layer's activations per neuron) for uint8 images [n, 784]."""
-    logits, hidden = apply_layers(params, inputs.of_pixels(x), layers, activation)
+    logits, hidden = apply_layers(params, inputs.of_pixels(x), layers, activation, input_shape=inputs.shape)
     return logits, tuple(per_neuron(h) for h in hidden)
+
+
+def flat(images: np.ndarray) -> np.ndarray:
+    """Images [n, H, W] as the network takes them, [n, H * W]."""
+    return images.reshape(len(images), -1)
 
 
 def forward_batches(params: list[dict], network: Network, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """(logits [n, C], every hidden layer's activations [n, n_l]) for uint8 images [n, 28, 28], of the
     network's layers, activation and input scaling with the weights `params` (its own or others)."""
-    batches = [_forward(params, images[i:i + EVAL_BATCH].reshape(-1, 784), network.layer_list, network.activation,
+    batches = [_forward(params, flat(images[i:i + EVAL_BATCH]), network.layer_list, network.activation,
                         network.inputs) for i in range(0, len(images), EVAL_BATCH)]
     logits = np.concatenate([np.asarray(b[0]) for b in batches])
     return logits, [np.concatenate([np.asarray(b[1][h]) for b in batches]) for h in range(len(batches[0][1]))]
@@ -173,7 +178,7 @@ def mean_jacobian(params: list[dict], network: Network, images: np.ndarray, hidd
     channel, the derivative with respect to its spatially summed activation: the logits' change when
     the sum grows by one, spread evenly over the channel's positions."""
     architecture = network.layer_list, network.activation, network.inputs
-    total = sum(np.asarray(_jacobian_sum(params, images[i:i + EVAL_BATCH].reshape(-1, 784), *architecture, hidden),
+    total = sum(np.asarray(_jacobian_sum(params, flat(images[i:i + EVAL_BATCH]), *architecture, hidden),
                            np.float64) for i in range(0, len(images), EVAL_BATCH))
     return (total / len(images)).T.astype(np.float32)
 
@@ -182,7 +187,7 @@ def mean_jacobian(params: list[dict], network: Network, images: np.ndarray, hidd
 def _jacobian_sum(params, x, layers, activation, inputs, hidden):
     """[C, n_h]: the sum over the batch of d logits / d (each neuron of layer `hidden`), as one shift
     shared by the batch (so one Jacobian of the summed logits, forward or reverse, whichever is shorter)."""
-    _, maps = apply_layers(params, inputs.of_pixels(x), layers, activation)
+    _, maps = apply_layers(params, inputs.of_pixels(x), layers, activation, input_shape=inputs.shape)
     a = maps[hidden]
 
     def summed_logits(t):
@@ -246,11 +251,11 @@ def neuron_features(network: Network, test: Split, influence: str = "weights", l
     class_activation = np.concatenate([class_means(a, test.labels, n_classes) for a in activations])
     if not network.has_conv:
         upstream = upstream_products(network.weights)
-        fields = np.concatenate([upstream[h].T for h in hidden]).reshape(-1, 28, 28)
+        fields = np.concatenate([upstream[h].T for h in hidden]).reshape(-1, *network.inputs.shape[1:])
     elif visualise:
         fields = np.concatenate(feature_images(network, hidden, [a.std(0) for a in activations]))
     else:
-        fields = np.zeros((len(class_activation), 28, 28), np.float32)
+        fields = np.zeros((len(class_activation), *network.inputs.shape[1:]), np.float32)
     sizes = [a.shape[1] for a in activations]
     output = np.concatenate(vectors).astype(np.float32)
     return NeuronFeatures(

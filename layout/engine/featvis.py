@@ -37,7 +37,7 @@ LEAK = 0.1
 
 def feature_images(network: Network, hidden_layers: tuple[int, ...], scales: list[np.ndarray] | None = None,
                    steps: int = STEPS, seed: int = 0) -> list[np.ndarray]:
-    """For each hidden layer in `hidden_layers`, [n_l, 28, 28] float32 images in 0..1, one per neuron;
+    """For each hidden layer in `hidden_layers`, [n_l, H, W] float32 images in 0..1, one per neuron;
     every layer's images optimised together, in one compiled loop."""
     if not hidden_layers:
         return []
@@ -47,7 +47,7 @@ def feature_images(network: Network, hidden_layers: tuple[int, ...], scales: lis
     images = np.asarray(_ascend(params, jnp.asarray(np.maximum(scale, SCALE_FLOOR), jnp.float32), jax.random.key(seed),
                                 network.layer_list, network.activation, network.inputs, tuple(hidden_layers), widths,
                                 steps))
-    return np.split(images.reshape(-1, 28, 28), np.cumsum(widths)[:-1])
+    return np.split(images.reshape(-1, *network.inputs.shape[1:]), np.cumsum(widths)[:-1])
 
 
 def leaky_gradient_relu(x: jax.Array) -> jax.Array:
@@ -56,11 +56,12 @@ def leaky_gradient_relu(x: jax.Array) -> jax.Array:
     return jax.nn.relu(x) + LEAK * (x - jax.lax.stop_gradient(x)) * (x < 0)
 
 
-def blurred(g: jax.Array) -> jax.Array:
-    """Gradients [n, 784] as images, blurred by a separable Gaussian of BLUR pixels."""
+def blurred(g: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
+    """Gradients [n, C * H * W] as images of `shape`, each channel blurred by a separable Gaussian of BLUR
+    pixels."""
     taps = np.exp(-0.5 * (np.arange(-3, 4) / BLUR) ** 2)
     kernel = jnp.asarray(taps / taps.sum(), jnp.float32)
-    images = g.reshape(-1, 1, 28, 28)
+    images = g.reshape(-1, 1, *shape[1:])
     for k in (kernel[:, None], kernel[None, :]):
         images = jax.lax.conv_general_dilated(images, k[None, None], (1, 1), "SAME")
     return images.reshape(g.shape)
@@ -68,8 +69,9 @@ def blurred(g: jax.Array) -> jax.Array:
 
 def mean_activation(params, images: jax.Array, network: Network, hidden: int) -> jax.Array:
     """[n, n_h]: layer `hidden`'s activations (a conv channel's averaged over its positions) for images
-    [n, 784] in 0..1, scaled as the network's inputs were."""
-    h = apply_layers(params, network.inputs.of_unit(images), network.layer_list, network.activation)[1][hidden]
+    [n, C * H * W] in 0..1, scaled as the network's inputs were."""
+    h = apply_layers(params, network.inputs.of_unit(images), network.layer_list, network.activation,
+                     input_shape=network.inputs.shape)[1][hidden]
     return per_neuron(h)
 
 
@@ -79,27 +81,31 @@ def _ascend(params, scale, key, layers, activation, inputs, hidden_layers, width
     n = sum(widths)
     starts = np.cumsum((0,) + widths[:-1])
 
+    shape = inputs.shape
+
     def objective(x, shift):
-        shifted = jnp.roll(x.reshape(n, 28, 28), shift, axis=(1, 2)).reshape(n, 784)
+        shifted = jnp.roll(x.reshape(n, *shape), shift, axis=(2, 3)).reshape(n, -1)
         ascent = leaky_gradient_relu if activation == "relu" else activation
-        hidden = apply_layers(params, inputs.of_unit(shifted), layers, ascent, fast_gradients=True)[1]
+        hidden = apply_layers(params, inputs.of_unit(shifted), layers, ascent, fast_gradients=True,
+                              input_shape=shape)[1]
         own = []
         for h, start, width in zip(hidden_layers, starts, widths):  # image start + j is neuron j's
             a = hidden[h][start:start + width]
             own.append(jnp.diagonal(per_neuron(a)))
         own = jnp.concatenate(own)
-        images = x.reshape(n, 28, 28)
-        variation = (jnp.abs(jnp.diff(images, axis=1)).mean((1, 2)) + jnp.abs(jnp.diff(images, axis=2)).mean((1, 2)))
+        images = x.reshape(n, *shape)
+        variation = (jnp.abs(jnp.diff(images, axis=2)).mean((1, 2, 3))
+                     + jnp.abs(jnp.diff(images, axis=3)).mean((1, 2, 3)))
         return -((own / scale).sum() - L2 * jnp.square(x).mean(1).sum() - TV * variation.sum())
 
     def step(carry, key):
         x, state = carry
         shift = jax.random.randint(key, (2,), -JITTER, JITTER + 1)
-        grads = blurred(jax.grad(objective)(x, shift))
+        grads = blurred(jax.grad(objective)(x, shift), shape)
         updates, state = optimizer.update(grads, state, x)
         return (jnp.clip(optax.apply_updates(x, updates), 0.0, 1.0), state), None
 
     start_key, steps_key = jax.random.split(key)
-    x = jax.random.uniform(start_key, (n, 784), jnp.float32, 0.0, 1.0)
+    x = jax.random.uniform(start_key, (n, inputs.n_pixels), jnp.float32, 0.0, 1.0)
     (x, _), _ = jax.lax.scan(step, (x, optimizer.init(x)), jax.random.split(steps_key, steps))
     return x

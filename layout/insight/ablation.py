@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from layout.engine.features import EVAL_BATCH, hidden_activations, influence_images
+from layout.engine.features import EVAL_BATCH, flat, hidden_activations, influence_images
 from models.data.datasets import Split
 from models.network.cnn import apply_above, apply_layers
 from models.network.mlp import ACTIVATIONS
@@ -87,13 +87,13 @@ def conv_maps(network: Network, layer: int, images: np.ndarray) -> np.ndarray:
     """Conv layer `layer`'s activation maps [n, channels, H, W] for uint8 images [n, 28, 28]."""
     params = network.params()
     architecture = network.layer_list, network.activation, network.inputs
-    return np.concatenate([np.asarray(_maps(params, images[i:i + EVAL_BATCH].reshape(-1, 784), *architecture, layer))
+    return np.concatenate([np.asarray(_maps(params, flat(images[i:i + EVAL_BATCH]), *architecture, layer))
                            for i in range(0, len(images), EVAL_BATCH)])
 
 
 @partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _maps(params, x, layers, activation, inputs, layer):
-    return apply_layers(params, inputs.of_pixels(x), layers, activation)[1][layer]
+    return apply_layers(params, inputs.of_pixels(x), layers, activation, input_shape=inputs.shape)[1][layer]
 
 
 def random_groups(rng: np.random.Generator, n: int, size: int, count: int) -> np.ndarray:

@@ -26,7 +26,7 @@ CONV_NULLS = 99
 def random_params(network: Network, rng: np.random.Generator) -> list[dict]:
     """Initial parameters of the network's layer list drawn from `rng`: uniform in +/- init_limit, zero biases."""
     params = []
-    for w, b in weight_shapes(network.layer_list, network.sizes[-1]):
+    for w, b in weight_shapes(network.layer_list, network.sizes[-1], network.inputs.shape):
         limit = init_limit(w, network.activation)
         params.append({"w": rng.uniform(-limit, limit, w).astype(np.float32), "b": np.zeros(b, np.float32)})
     return params

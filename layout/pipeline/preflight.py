@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from layout.core.config import RunConfig
 from layout.core.errors import ConfigError, UserError
-from layout.core.layers import check_shapes, patch_values
+from layout.core.layers import INPUT_SHAPE, check_shapes, patch_values
 from layout.core.memory import available_memory, gigabytes
 from layout.engine.features import EVAL_BATCH
 from models.data.datasets import Dataset
@@ -132,15 +132,17 @@ def check_laid_out(cfg: RunConfig, kinds: tuple[str, ...], network: str) -> None
                           "(its channels) or all")
 
 
-def check_layers(cfg: RunConfig, n_classes: int, n_train: int, n_test: int, available: int | None = None) -> None:
-    """A network of model.layers: trainable here (its weights, optimizer state and snapshots, and the
-    activations and convolution patches of the most images a pass takes at once: a training batch or an
-    evaluation chunk with patches, EVAL_BATCH images without them for the features)."""
+def check_layers(cfg: RunConfig, n_classes: int, n_train: int, n_test: int, available: int | None = None,
+                 input_shape: tuple[int, int, int] = INPUT_SHAPE) -> None:
+    """A network of model.layers: possible for the data's images of input_shape (C, H, W), and trainable
+    here (its weights, optimizer state and snapshots, and the activations and convolution patches of the
+    most images a pass takes at once: a training batch or an evaluation chunk with patches, EVAL_BATCH
+    images without them for the features)."""
     available = available_memory() if available is None else available
-    n_params = count_layer_params(cfg.model.layers, n_classes)
-    units = sum(math.prod(shape) for shape in check_shapes(cfg.model.layers))
+    units = sum(math.prod(shape) for shape in check_shapes(cfg.model.layers, input_shape=input_shape))
+    n_params = count_layer_params(cfg.model.layers, n_classes, input_shape)
     at_once = max(min(cfg.train.batch_size, n_train), min(EVAL_CHUNK, n_test))
-    training = at_once * (units + patch_values(cfg.model.layers))
+    training = at_once * (units + patch_values(cfg.model.layers, input_shape))
     need = FLOAT * (n_params * (OPTIMIZER_COPIES + 1 + n_snapshots(cfg, n_train))
                     + 2 * max(training, min(EVAL_BATCH, n_test) * units))
     if need > available:

@@ -29,7 +29,7 @@ from models.formats.imported import read_network_file
 from models.network.mlp import layer_sizes
 from models.network.network import Inputs, Network, inputs_of
 from models.network.store import Obtained, check_fits, obtain_network, save_network
-from models.network.train import N_INPUTS, enable_compilation_cache
+from models.network.train import enable_compilation_cache
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
     `network_file`, whose test accuracy must be `expect_accuracy` to within ACCURACY_TOLERANCE when
     given); write config.yaml (before training starts) and network.npz."""
     enable_compilation_cache(cache_dir() / "jax")
-    inputs = inputs_of(cfg.data)
+    inputs = inputs_of(cfg.data, dataset.image_shape)
     given, read_notes = read_network_file(network_file, cfg.model, dataset, inputs) if network_file else (None, ())
     n_train, n_test = len(dataset.train.labels), len(dataset.test.labels)
     if given is not None:
@@ -72,7 +72,8 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
         if lays_out:
             check_laid_out(cfg, given.hidden_kinds, f"the network in {network_file}")
         if given.layers is not None:  # a CNN's file
-            check_layers(with_model_of(cfg, given, network_file)[0], dataset.n_classes, n_train, n_test)
+            check_layers(with_model_of(cfg, given, network_file)[0], dataset.n_classes, n_train, n_test,
+                         input_shape=inputs.shape)
         else:
             check_memory(cfg, given.sizes, n_train, n_test, given_snapshots=len(given.snapshots.step),
                          lays_out=lays_out)
@@ -80,12 +81,12 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
         check_trainable(cfg, dataset)
         if lays_out:
             check_laid_out(cfg, hidden_kinds(cfg.model.layers), "model.layers")
-        check_layers(cfg, dataset.n_classes, n_train, n_test)
+        check_layers(cfg, dataset.n_classes, n_train, n_test, input_shape=inputs.shape)
     else:
         check_trainable(cfg, dataset)
         if lays_out:
             check_laid_out(cfg, ("dense",) * len(cfg.model.hidden), "the MLP of model.hidden")
-        check_memory(cfg, layer_sizes(N_INPUTS, cfg.model.hidden, dataset.n_classes), n_train, n_test,
+        check_memory(cfg, layer_sizes(inputs.n_pixels, cfg.model.hidden, dataset.n_classes), n_train, n_test,
                      lays_out=lays_out)
     if given is not None:
         digest = file_digest(Path(network_file))

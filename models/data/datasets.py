@@ -29,7 +29,8 @@ from models.data.idx import file_header, read_bytes, read_idx_cached
 from models.data.own import folder_splits, npz_splits
 
 SYSTEM_ROOT = Path("/usr/share/datasets")
-IMAGE_SHAPE = (28, 28)
+IMAGE_SHAPE = (28, 28)  # MNIST's and Fashion-MNIST's; the user's own data may have any (up to MAX_SIDE)
+MAX_SIDE = 512
 N_LABELS = 10
 SAMPLE_FOLDER = Path(__file__).with_name("sample")
 SAMPLE_SHA256 = {  # the bundled sample: the official test set, and 500 training images per digit
@@ -121,13 +122,24 @@ class Dataset:
     def n_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of every image."""
+        return tuple(self.train.images.shape[1:3])
 
-def check_shapes(images, labels, names: tuple[str, str]) -> None:
-    """Check that an image file and a label file can form an MNIST-style split: 28x28 uint8 images, as
-    many uint8 labels. `images` and `labels` are arrays, or their IDX headers (checked before a byte of
-    data is decompressed)."""
-    if len(images.shape) != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE or images.dtype != np.uint8:
-        raise DataError(f"{names[0]} should hold 28x28 uint8 images, found a {images.dtype} array of shape "
+
+def check_shapes(images, labels, names: tuple[str, str], image_shape: tuple[int, int] | None = IMAGE_SHAPE) -> None:
+    """Check that an image file and a label file can form an MNIST-style split: uint8 images of
+    image_shape (None: any size up to MAX_SIDE), as many uint8 labels. `images` and `labels` are arrays, or
+    their IDX headers (checked before a byte of data is decompressed)."""
+    shape = tuple(images.shape[1:])
+    if image_shape is None and len(shape) == 2 and images.dtype == np.uint8 and not 1 <= min(shape) <= max(
+            shape) <= MAX_SIDE:
+        raise DataError(f"{names[0]} holds {'x'.join(map(str, shape))} images: each side must be 1 to {MAX_SIDE} "
+                        "pixels")
+    if len(images.shape) != 3 or image_shape is not None and shape != image_shape or images.dtype != np.uint8:
+        wanted = "x".join(map(str, image_shape)) + " uint8 images" if image_shape else "uint8 images [n, H, W]"
+        raise DataError(f"{names[0]} should hold {wanted}, found a {images.dtype} array of shape "
                         f"{'x'.join(map(str, images.shape))}")
     if len(labels.shape) != 1 or labels.dtype != np.uint8:
         raise DataError(f"{names[1]} should hold a list of uint8 labels, found a {labels.dtype} array of shape "
@@ -137,9 +149,10 @@ def check_shapes(images, labels, names: tuple[str, str]) -> None:
                         "the two files do not belong together")
 
 
-def check_split(images: np.ndarray, labels: np.ndarray, names: tuple[str, str]) -> Split:
+def check_split(images: np.ndarray, labels: np.ndarray, names: tuple[str, str],
+                image_shape: tuple[int, int] | None = IMAGE_SHAPE) -> Split:
     """Check that an image file and a label file form an MNIST-style split, labels in range included."""
-    check_shapes(images, labels, names)
+    check_shapes(images, labels, names, image_shape)
     if len(labels) and labels.max() >= N_LABELS:
         raise DataError(f"{names[1]} has label {labels.max()}; labels must be 0-{N_LABELS - 1}")
     return Split(images=images, labels=labels.astype(np.int32))
@@ -282,7 +295,7 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
             raise DataError("data.dataset = npz needs data.file: the .npz file holding x_train, y_train, x_test and "
                             "y_test")
         path = Path(cfg.file).expanduser()
-        arrays, names, digest, notes = npz_splits(path, IMAGE_SHAPE, N_LABELS)
+        arrays, names, digest, notes = npz_splits(path, MAX_SIDE, N_LABELS)
         splits = {split: Split(images, labels) for split, (images, labels) in arrays.items()}
         return made_dataset(cfg, f"npz:{path.name}", splits, names, path, digest, notes)
     if cfg.dataset == "folder":
@@ -290,14 +303,15 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
         if not cfg.dir:
             raise DataError("data.dataset = folder needs data.dir (or --data-dir): a folder with one subfolder of "
                             "images per class")
-        arrays, names, digest, notes = folder_splits(folder, IMAGE_SHAPE, N_LABELS, cfg.test_fraction, cfg.split_seed)
+        arrays, names, digest, notes = folder_splits(folder, MAX_SIDE, N_LABELS, cfg.test_fraction, cfg.split_seed)
         splits = {split: Split(images, labels) for split, (images, labels) in arrays.items()}
         return made_dataset(cfg, f"folder:{folder.name}", splits, names, folder, digest, notes)
     files, notes = locate(cfg, environ=environ, system_root=system_root, progressbar=progressbar)
     raw = {stem: read_bytes(files[stem]) for stem in STEMS}
+    image_shape = None if cfg.dataset in OWN else IMAGE_SHAPE
     for img, lab in SPLIT_FILES.values():  # from the headers alone, before anything is decompressed
         check_shapes(*(file_header(raw[stem], str(files[stem])) for stem in (img, lab)),
-                     (str(files[img]), str(files[lab])))
+                     (str(files[img]), str(files[lab])), image_shape)
     digest = hashlib.sha256()
     arrays = {}
     for stem in STEMS:
@@ -305,7 +319,7 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
         arrays[stem] = decoded.array
         digest.update(decoded.digest.encode())
         notes += (decoded.note,) if decoded.note else ()
-    splits = {split: check_split(arrays[img], arrays[lab], (str(files[img]), str(files[lab])))
+    splits = {split: check_split(arrays[img], arrays[lab], (str(files[img]), str(files[lab])), image_shape)
               for split, (img, lab) in SPLIT_FILES.items()}
     if cfg.dataset == "idx":
         name, names = f"idx:{files[STEMS[0]].parent.name}", None
@@ -318,6 +332,10 @@ def made_dataset(cfg: DataConfig, name: str, splits: dict[str, Split], names: tu
                  digest: str, notes: tuple[str, ...]) -> Dataset:
     """The Dataset of checked splits (labels 0-9) after `classes` and `limit`: every class by default, or
     for the user's own data the labels it has; class names as given, else the labels themselves."""
+    sizes = {split: s.images.shape[1:] for split, s in splits.items()}
+    if sizes["train"] != sizes["test"]:
+        raise DataError(f"{source}: the training images are {'x'.join(map(str, sizes['train']))} and the test images "
+                        f"{'x'.join(map(str, sizes['test']))}: both splits must hold images of one size")
     present = sorted(set(np.unique(splits["train"].labels).tolist()))
     classes = cfg.classes or (tuple(range(N_LABELS)) if cfg.dataset not in OWN else tuple(present))
     if len(classes) < 2:

@@ -22,7 +22,7 @@ IMAGE_FILES = (".png", ".jpg", ".jpeg")
 NAME_CHARS = 40  # a class name longer than this is refused: it is a label in the legend, not a text
 
 
-def npz_splits(path: Path, image_shape: tuple[int, int], n_labels: int
+def npz_splits(path: Path, max_side: int, n_labels: int
                ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...] | None, str, tuple[str, ...]]:
     """({"train" | "test": (uint8 images [n, H, W], int labels [n])}, the class names or None, the file's
     SHA-256, notes for the user)."""
@@ -47,7 +47,7 @@ def npz_splits(path: Path, image_shape: tuple[int, int], n_labels: int
     notes = []
     splits = {}
     for split in ("train", "test"):
-        images, note = pixels(arrays[f"x_{split}"], f"{path}: x_{split}", image_shape)
+        images, note = pixels(arrays[f"x_{split}"], f"{path}: x_{split}", max_side)
         notes += [note] if note else []
         labels = whole_labels(arrays[f"y_{split}"], f"{path}: y_{split}", n_labels)
         if len(images) != len(labels):
@@ -58,14 +58,13 @@ def npz_splits(path: Path, image_shape: tuple[int, int], n_labels: int
     return splits, names, hashlib.sha256(path.read_bytes()).hexdigest(), tuple(dict.fromkeys(notes))
 
 
-def pixels(a: np.ndarray, what: str, image_shape: tuple[int, int]) -> tuple[np.ndarray, str | None]:
+def pixels(a: np.ndarray, what: str, max_side: int) -> tuple[np.ndarray, str | None]:
     """uint8 images [n, H, W]: as stored, or floats in 0..1 (times 255) or 0..255, rounded."""
-    shape = tuple(a.shape[1:])
-    if a.ndim not in (3, 4) or shape not in (image_shape, (*image_shape, 1)):
-        raise DataError(f"{what} is an array of shape {list(a.shape)}: it must hold images [n, {image_shape[0]}, "
-                        f"{image_shape[1]}] (or [n, {image_shape[0]}, {image_shape[1]}, 1]); other sizes and colour "
-                        "are not read yet")
-    a = a.reshape(len(a), *image_shape)
+    if a.ndim not in (3, 4) or a.ndim == 4 and a.shape[3] != 1 or not 1 <= min(a.shape[1:3]) <= max(
+            a.shape[1:3]) <= max_side:
+        raise DataError(f"{what} is an array of shape {list(a.shape)}: it must hold greyscale images [n, H, W] (or "
+                        f"[n, H, W, 1]), each side 1 to {max_side} pixels; colour is not read yet")
+    a = a.reshape(a.shape[:3])
     if a.dtype == np.uint8:
         return a, None
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)) or a.size and not (
@@ -97,25 +96,25 @@ def class_names(a: np.ndarray, path: Path) -> tuple[str, ...]:
     return names
 
 
-def folder_splits(folder: Path, image_shape: tuple[int, int], n_labels: int, test_fraction: float, seed: int
+def folder_splits(folder: Path, max_side: int, n_labels: int, test_fraction: float, seed: int
                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...], str, tuple[str, ...]]:
     """({"train" | "test": (uint8 images [n, H, W], labels [n])}, the class names (the subfolders), a SHA-256
-    over every image file, notes): each class's images shuffled by `seed`, test_fraction of them (at
-    least one) the test split."""
+    over every image file, notes): every image the size of the first (each side at most max_side), each
+    class's images shuffled by `seed`, test_fraction of them (at least one) the test split."""
     found = folder.iterdir() if folder.is_dir() else ()
     classes = sorted(p for p in found if p.is_dir() and not p.name.startswith("."))
     if not 2 <= len(classes) <= n_labels:
         raise DataError(f"data.dir '{folder}' holds {len(classes)} subfolders: data.dataset = folder needs one "
                         f"subfolder of PNG or JPEG images per class, 2 to {n_labels} classes")
     rng = np.random.default_rng(seed)
-    digest, parts, ignored = hashlib.sha256(), {"train": [], "test": []}, 0
+    digest, parts, ignored, size = hashlib.sha256(), {"train": [], "test": []}, 0, []
     for label, sub in enumerate(classes):
         files = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_FILES)
         ignored += sum(1 for p in sub.iterdir() if p not in files)
         if len(files) < 2:
             raise DataError(f"{sub} holds {len(files)} PNG or JPEG images: each class needs at least two (one to "
                             "train on, one to test)")
-        images = np.stack([greyscale(p, image_shape, digest) for p in files])
+        images = np.stack([greyscale(p, size, max_side, digest) for p in files])
         order = rng.permutation(len(images))
         n_test = min(max(1, round(test_fraction * len(images))), len(images) - 1)
         for split, chosen in (("test", order[:n_test]), ("train", order[n_test:])):
@@ -127,15 +126,19 @@ def folder_splits(folder: Path, image_shape: tuple[int, int], n_labels: int, tes
     return splits, names, digest.hexdigest(), notes
 
 
-def greyscale(path: Path, image_shape: tuple[int, int], digest) -> np.ndarray:
-    """One image file as uint8 [H, W], its size checked from the header before it is decoded."""
+def greyscale(path: Path, size: list, max_side: int, digest) -> np.ndarray:
+    """One image file as uint8 [H, W], its size (width, height) checked from the header before it is
+    decoded: the size of the first image read (kept in `size`), each side 1 to max_side pixels."""
     raw = path.read_bytes()
     digest.update(path.parent.name.encode() + b"/" + path.name.encode() + b"\0" + hashlib.sha256(raw).digest())
     try:
         with Image.open(path) as image:
-            if image.size != image_shape[::-1]:
-                raise DataError(f"{path} is {image.size[0]} x {image.size[1]} pixels: the images must be "
-                                f"{image_shape[1]} x {image_shape[0]} (other sizes are not read yet)")
+            if not size and max(image.size) <= max_side:
+                size.append(image.size)
+            if not size or image.size != size[0]:
+                wanted = f"{size[0][0]} x {size[0][1]}, as the first" if size else f"at most {max_side} on each side"
+                raise DataError(f"{path} is {image.size[0]} x {image.size[1]} pixels: the images must be {wanted} "
+                                "(resize them to one size)")
             return np.asarray(image.convert("L"), np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{path} is not a readable PNG or JPEG image ({e})") from None

@@ -25,11 +25,11 @@ from models.network.train import evaluate_jit, model_functions
 
 
 def read_network_file(path: str | Path, model: ModelConfig, dataset: Dataset,
-                      inputs: Inputs = Inputs()) -> tuple[Network, tuple[str, ...]]:
+                      inputs: Inputs | None = None) -> tuple[Network, tuple[str, ...]]:
     """(the network, notes for the user). A network.npz of this tool as written; an ONNX file's network
     as its graph says; weight arrays as the MLP they chain into, or the CNN of model.layers, with
     model.activation. Another framework's network is checked against `dataset` and evaluated on it, its
-    pixels scaled as `inputs` says (data.scale, data.mean, data.std).
+    pixels scaled as `inputs` says (data.scale, data.mean, data.std; default 0..1).
     Pickles (a PyTorch .pt or .pth) are refused unread, with the call that exports the model instead."""
     kind = sniff(path) if Path(path).is_file() else "unknown"
     if kind == "unknown" and Path(path).suffix.lower() == ".keras":  # the content is no Keras archive (any more)
@@ -40,7 +40,8 @@ def read_network_file(path: str | Path, model: ModelConfig, dataset: Dataset,
     if kind in ("pytorch", "pickle"):
         raise UserError(f"{path} holds pickled Python objects (a PyTorch .pt or .pth checkpoint?), which are never "
                         f"loaded (they can run code): export the model instead, with {EXPORT}")
-    image_shape = (1, *dataset.train.images.shape[1:])
+    image_shape = (1, *dataset.image_shape)
+    inputs = Inputs(shape=image_shape) if inputs is None else inputs
     if kind == "onnx":
         layered = read_onnx(path, image_shape, dataset.n_classes)
         how = "ONNX"
@@ -61,7 +62,8 @@ def layered_from_arrays(arrays: list, model: ModelConfig, dataset: Dataset, path
     """The network weight arrays form: model.layers filled with them where the config lists layers, else
     the MLP their shapes chain into; and the storage order found."""
     if model.layers is not None:
-        return cnn_from_arrays(arrays, model.layers, dataset.n_classes, path, model.activation)
+        return cnn_from_arrays(arrays, model.layers, dataset.n_classes, path, model.activation,
+                               (1, *dataset.image_shape))
     mlp = mlp_from_arrays(arrays, dataset.train.images[0].size, dataset.n_classes, path)
     dense = tuple(Dense(w.shape[1]) for w in mlp.weights[:-1])
     return Layered(dense, mlp.weights, mlp.biases, model.activation), mlp.order
@@ -76,7 +78,7 @@ def accuracy(layered: Layered, model: ModelConfig, split: Split, n_classes: int,
     return float(evaluate_jit(params, images, jnp.asarray(split.labels), forward)[1])
 
 
-def imported_network(layered: Layered, dataset: Dataset, inputs: Inputs = Inputs()) -> Network:
+def imported_network(layered: Layered, dataset: Dataset, inputs: Inputs) -> Network:
     """The Network of imported weights: an MLP's (layers None) or a CNN's; no training history and no
     snapshots (a training timeline cannot be drawn); its accuracies measured here."""
     empty = np.zeros(0)

@@ -156,14 +156,15 @@ def from_stored(a: np.ndarray, order: str, flattened_from: tuple[int, ...] | Non
 
 
 def cnn_from_arrays(arrays: list[tuple[str, np.ndarray]], layers: tuple[Layer, ...], n_classes: int,
-                    path: str | Path, activation: str) -> tuple[Layered, str]:
+                    path: str | Path, activation: str, input_shape: tuple[int, int, int] = INPUT_SHAPE
+                    ) -> tuple[Layered, str]:
     """The network of `layers` (model.layers) with the file's weights, matched to the layers by order
     (the file's, else their names' natural order) and shape, in PyTorch's or Keras' storage order;
     (the network, the order found). Anything else: a UserError listing the arrays and the shapes needed."""
     where = f"{path} ({listing(arrays)})"
     check_floats(arrays, where)
-    expected = weight_shapes(layers, n_classes)
-    flat_from = flattened_inputs(layers)
+    expected = weight_shapes(layers, n_classes, input_shape)
+    flat_from = flattened_inputs(layers, input_shape)
     for ordering in (arrays, sorted(arrays, key=lambda item: natural(item[0]))):
         weights = [a for _, a in ordering if a.ndim in (2, 4)]
         biases = [a for _, a in ordering if a.ndim == 1]
@@ -180,11 +181,12 @@ def cnn_from_arrays(arrays: list[tuple[str, np.ndarray]], layers: tuple[Layer, .
                     "the file holds, and save only its weights and biases")
 
 
-def flattened_inputs(layers: tuple[Layer, ...]) -> list[tuple[int, ...] | None]:
+def flattened_inputs(layers: tuple[Layer, ...], input_shape: tuple[int, int, int] = INPUT_SHAPE
+                     ) -> list[tuple[int, ...] | None]:
     """For each layer with weights (the output layer last): the (C, H, W) of the images it takes,
     flattened, where it is the dense layer right after a flatten; else None."""
-    found, before, images = [], INPUT_SHAPE, None
-    for layer, after in zip(layers, check_shapes(layers)):
+    found, before, images = [], input_shape, None
+    for layer, after in zip(layers, check_shapes(layers, input_shape=input_shape)):
         if isinstance(layer, Flatten) and len(before) == 3:
             images = before
         if isinstance(layer, (Conv, Dense)):

@@ -3,8 +3,8 @@ convolutions, pooling, flatten and dense layers, then the output layer (one unit
 
 Parameters are a list over the layers that have weights, in order, the output layer last, each
 {"w", "b"}: conv weights [out_channels, in_channels, kh, kw] and biases [out_channels] (PyTorch's
-order), dense weights [n_in, n_out] and biases [n_out] (as the MLP's). Images are [batch, 1, 28, 28];
-flatten keeps (C, H, W) order, as PyTorch flattens. Conv activations come out [batch, C, H, W]. The
+order), dense weights [n_in, n_out] and biases [n_out] (as the MLP's). Images are [batch, C, H, W]
+(MNIST's 1 x 28 x 28); flatten keeps (C, H, W) order, as PyTorch flattens. Conv activations come out [batch, C, H, W]. The
 activation follows every conv and dense layer but the output layer. Initialisation: uniform Glorot
 (He for relu) over the fans of each layer, with a conv's fans counting its kernel's pixels, and zero
 biases.
@@ -29,10 +29,12 @@ from layout.core.layers import INPUT_SHAPE, Conv, Dense, Flatten, Layer, Pool, c
 from models.network.mlp import ACTIVATIONS, Params
 
 
-def weight_shapes(layers: tuple[Layer, ...], n_classes: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """(weight shape, bias shape) of every layer with weights, the output layer last."""
-    shapes, before = [], INPUT_SHAPE
-    for layer, after in zip(layers, check_shapes(layers)):
+def weight_shapes(layers: tuple[Layer, ...], n_classes: int, input_shape: tuple[int, int, int] = INPUT_SHAPE
+                  ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(weight shape, bias shape) of every layer with weights, the output layer last, for images of
+    input_shape (C, H, W)."""
+    shapes, before = [], input_shape
+    for layer, after in zip(layers, check_shapes(layers, input_shape=input_shape)):
         if isinstance(layer, Conv):
             shapes.append(((layer.channels, before[0], layer.kernel, layer.kernel), (layer.channels,)))
         elif isinstance(layer, Dense):
@@ -43,9 +45,9 @@ def weight_shapes(layers: tuple[Layer, ...], n_classes: int) -> list[tuple[tuple
     return shapes
 
 
-def count_params(layers: tuple[Layer, ...], n_classes: int) -> int:
+def count_params(layers: tuple[Layer, ...], n_classes: int, input_shape: tuple[int, int, int] = INPUT_SHAPE) -> int:
     """Weights plus biases, by formula: conv out * in * k * k + out, dense n_in * n_out + n_out."""
-    return sum(math.prod(w) + b[0] for w, b in weight_shapes(layers, n_classes))
+    return sum(math.prod(w) + b[0] for w, b in weight_shapes(layers, n_classes, input_shape))
 
 
 def init_limit(shape: tuple[int, ...], activation: str) -> float:
@@ -59,8 +61,9 @@ def init_limit(shape: tuple[int, ...], activation: str) -> float:
     return (3.0 / fan) ** 0.5
 
 
-def init_layers(key: jax.Array, layers: tuple[Layer, ...], activation: str, n_classes: int) -> Params:
-    shapes = weight_shapes(layers, n_classes)
+def init_layers(key: jax.Array, layers: tuple[Layer, ...], activation: str, n_classes: int,
+                input_shape: tuple[int, int, int] = INPUT_SHAPE) -> Params:
+    shapes = weight_shapes(layers, n_classes, input_shape)
     keys = jax.random.split(key, len(shapes))
     return [{"w": jax.random.uniform(k, w, jnp.float32, -init_limit(w, activation), init_limit(w, activation)),
              "b": jnp.zeros(b, jnp.float32)} for k, (w, b) in zip(keys, shapes)]
@@ -128,11 +131,12 @@ def hidden_positions(layers: tuple[Layer, ...]) -> list[int]:
 
 
 def apply_layers(params: Params, x: jnp.ndarray, layers: tuple[Layer, ...], activation: str,
-                 fast_gradients: bool = False
+                 fast_gradients: bool = False, input_shape: tuple[int, int, int] = INPUT_SHAPE
                  ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
-    """Forward pass on images [batch, 784] scaled to 0..1: (logits, the activations after every conv
-    ([batch, C, H, W]) and dense ([batch, units]) hidden layer). fast_gradients: see run_layers."""
-    return run_layers(params, x.reshape(x.shape[0], *INPUT_SHAPE), layers, activation, fast_gradients)
+    """Forward pass on images [batch, C * H * W] (input_shape (C, H, W), flattened) as the network takes
+    them: (logits, the activations after every conv ([batch, C, H, W]) and dense ([batch, units]) hidden
+    layer). fast_gradients: see run_layers."""
+    return run_layers(params, x.reshape(x.shape[0], *input_shape), layers, activation, fast_gradients)
 
 
 def apply_above(params: Params, h: jnp.ndarray, layers: tuple[Layer, ...], activation: str,

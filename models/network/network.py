@@ -9,16 +9,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from layout.core.config import DataConfig
-from layout.core.layers import Conv, Dense, Layer, hidden_kinds
+from layout.core.layers import INPUT_SHAPE, Conv, Dense, Layer, hidden_kinds
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """How images become the network's inputs: pixels (uint8, 0..255) / 255 * gain + offset. The default,
-    0..1, is what this tool trains on; data.scale / data.mean / data.std give another (inputs_of)."""
+    """How images become the network's inputs: pixels (uint8, 0..255) / 255 * gain + offset, each image
+    of `shape` (C, H, W) flattened. The default, MNIST's 1 x 28 x 28 in 0..1, is what this tool trains on;
+    data.scale / data.mean / data.std and the data's image size give another (inputs_of)."""
 
     gain: float = 1.0
     offset: float = 0.0
+    shape: tuple[int, int, int] = INPUT_SHAPE
+
+    @property
+    def n_pixels(self) -> int:
+        return self.shape[0] * self.shape[1] * self.shape[2]
 
     def of_pixels(self, pixels):
         """Network inputs (float32) for uint8 pixels, a numpy or JAX array of any shape."""
@@ -26,13 +32,17 @@ class Inputs:
 
     def of_unit(self, images):
         """Network inputs for images scaled to 0..1 (those that feature visualisation ascends)."""
-        return images if self == Inputs() else images * np.float32(self.gain) + np.float32(self.offset)
+        if (self.gain, self.offset) == (1.0, 0.0):
+            return images
+        return images * np.float32(self.gain) + np.float32(self.offset)
 
 
-def inputs_of(data: DataConfig) -> Inputs:
-    """(pixels * (1/255 for unit, 1 for none) - mean) / std, as gain and offset on 0..1 images."""
+def inputs_of(data: DataConfig, image_shape: tuple[int, int] = INPUT_SHAPE[1:]) -> Inputs:
+    """(pixels * (1/255 for unit, 1 for none) - mean) / std, as gain and offset on 0..1 images of
+    image_shape (H, W)."""
     unit = 1.0 if data.scale == "unit" else 255.0
-    return Inputs(gain=unit / data.std, offset=0.0 - data.mean / data.std)  # 0.0 -: never -0.0
+    return Inputs(gain=unit / data.std, offset=0.0 - data.mean / data.std,  # 0.0 -: never -0.0
+                  shape=(1, *map(int, image_shape)))
 
 
 @dataclass(frozen=True)

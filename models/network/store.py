@@ -19,12 +19,12 @@ from layout.core.config import ACTIVATIONS, RunConfig
 from layout.core.config_values import excerpt
 from layout.core.errors import ConfigError, UserError
 from layout.core.files import cache_dir, list_of, number, read_npz, require_arrays, require_meta, whole, write_atomic
-from layout.core.layers import parse_layers, plain_layers, widths
+from layout.core.layers import INPUT_SHAPE, parse_layers, plain_layers, widths
 from layout.core.plain import fingerprint
 from models.data.datasets import Dataset
 from models.network.cnn import weight_shapes as cnn_weight_shapes
 from models.network.network import History, Inputs, Network, Snapshots, inputs_of
-from models.network.train import N_INPUTS, EpochStats, train
+from models.network.train import EpochStats, train
 
 FORMAT_VERSION = 1
 HISTORY_FIELDS = ("epoch", "train_loss", "test_loss", "test_accuracy")
@@ -47,14 +47,16 @@ META_CHECKS = {
 def network_key(cfg: RunConfig, dataset: Dataset) -> str:
     """What decides the trained weights: the data actually used (its files, classes and limit: where the
     files live does not change them), the model and the training settings."""
-    return fingerprint({"version": FORMAT_VERSION, "data": dataset.key, "inputs": inputs_of(cfg.data),
+    inputs = inputs_of(cfg.data, dataset.image_shape)
+    return fingerprint({"version": FORMAT_VERSION, "data": dataset.key, "inputs": inputs,
                         "model": cfg.model, "train": cfg.train})[:20]
 
 
 def network_arrays(network: Network, key: str) -> dict[str, np.ndarray]:
     meta = {name: getattr(network, name) for name in META_FIELDS}
     meta.update(n_params=network.n_params, key=key, format=FORMAT_VERSION,
-                inputs={"gain": network.inputs.gain, "offset": network.inputs.offset})
+                inputs={"gain": network.inputs.gain, "offset": network.inputs.offset,
+                        "shape": list(network.inputs.shape)})
     if network.layers is not None:
         meta["layers"] = plain_layers(network.layers)
     arrays = {"meta": np.array(json.dumps(meta))}
@@ -90,9 +92,10 @@ def read_network(path: str | Path) -> tuple[Network, dict]:
         raise UserError(f"{path} is not a {what} written by neuron-layout: its {sizes[-1]} outputs, classes "
                         f"{excerpt(classes)} and class names {excerpt(meta['class_names'])} do not match (one "
                         "distinct class and one name per output)")
-    model_layers = read_layers(path, what, meta, sizes)
+    inputs = read_inputs(path, what, meta, sizes[0])
+    model_layers = read_layers(path, what, meta, sizes, inputs.shape)
     weight_shapes = (list(zip(zip(sizes[:-1], sizes[1:]), ((n,) for n in sizes[1:]))) if model_layers is None
-                     else cnn_weight_shapes(model_layers, sizes[-1]))
+                     else cnn_weight_shapes(model_layers, sizes[-1], inputs.shape))
     layers = range(len(weight_shapes))
     n_snapshots = len(arrays.get("snapshot_step", ()))
     shapes = {"snapshot_step": (None,), "snapshot_epoch": (n_snapshots,), "snapshot_test_accuracy": (n_snapshots,)}
@@ -122,30 +125,33 @@ def read_network(path: str | Path) -> tuple[Network, dict]:
         train_seconds=meta["train_seconds"],
         epochs=meta["epochs"],
         layers=model_layers,
-        inputs=read_inputs(path, what, meta),
+        inputs=inputs,
     )
     return network, meta
 
 
-def read_inputs(path: str | Path, what: str, meta: dict) -> Inputs:
-    """How the file's network scales its input pixels (files from before data.scale: 0..1)."""
-    inputs = meta.get("inputs", {"gain": 1.0, "offset": 0.0})
-    if not (isinstance(inputs, dict) and set(inputs) == {"gain", "offset"} and number(inputs["gain"])
-            and inputs["gain"] > 0 and number(inputs["offset"])):
+def read_inputs(path: str | Path, what: str, meta: dict, n_inputs: int) -> Inputs:
+    """How the file's network takes its images: their scaling and shape (files from before data.scale:
+    0..1, 1 x 28 x 28)."""
+    inputs = meta.get("inputs", {"gain": 1.0, "offset": 0.0, "shape": list(INPUT_SHAPE)})
+    if not (isinstance(inputs, dict) and set(inputs) == {"gain", "offset", "shape"} and number(inputs["gain"])
+            and inputs["gain"] > 0 and number(inputs["offset"]) and list_of(lambda n: whole(n, 1))(inputs["shape"])
+            and len(inputs["shape"]) == 3 and inputs["shape"][0] * inputs["shape"][1] * inputs["shape"][2] == n_inputs):
         raise UserError(f"{path} is not a {what} written by neuron-layout: its meta's 'inputs' is "
-                        f"{excerpt(inputs)}, not a gain above 0 and an offset")
-    return Inputs(float(inputs["gain"]), float(inputs["offset"]))
+                        f"{excerpt(inputs)}, not a gain above 0, an offset and the shape of its {n_inputs} inputs")
+    return Inputs(float(inputs["gain"]), float(inputs["offset"]), tuple(inputs["shape"]))
 
 
-def read_layers(path: str | Path, what: str, meta: dict, sizes: list[int]) -> tuple | None:
+def read_layers(path: str | Path, what: str, meta: dict, sizes: list[int], input_shape: tuple[int, int, int]
+                ) -> tuple | None:
     """A CNN file's layer list (None for an MLP), checked as a config's is, and against its sizes."""
     if meta.get("layers") is None:
         return None
     try:
-        layers = parse_layers(meta["layers"], "its meta's layers")
+        layers = parse_layers(meta["layers"], "its meta's layers", input_shape)
     except ConfigError as e:
         raise UserError(f"{path} is not a {what} written by neuron-layout: {e}") from None
-    if [N_INPUTS, *widths(layers)] != sizes[:-1]:
+    if [sizes[0], *widths(layers)] != sizes[:-1]:
         raise UserError(f"{path} is not a {what} written by neuron-layout: its sizes {excerpt(sizes)} do not match "
                         "its layers")
     return layers
@@ -157,8 +163,9 @@ def check_fits(network: Network, dataset: Dataset, path: str | Path, inputs: Inp
         raise UserError(f"{path} was trained on {network.dataset} classes {list(network.classes)}, but the config "
                         f"selects {dataset.name} classes {list(dataset.classes)}: set data.dataset and data.classes "
                         "to match (the config.yaml written beside the network has them)")
-    if network.sizes[0] != N_INPUTS:
-        raise UserError(f"{path} has {network.sizes[0]} inputs, but {dataset.name} images have {N_INPUTS} pixels")
+    if network.inputs.shape[1:] != dataset.image_shape:
+        raise UserError(f"{path} takes {' x '.join(map(str, network.inputs.shape[1:]))} images, but {dataset.name} "
+                        f"images are {' x '.join(map(str, dataset.image_shape))}")
     if network.inputs != inputs:
         raise UserError(f"{path} was trained on pixels scaled by {network.inputs.gain:g} / 255 plus "
                         f"{network.inputs.offset:g}, but the config scales them by {inputs.gain:g} / 255 plus "
@@ -193,6 +200,6 @@ def obtain_network(cfg: RunConfig, dataset: Dataset, *, retrain: bool = False,
         except UserError:
             why = "is damaged"
         notes = (f"the cached network {cached} {why}: trained it again",)
-    network = train(cfg.model, cfg.train, dataset, on_epoch=on_epoch, inputs=inputs_of(cfg.data))
+    network = train(cfg.model, cfg.train, dataset, on_epoch=on_epoch, inputs=inputs_of(cfg.data, dataset.image_shape))
     save_network(cached, network, key)
     return Obtained(network, key, False, notes)

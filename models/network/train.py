@@ -24,7 +24,6 @@ from models.network.cnn import apply_layers, init_layers
 from models.network.mlp import Params, apply, init_params, layer_sizes, weight_penalty
 from models.network.network import History, Inputs, Network, Snapshots
 
-N_INPUTS = 28 * 28
 EVAL_CHUNK = 250  # test images per forward pass when an epoch ends
 
 
@@ -69,12 +68,12 @@ def model_functions(model: ModelConfig, n_classes: int, inputs: Inputs = Inputs(
     of the network `model` describes, its pixels scaled as `inputs` says: the MLP of model.hidden, or the
     layers of model.layers. One pair per model, so that compiled programs are reused."""
     if model.layers is None:
-        sizes = layer_sizes(N_INPUTS, model.hidden, n_classes)
+        sizes = layer_sizes(inputs.n_pixels, model.hidden, n_classes)
         return (lambda key: init_params(key, sizes, model.activation),
                 lambda params, x: apply(params, inputs.of_pixels(x), model.activation))
-    return (lambda key: init_layers(key, model.layers, model.activation, n_classes),
+    return (lambda key: init_layers(key, model.layers, model.activation, n_classes, inputs.shape),
             lambda params, x: apply_layers(params, inputs.of_pixels(x), model.layers, model.activation,
-                                           fast_gradients=True))
+                                           fast_gradients=True, input_shape=inputs.shape))
 
 
 def logits_of(params: Params, images: jax.Array, forward: Callable) -> jax.Array:
@@ -184,9 +183,10 @@ def check_batches(n_train: int, n_test: int, cfg: TrainConfig) -> None:
 
 
 def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
-          on_epoch: Callable[[EpochStats], None] | None = None, inputs: Inputs = Inputs()) -> Network:
-    """Train the network `model` describes on `dataset`, its pixels scaled as `inputs` says, as `cfg` says;
-    same config and data, same weights."""
+          on_epoch: Callable[[EpochStats], None] | None = None, inputs: Inputs | None = None) -> Network:
+    """Train the network `model` describes on `dataset`, its pixels scaled as `inputs` says (default:
+    0..1), as `cfg` says; same config and data, same weights."""
+    inputs = Inputs(shape=(1, *dataset.image_shape)) if inputs is None else inputs
     start = time.perf_counter()
     check_batches(len(dataset.train.labels), len(dataset.test.labels), cfg)
     n_train = len(dataset.train.labels)
@@ -219,7 +219,7 @@ def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
     test_loss, test_accuracy = evaluate_jit(params, x_test, y_test, forward)
     _, train_accuracy = evaluate_jit(params, x, y, forward)
     return Network(
-        sizes=network_sizes(model, dataset.n_classes),
+        sizes=network_sizes(model, dataset.n_classes, inputs.n_pixels),
         layers=model.layers,
         activation=model.activation,
         weights=tuple(np.asarray(layer["w"]) for layer in params),
@@ -246,11 +246,11 @@ def make_history(stats: list[EpochStats]) -> History:
     )
 
 
-def network_sizes(model: ModelConfig, n_classes: int) -> tuple[int, ...]:
+def network_sizes(model: ModelConfig, n_classes: int, n_inputs: int) -> tuple[int, ...]:
     """Network.sizes: the inputs, each hidden layer's width (a conv layer's channels), the outputs."""
     if model.layers is None:
-        return layer_sizes(N_INPUTS, model.hidden, n_classes)
-    return (N_INPUTS, *widths(model.layers), n_classes)
+        return layer_sizes(n_inputs, model.hidden, n_classes)
+    return (n_inputs, *widths(model.layers), n_classes)
 
 
 def make_snapshots(taken: list[tuple[int, Params]], n_batches: int, x_test: jax.Array, y_test: jax.Array,
