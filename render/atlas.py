@@ -95,7 +95,7 @@ def class_atlas(tiles: np.ndarray, dominant: np.ndarray, norms: np.ndarray, vect
 def examples_atlas(tiles: np.ndarray, images: np.ndarray, top: np.ndarray, bottom: np.ndarray, norms: np.ndarray,
                    ids: np.ndarray, title: str) -> Sheet:
     """A row per neuron (the TOP_SHEET_MAX largest norms, largest first): its field, then the test images
-    that activate it most, then those that activate it least (`images` [n_test, 28, 28] uint8)."""
+    that activate it most, then those that activate it least (`images` [n_test, H, W] uint8)."""
     order = np.argsort(-norms, kind="stable")[:TOP_SHEET_MAX]
     h = tiles.shape[1] * ZOOM
     k = top.shape[1]

@@ -34,7 +34,7 @@ class NeuronFeatures:
     dominant [N]: argmax of the output vector, the class the neuron drives hardest.
     activation_dominant [N]: the class whose test images activate the neuron most on average.
     class_activation [N, C]: mean activation per class over the test set.
-    receptive_fields [N, 28, 28]: for an MLP, input weights (first layer) or effective input weights,
+    receptive_fields [N, H, W] (the images' size): for an MLP, input weights (first layer) or effective input weights,
         the product of the weight matrices below the neuron (deeper layers); for a CNN, every neuron's
         feature visualisation (layout/engine/featvis.py): the image, 0..1, that excites it most.
     layer [N], index [N]: laid-out layer (0 = the first laid out) and position within it.
@@ -92,7 +92,7 @@ def chosen_layers(network: Network, which: str = "dense") -> tuple[int, ...]:
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _forward(params, x, layers, activation, inputs):
-    """(logits, every hidden layer's activations per neuron) for uint8 images [n, 784]."""
+    """(logits, every hidden layer's activations per neuron) for uint8 images [n, H * W]."""
     logits, hidden = apply_layers(params, inputs.of_pixels(x), layers, activation, input_shape=inputs.shape)
     return logits, tuple(per_neuron(h) for h in hidden)
 
@@ -103,7 +103,7 @@ def flat(images: np.ndarray) -> np.ndarray:
 
 
 def forward_batches(params: list[dict], network: Network, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(logits [n, C], every hidden layer's activations [n, n_l]) for uint8 images [n, 28, 28], of the
+    """(logits [n, C], every hidden layer's activations [n, n_l]) for uint8 images [n, H, W], of the
     network's layers, activation and input scaling with the weights `params` (its own or others)."""
     batches = [_forward(params, flat(images[i:i + EVAL_BATCH]), network.layer_list, network.activation,
                         network.inputs) for i in range(0, len(images), EVAL_BATCH)]
@@ -114,7 +114,7 @@ def forward_batches(params: list[dict], network: Network, images: np.ndarray) ->
 def hidden_activations(network: Network, images: np.ndarray, layers: tuple[int, ...] | None = None
                        ) -> list[np.ndarray]:
     """The activations [n_images, n_l] of hidden layers `layers` (default: those laid out by default,
-    chosen_layers) for uint8 images [n, 28, 28]; a conv channel's averaged over the image."""
+    chosen_layers) for uint8 images [n, H, W]; a conv channel's averaged over the image."""
     layers = chosen_layers(network) if layers is None else layers
     _, hidden = forward_batches(network.params(), network, images)
     return [hidden[h] for h in layers]
@@ -123,7 +123,7 @@ def hidden_activations(network: Network, images: np.ndarray, layers: tuple[int, 
 def probe(network: Network, images: np.ndarray, layers: tuple[int, ...] | None = None
           ) -> tuple[np.ndarray, np.ndarray]:
     """(activations [n, N] of every laid-out neuron, in order; class probabilities [n, C]) for uint8
-    images [n, 28, 28]."""
+    images [n, H, W]."""
     layers = chosen_layers(network) if layers is None else layers
     logits, hidden = forward_batches(network.params(), network, images)
     logits = logits.astype(np.float64) - logits.max(1, keepdims=True)
@@ -166,7 +166,7 @@ def downstream_products(weights: tuple[np.ndarray, ...]) -> list[np.ndarray]:
 
 
 def upstream_products(weights: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-    """For each hidden layer l, W_0 @ ... @ W_l: [784, n_l], the linear path from the pixels."""
+    """For each hidden layer l, W_0 @ ... @ W_l: [H * W, n_l], the linear path from the pixels."""
     out = [weights[0]]
     for w in weights[1:-1]:
         out.append(out[-1] @ w)

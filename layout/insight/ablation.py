@@ -84,7 +84,7 @@ def _masked_channels(params, maps, labels, masks, layers, activation, layer, n_c
 
 
 def conv_maps(network: Network, layer: int, images: np.ndarray) -> np.ndarray:
-    """Conv layer `layer`'s activation maps [n, channels, H, W] for uint8 images [n, 28, 28]."""
+    """Conv layer `layer`'s activation maps [n, channels, H, W] for uint8 images [n, H, W]."""
     params = network.params()
     architecture = network.layer_list, network.activation, network.inputs
     return np.concatenate([np.asarray(_maps(params, flat(images[i:i + EVAL_BATCH]), *architecture, layer))

@@ -267,7 +267,7 @@ class LayerInputs:
     dominant: np.ndarray  # [n]
     activation_dominant: np.ndarray  # [n]
     positions: np.ndarray  # [n, 3] final layout
-    receptive_fields: np.ndarray  # [n, 784]
+    receptive_fields: np.ndarray  # [n, H * W]
     activations: np.ndarray  # [n_test, n] activations over the test images
     relayouts: dict  # null name -> (positions [L, n, 3], dominant labels [L, n]) of laid-out null networks
     shuffled_label_vectors: np.ndarray | None  # [R, n, C] from networks trained on shuffled labels

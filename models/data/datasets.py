@@ -91,7 +91,7 @@ SOURCES = {
 
 @dataclass(frozen=True)
 class Split:
-    """One split. images: [n, 28, 28] uint8; labels: [n] int32 in 0..n_classes-1."""
+    """One split. images: [n, H, W] uint8 (28 x 28 for MNIST); labels: [n] int32 in 0..n_classes-1."""
 
     images: np.ndarray
     labels: np.ndarray

@@ -1,6 +1,6 @@
 """A user's own images as a dataset, read as data and checked like the IDX files:
-- a `.npz` file of arrays (data.dataset: npz, data.file), numpy without pickles: x_train [n, 28, 28]
-  (or [n, 28, 28, 1]), uint8 or float (0..1 or 0..255), y_train [n] whole numbers 0-9, the same for
+- a `.npz` file of arrays (data.dataset: npz, data.file), numpy without pickles: x_train [n, H, W]
+  (or [n, H, W, 1]), uint8 or float (0..1 or 0..255), y_train [n] whole numbers 0-9, the same for
   x_test / y_test, and optionally class_names [k] text;
 - a folder of image files (data.dataset: folder, data.dir), one subfolder per class (its name the
   class name, in sorted order), PNG or JPEG read with Pillow as greyscale, split into training and test

@@ -43,7 +43,7 @@ def init_limit(n_in: int, n_out: int, activation: str) -> float:
 
 
 def apply(params: Params, x: jnp.ndarray, activation: str) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
-    """Forward pass on images [batch, 784] scaled to 0..1: (logits [batch, n_classes], hidden activations)."""
+    """Forward pass on images [batch, H * W] scaled to 0..1: (logits [batch, n_classes], hidden activations)."""
     act = ACTIVATIONS[activation]
     hidden = []
     h = x

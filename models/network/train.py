@@ -56,7 +56,7 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def to_device(images: np.ndarray, labels: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    """Images [n, 28, 28] uint8 -> [n, 784] uint8 (scaled batch by batch) and labels, on the device.
+    """Images [n, H, W] uint8 -> [n, H * W] uint8 (scaled batch by batch) and labels, on the device.
 
     jax.device_put, unlike jnp.asarray, hands a numpy buffer over without a compiled copy (20x faster here)."""
     return jax.device_put(images.reshape(len(images), -1)), jax.device_put(labels)
@@ -64,7 +64,7 @@ def to_device(images: np.ndarray, labels: np.ndarray) -> tuple[jax.Array, jax.Ar
 
 @functools.lru_cache(maxsize=None)
 def model_functions(model: ModelConfig, n_classes: int, inputs: Inputs = Inputs()) -> tuple[Callable, Callable]:
-    """(init(key) -> parameters, forward(parameters, uint8 pixels [n, 784]) -> (logits, hidden activations))
+    """(init(key) -> parameters, forward(parameters, uint8 pixels [n, H * W]) -> (logits, hidden activations))
     of the network `model` describes, its pixels scaled as `inputs` says: the MLP of model.hidden, or the
     layers of model.layers. One pair per model, so that compiled programs are reused."""
     if model.layers is None:
@@ -77,7 +77,7 @@ def model_functions(model: ModelConfig, n_classes: int, inputs: Inputs = Inputs(
 
 
 def logits_of(params: Params, images: jax.Array, forward: Callable) -> jax.Array:
-    """[n, n_classes] for uint8 images [n, 784], EVAL_CHUNK images per pass (lax.map over the full
+    """[n, n_classes] for uint8 images [n, H * W], EVAL_CHUNK images per pass (lax.map over the full
     chunks, then the rest): a CNN's patches of all 10,000 test images at once would take 0.8 GB."""
     def logits(x):
         return forward(params, x)[0]
@@ -91,7 +91,7 @@ def logits_of(params: Params, images: jax.Array, forward: Callable) -> jax.Array
 
 
 def evaluate(params: Params, images: jax.Array, labels: jax.Array, forward: Callable) -> tuple[jax.Array, jax.Array]:
-    """(mean cross-entropy, accuracy) of `params` on uint8 images [n, 784] and labels [n]."""
+    """(mean cross-entropy, accuracy) of `params` on uint8 images [n, H * W] and labels [n]."""
     logits = logits_of(params, images, forward)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, (logits.argmax(-1) == labels).mean()
