@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layout.core.config import DataConfig
+from layout.core.config import DataConfig, ModelConfig, TrainConfig
 from layout.core.errors import DataError
 from models.data.datasets import SPLIT_FILES, load_dataset
 from models.data.idx import write_idx
+from models.network.train import train
 from tests.conftest import WHOLE_TOOL_QUICKLY
 from tests.data.make_reference import settings
 
@@ -70,6 +71,22 @@ def test_an_npz_dataset_runs_through_the_whole_tool_with_its_names_escaped(tmp_p
     assert "zero \\<b\\>" in report and "one\\|1" in report and "<b>" not in report
 
 
+def test_more_than_ten_classes_are_classes_too(tmp_path, mnist):
+    """Twenty classes (EMNIST letters have 26): a digit's label, plus ten for the odd-numbered images."""
+    def twenty(split):
+        return split.labels + 10 * (np.arange(len(split.labels)) % 2)
+
+    path = tmp_path / "twenty.npz"
+    np.savez(path, x_train=mnist.train.images, y_train=twenty(mnist.train), x_test=mnist.test.images,
+             y_test=twenty(mnist.test))
+    data = load_dataset(DataConfig(dataset="npz", file=str(path)))
+    assert data.n_classes == 20 and data.class_names[-1] == "19"
+    network = train(ModelConfig(hidden=(8,)), TrainConfig(epochs=1), data)
+    assert network.sizes == (784, 8, 20) and network.class_names == data.class_names
+    chosen = load_dataset(DataConfig(dataset="npz", file=str(path), classes=(3, 13)))
+    assert chosen.class_names == ("3", "13") and set(chosen.test.labels.tolist()) == {0, 1}
+
+
 def test_any_idx_folder_is_a_dataset_of_the_labels_it_has(tmp_path, mnist):
     folder = tmp_path / "kmnist-like"
     folder.mkdir()
@@ -90,7 +107,7 @@ def test_any_idx_folder_is_a_dataset_of_the_labels_it_has(tmp_path, mnist):
     (dict(x_test=None), "lacks x_test: save x_train, y_train, x_test and y_test"),
     (dict(class_names=np.array(["a", "b"])), "its 2 class_names do not name label 3"),
     (dict(class_names=np.array([{"a": 1}], dtype=object)), "holds pickled Python objects, which are never loaded"),
-    (dict(y_train=np.full(10, 12)), "labels must be whole numbers 0-9"),
+    (dict(y_train=np.full(10, 120)), "labels must be whole numbers 0-99"),
     (dict(x_train=np.zeros((10, 28, 28, 3), np.uint8)), "colour is not read yet"),
     (dict(x_train=np.zeros((10, 20, 20), np.uint8), y_train=np.arange(10) % 4),
      "the training images are 20x20 and the test images 28x28"),

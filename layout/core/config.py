@@ -63,7 +63,7 @@ class DataConfig:
     file: str | None = option(None, "for data.dataset npz: your .npz file of x_train, y_train, x_test, y_test (and "
                                     "class_names)")
     classes: tuple[int, ...] | None = option(
-        None, "keep only these labels, remapped to 0..k-1 (e.g. [0, 1])", ge=0, le=9, min_len=2, unique=True
+        None, "keep only these labels, remapped to 0..k-1 (e.g. [0, 1])", ge=0, le=99, min_len=2, unique=True
     )
     limit: int | None = option(None, "keep the first n examples of each split (after `classes`)", ge=1, le=MAX_COUNT)
     mirrors: tuple[str, ...] | None = option(None, "base URLs to download from instead of the standard mirrors")

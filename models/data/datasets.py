@@ -31,7 +31,8 @@ from models.data.own import folder_splits, npz_splits
 SYSTEM_ROOT = Path("/usr/share/datasets")
 IMAGE_SHAPE = (28, 28)  # MNIST's and Fashion-MNIST's; the user's own data may have any (up to MAX_SIDE)
 MAX_SIDE = 512
-N_LABELS = 10
+N_LABELS = 10  # MNIST's and Fashion-MNIST's classes
+MAX_LABELS = 100  # the user's own data: labels 0-99 (EMNIST's 47 or 62 classes fit; colours cycle past ten)
 SAMPLE_FOLDER = Path(__file__).with_name("sample")
 SAMPLE_SHA256 = {  # the bundled sample: the official test set, and 500 training images per digit
     "train-images-idx3-ubyte.gz": "2c9c1df9c96791cbe2db901ec6fa96714107f0c7f3b861c7fc7a635ac38b37b6",
@@ -150,11 +151,11 @@ def check_shapes(images, labels, names: tuple[str, str], image_shape: tuple[int,
 
 
 def check_split(images: np.ndarray, labels: np.ndarray, names: tuple[str, str],
-                image_shape: tuple[int, int] | None = IMAGE_SHAPE) -> Split:
+                image_shape: tuple[int, int] | None = IMAGE_SHAPE, n_labels: int = N_LABELS) -> Split:
     """Check that an image file and a label file form an MNIST-style split, labels in range included."""
     check_shapes(images, labels, names, image_shape)
-    if len(labels) and labels.max() >= N_LABELS:
-        raise DataError(f"{names[1]} has label {labels.max()}; labels must be 0-{N_LABELS - 1}")
+    if len(labels) and labels.max() >= n_labels:
+        raise DataError(f"{names[1]} has label {labels.max()}; labels must be 0-{n_labels - 1}")
     return Split(images=images, labels=labels.astype(np.int32))
 
 
@@ -295,7 +296,7 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
             raise DataError("data.dataset = npz needs data.file: the .npz file holding x_train, y_train, x_test and "
                             "y_test")
         path = Path(cfg.file).expanduser()
-        arrays, names, digest, notes = npz_splits(path, MAX_SIDE, N_LABELS)
+        arrays, names, digest, notes = npz_splits(path, MAX_SIDE, MAX_LABELS)
         splits = {split: Split(images, labels) for split, (images, labels) in arrays.items()}
         return made_dataset(cfg, f"npz:{path.name}", splits, names, path, digest, notes)
     if cfg.dataset == "folder":
@@ -303,7 +304,8 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
         if not cfg.dir:
             raise DataError("data.dataset = folder needs data.dir (or --data-dir): a folder with one subfolder of "
                             "images per class")
-        arrays, names, digest, notes = folder_splits(folder, MAX_SIDE, N_LABELS, cfg.test_fraction, cfg.split_seed)
+        arrays, names, digest, notes = folder_splits(folder, MAX_SIDE, MAX_LABELS, cfg.test_fraction,
+                                                     cfg.split_seed)
         splits = {split: Split(images, labels) for split, (images, labels) in arrays.items()}
         return made_dataset(cfg, f"folder:{folder.name}", splits, names, folder, digest, notes)
     files, notes = locate(cfg, environ=environ, system_root=system_root, progressbar=progressbar)
@@ -319,7 +321,8 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
         arrays[stem] = decoded.array
         digest.update(decoded.digest.encode())
         notes += (decoded.note,) if decoded.note else ()
-    splits = {split: check_split(arrays[img], arrays[lab], (str(files[img]), str(files[lab])), image_shape)
+    n_labels = MAX_LABELS if cfg.dataset in OWN else N_LABELS
+    splits = {split: check_split(arrays[img], arrays[lab], (str(files[img]), str(files[lab])), image_shape, n_labels)
               for split, (img, lab) in SPLIT_FILES.items()}
     if cfg.dataset == "idx":
         name, names = f"idx:{files[STEMS[0]].parent.name}", None
@@ -343,7 +346,7 @@ def made_dataset(cfg: DataConfig, name: str, splits: dict[str, Split], names: tu
     if names is not None and len(names) <= max(classes):
         raise DataError(f"{source}: its {len(names)} class_names do not name label {max(classes)}: give one name per "
                         "label, in label order")
-    names = names or tuple(str(c) for c in range(N_LABELS))
+    names = names or tuple(str(c) for c in range(max(classes) + 1))
     splits = {split: select(s, classes, cfg.limit) for split, s in splits.items()}
     for split_name, split in splits.items():
         missing = sorted(set(range(len(classes))) - set(np.unique(split.labels).tolist()))
@@ -359,7 +362,7 @@ def made_dataset(cfg: DataConfig, name: str, splits: dict[str, Split], names: tu
 
 def select(split: Split, classes: tuple[int, ...], limit: int | None) -> Split:
     """Keep the examples whose label is in `classes` (remapped to their index), then the first `limit`."""
-    remap = np.full(N_LABELS, -1, dtype=np.int32)
+    remap = np.full(MAX_LABELS, -1, dtype=np.int32)
     remap[list(classes)] = np.arange(len(classes), dtype=np.int32)
     keep = remap[split.labels] >= 0
     images, labels = (split.images, remap[split.labels]) if keep.all() else (split.images[keep], remap[split.labels[keep]])

@@ -1,6 +1,6 @@
 """A user's own images as a dataset, read as data and checked like the IDX files:
 - a `.npz` file of arrays (data.dataset: npz, data.file), numpy without pickles: x_train [n, H, W]
-  (or [n, H, W, 1]), uint8 or float (0..1 or 0..255), y_train [n] whole numbers 0-9, the same for
+  (or [n, H, W, 1]), uint8 or float (0..1 or 0..255), y_train [n] whole numbers 0-99, the same for
   x_test / y_test, and optionally class_names [k] text;
 - a folder of image files (data.dataset: folder, data.dir), one subfolder per class (its name the
   class name, in sorted order), PNG or JPEG read with Pillow as greyscale, split into training and test
@@ -19,6 +19,7 @@ from layout.core.errors import DataError
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGE_FILES = (".png", ".jpg", ".jpeg")
+MAX_NAMES = 100  # one per label 0-99
 NAME_CHARS = 40  # a class name longer than this is refused: it is a label in the legend, not a text
 
 
@@ -85,9 +86,9 @@ def whole_labels(a: np.ndarray, what: str, n_labels: int) -> np.ndarray:
 
 
 def class_names(a: np.ndarray, path: Path) -> tuple[str, ...]:
-    if a.ndim != 1 or a.dtype.kind not in "US" or len(a) > 10:
-        raise DataError(f"{path}: class_names is a {a.dtype} array of shape {list(a.shape)}: save at most 10 names as "
-                        "text, one per label (np.array([\"cat\", \"dog\"]))")
+    if a.ndim != 1 or a.dtype.kind not in "US" or len(a) > MAX_NAMES:
+        raise DataError(f"{path}: class_names is a {a.dtype} array of shape {list(a.shape)}: save at most "
+                        f"{MAX_NAMES} names as text, one per label (np.array([\"cat\", \"dog\"]))")
     names = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in a.tolist())
     bad = [n for n in names if not n.strip() or len(n) > NAME_CHARS or not n.isprintable()]
     if bad:
