@@ -128,7 +128,7 @@ def add_panel(plotter: pv.Plotter, details: NeuronDetails, class_names: tuple[st
     bar = diverging_bar(1.0, (2 * MARGIN + cols * k) / width, (field_top - rows * k) / height)
     renderer.AddViewProp(bar)
     charts_top = (field_top - rows * k - MARGIN) / height
-    digit_rows = details.images.shape[1]
+    digit_rows = 0 if details.top is None else details.images.shape[1]
     digits = 0 if details.top is None else 2 * (digit_rows + 16) + MARGIN
     chart_h = (charts_top - digits / height - 0.02) / 2
     x = np.arange(len(class_names), dtype=float)
