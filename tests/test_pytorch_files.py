@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import yaml
@@ -22,7 +23,8 @@ from onnx.external_data_helper import set_external_data
 from layout.core.config import DataConfig, ModelConfig
 from layout.core.errors import UserError
 from layout.core.layers import parse_layers
-from models.data.datasets import load_dataset
+from models.data.datasets import SPLIT_FILES, load_dataset
+from models.data.idx import write_idx
 from models.formats.imported import read_network_file
 from models.network.network import inputs_of
 from tests.conftest import WHOLE_TOOL_QUICKLY
@@ -235,6 +237,28 @@ def test_a_network_trained_on_normalised_images_is_read_with_the_same_normalisat
     assert result.returncode == 0, result.stderr[-3000:]
     assert abs(json.loads((out / "metrics.json").read_text())["test_accuracy"] - theirs) <= 0.001
     assert "data:\n" in (out / "config.yaml").read_text() and "std: 0.3081" in (out / "config.yaml").read_text()
+
+
+def test_a_pytorch_cnn_for_20x20_images_is_read_for_them(tmp_path, dataset):
+    """Data of the user's own size: MNIST's central 20 x 20 pixels as an IDX folder, a small CNN trained on
+    them by PyTorch and exported to ONNX, read with PyTorch's accuracy."""
+    folder = tmp_path / "mnist-20x20"
+    folder.mkdir()
+    for split, (images, labels) in SPLIT_FILES.items():
+        part = getattr(dataset, split)
+        write_idx(folder / images, np.ascontiguousarray(part.images[:, 4:24, 4:24]))
+        write_idx(folder / labels, part.labels.astype(np.uint8))
+    small = load_dataset(DataConfig(dataset="idx", dir=str(folder)))
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 8 * 8, 32),
+                        nn.ReLU(), nn.Linear(32, 10))
+    model, theirs = trained(cnn, small, 1)
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, torch.zeros(1, 1, 20, 20), path, dynamo=False)
+    network, notes = read_network_file(path, ModelConfig(), small)
+    assert theirs > 0.8 and abs(network.test_accuracy - theirs) <= 0.001, (network.test_accuracy, theirs)
+    assert network.sizes == (400, 4, 32, 10) and network.inputs.shape == (1, 20, 20)
+    with pytest.raises(UserError, match=r"takes inputs of shape \[1, 1, 20, 20\]"):
+        read_network_file(path, ModelConfig(), dataset)  # MNIST's 28 x 28 images
 
 
 def test_an_onnx_networks_activation_is_the_graphs_not_the_configs(tmp_path, dataset):
