@@ -139,8 +139,8 @@ def check_accuracy(network: Network, dataset: Dataset, path: str, expected: floa
     raise UserError(f"{path} reaches a test accuracy of {network.test_accuracy:.4f} here on "
                     f"{len(dataset.test.labels):,} {dataset.name} test images, not the {expected:.4f} of "
                     f"--expect-accuracy (more than {ACCURACY_TOLERANCE} apart): check that data.scale, data.mean and "
-                    f"data.std scale the images as they were when it was trained, that its activation is model.activation = {network.activation}, and that the "
-                    "file holds the network you measured")
+                    "data.std scale the images as they were when it was trained, that its activation is "
+                    f"model.activation = {network.activation}, and that the file holds the network you measured")
 
 
 LARGE = 256 * 10**6  # bytes: a network file this big is worth a word

@@ -4,8 +4,8 @@ convolutions, pooling, flatten and dense layers, then the output layer (one unit
 Parameters are a list over the layers that have weights, in order, the output layer last, each
 {"w", "b"}: conv weights [out_channels, in_channels, kh, kw] and biases [out_channels] (PyTorch's
 order), dense weights [n_in, n_out] and biases [n_out] (as the MLP's). Images are [batch, C, H, W]
-(MNIST's 1 x 28 x 28); flatten keeps (C, H, W) order, as PyTorch flattens. Conv activations come out [batch, C, H, W]. The
-activation follows every conv and dense layer but the output layer. Initialisation: uniform Glorot
+(MNIST's 1 x 28 x 28); flatten keeps (C, H, W) order, as PyTorch flattens. Conv activations come out
+[batch, C, H, W]. The activation follows every conv and dense layer but the output layer. Initialisation: uniform Glorot
 (He for relu) over the fans of each layer, with a conv's fans counting its kernel's pixels, and zero
 biases.
 
