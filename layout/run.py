@@ -174,12 +174,14 @@ def train_only(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_expected(args: argparse.Namespace) -> None:
-    """--expect-accuracy: a fraction, and only with the --network file whose accuracy it checks."""
+def check_expected(args: argparse.Namespace, network_file: str | None) -> None:
+    """--expect-accuracy: a fraction, and only with the network file (--network or model.file) whose
+    accuracy it checks."""
     if args.expect_accuracy is None:
         return
-    if args.network is None:
-        raise UserError("--expect-accuracy checks a --network file's test accuracy: give --network FILE too")
+    if network_file is None:
+        raise UserError("--expect-accuracy checks a --network file's test accuracy: give --network FILE too (or "
+                        "model.file in the config)")
     if not 0 <= args.expect_accuracy <= 1:
         raise UserError(f"--expect-accuracy {args.expect_accuracy:g} is not a fraction between 0 and 1 (0.9123, "
                         "not 91.23)")
@@ -194,7 +196,7 @@ def pipeline(args: argparse.Namespace) -> int:
     if problem:
         print(f"{problem}: exporting instead of opening a window (use --no-window to silence this)")
     formats = tuple(f for f in (args.export or (("png",) if window else ("mp4", "png"))) if f != "none")
-    check_expected(args)
+    check_expected(args, args.network or cfg.model.file)
     # the stages, once the config is valid (see the module docstring)
     from layout.engine.trajectory_file import check_settings, read_trajectory
     from layout.pipeline.layout_stage import layout_stage, layout_summary

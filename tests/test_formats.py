@@ -23,9 +23,10 @@ from tests.data.make_reference import NETWORK
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(shared_data: Path, out: Path, network: Path, *args: str) -> subprocess.CompletedProcess:
+def run(shared_data: Path, out: Path, network: Path | None, *args: str) -> subprocess.CompletedProcess:
+    given = ("--network", str(network)) if network else ()
     return subprocess.run([sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window", "--export",
-                           "none", "--data-dir", str(shared_data), "--out", str(out), "--network", str(network),
+                           "none", "--data-dir", str(shared_data), "--out", str(out), *given,
                            "--set", "layout.sim.steps=60", "--set", "structure.enabled=false", *args],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
 
@@ -48,13 +49,16 @@ def test_an_mlp_saved_by_another_framework_is_read_run_and_laid_out(tmp_path, sh
     else:  # as Keras' get_weights(): [in, out]
         path = tmp_path / "weights.npz"
         np.savez(path, *(x for pair in zip(reference.weights, reference.biases) for x in pair))
-    result = run(shared_data, tmp_path / "out", path)
+    test = load_dataset(DataConfig(dir=str(shared_data))).test
+    expected = ("--expect-accuracy", f"{numpy_accuracy(w, b, test):.4f}")
+    # given on the command line, or as the config's model.file
+    result = (run(shared_data, tmp_path / "out", path, *expected) if kind == "safetensors" else
+              run(shared_data, tmp_path / "out", None, "--set", f"model.file={path}", *expected))
     assert result.returncode == 0, result.stderr
     order = "PyTorch's [out, in]" if kind == "safetensors" else "Keras' [in, out]"
     assert f"{path}: an MLP, 784-30-10, stored in {order} order, activation sigmoid" in result.stderr + result.stdout
-    test = load_dataset(DataConfig(dir=str(shared_data))).test
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert abs(metrics["test_accuracy"] - numpy_accuracy(w, b, test)) < 1e-3
+    assert abs(metrics["test_accuracy"] - numpy_accuracy(w, b, test)) < 1e-3 and metrics["network_file"] == str(path)
     written = load_network(tmp_path / "out" / "network.npz")  # the run's network is the file's
     for ours, theirs in zip(written.weights, reference.weights):
         np.testing.assert_array_equal(ours, theirs)

@@ -82,6 +82,8 @@ class ModelConfig:
     activation: str = option("sigmoid", "hidden activation", choices=ACTIVATIONS)
     layers: tuple | None = option(None, "the network as a list of conv, pool, flatten and dense layers (the "
                                         "output layer implied); replaces hidden", parse=parse_layers)
+    file: str | None = option(None, "a network file to lay out instead of training one (network.npz, ONNX, "
+                                    "Keras, safetensors, npz), as --network FILE, which overrides it")
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,9 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
     """Check that the run fits the data and this machine (with the stages after training when the run
     `lays_out` the network), then train or reuse the network (or read the one given as
     `network_file`, whose test accuracy must be `expect_accuracy` to within ACCURACY_TOLERANCE when
-    given); write config.yaml (before training starts) and network.npz."""
+    given); write config.yaml (before training starts) and network.npz. Without `network_file`, the
+    config's model.file is read, if it names one."""
+    network_file = network_file or cfg.model.file
     enable_compilation_cache(cache_dir() / "jax")
     inputs = inputs_of(cfg.data, dataset.image_shape)
     given, read_notes = read_network_file(network_file, cfg.model, dataset, inputs) if network_file else (None, ())
@@ -163,8 +165,9 @@ def file_digest(path: Path) -> str:
 def with_model_of(cfg: RunConfig, network: Network, path: str) -> tuple[RunConfig, tuple[str, ...]]:
     """The config with the model of a network read from a file (what was laid out, so that config.yaml
     records it), and a note when that differs from the config's own model."""
-    model = (ModelConfig(hidden=tuple(network.sizes[1:-1]), activation=network.activation) if network.layers is None
-             else ModelConfig(activation=network.activation, layers=network.layers))
+    model = (ModelConfig(hidden=tuple(network.sizes[1:-1]), activation=network.activation, file=cfg.model.file)
+             if network.layers is None else
+             ModelConfig(activation=network.activation, layers=network.layers, file=cfg.model.file))
     if model == cfg.model:
         return cfg, ()
     return dataclasses.replace(cfg, model=model), (
