@@ -61,7 +61,7 @@ def test_unknown_key_names_its_path_and_the_closest_valid_key(tmp_path, text, ex
     ("train:\n  learning_rate: -0.1\n", "train.learning_rate = -0.1 is out of range: must be > 0 and <= 10"),
     ("train:\n  momentum: 1.0\n", "train.momentum = 1.0 is out of range: must be >= 0 and < 1"),
     ("model:\n  hidden: [64, 0]\n", "model.hidden = [64, 0] is out of range: must be >= 1"),
-    ("data:\n  classes: [0, 12]\n", "data.classes = [0, 12] is out of range: must be >= 0 and <= 9"),
+    ("data:\n  classes: [0, 120]\n", "data.classes = [0, 120] is out of range: must be >= 0 and <= 99"),
     ("data:\n  classes: [3]\n", "data.classes = [3] is too short: give at least 2 values"),
     ("data:\n  classes: [1, 1]\n", "data.classes = [1, 1] repeats a value"),
     ("model:\n  activation: sigmod\n", "model.activation = 'sigmod' is not valid: choose one of sigmoid, tanh, "

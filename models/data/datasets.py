@@ -341,6 +341,9 @@ def made_dataset(cfg: DataConfig, name: str, splits: dict[str, Split], names: tu
                         f"{'x'.join(map(str, sizes['test']))}: both splits must hold images of one size")
     present = sorted(set(np.unique(splits["train"].labels).tolist()))
     classes = cfg.classes or (tuple(range(N_LABELS)) if cfg.dataset not in OWN else tuple(present))
+    if cfg.dataset not in OWN and max(classes) >= N_LABELS:
+        raise DataError(f"data.classes names {max(classes)}, but {name} has the labels 0-{N_LABELS - 1}: choose "
+                        "classes among them")
     if len(classes) < 2:
         raise DataError(f"{source} holds examples of {len(classes)} class: a network here tells at least two apart")
     if names is not None and len(names) <= max(classes):
