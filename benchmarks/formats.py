@@ -1,4 +1,4 @@
-"""Reading networks trained elsewhere: a 100 MB MLP (784-31500-10) as safetensors and as ONNX.
+"""Reading networks trained elsewhere: a 100 MB MLP (784-31500-10) as safetensors, ONNX and Keras.
 
     python benchmarks/formats.py [--json] [--repeats N]
 
@@ -11,19 +11,25 @@ the graph, infer the layers), beside the floor of that format's own reader:
   import_s_onnx_100mb          models.formats.onnx_graph.read_onnx (onnx.load, checker, interpreter)
                                (target <= 2 s)
   floor_s_onnx_100mb           onnx.load alone
+  import_s_keras_100mb         models.formats.keras.read_keras on a .keras archive in the layout Keras 3
+                               writes (config.json, model.weights.h5; made here with h5py, no Keras)
+  floor_s_keras_100mb          the archive's weights file read into memory and its arrays by h5py alone
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import statistics
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -32,6 +38,7 @@ from safetensors.numpy import load_file, save_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from models.formats.keras import read_keras  # noqa: E402
 from models.formats.onnx_graph import read_onnx  # noqa: E402
 from models.formats.sniff import sniff  # noqa: E402
 from models.formats.weights import mlp_from_arrays, safetensors_arrays  # noqa: E402
@@ -56,6 +63,28 @@ def onnx_model(w: dict[str, np.ndarray]) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def keras_archive(w: dict[str, np.ndarray], path: Path) -> None:
+    """784-HIDDEN-10 sigmoid as keras.Sequential([Input((784,)), Dense(HIDDEN, sigmoid), Dense(10)]).save()
+    lays it out: config.json, and model.weights.h5 with layers/<name>/vars/0 (kernel [in, out]) and 1."""
+    layers = [{"class_name": "InputLayer", "config": {"batch_shape": [None, 784], "name": "input_layer"}},
+              {"class_name": "Dense", "config": {"name": "dense", "units": HIDDEN, "activation": "sigmoid"}},
+              {"class_name": "Dense", "config": {"name": "dense_1", "units": 10, "activation": "linear"}}]
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        for name, kernel, bias in (("dense", w["0.weight"].T, w["0.bias"]), ("dense_1", w["2.weight"].T, w["2.bias"])):
+            group = f.create_group(f"layers/{name}/vars")
+            group.attrs["name"] = name
+            group["0"], group["1"] = kernel, bias
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps({"class_name": "Sequential", "config": {"layers": layers}}))
+        archive.writestr("model.weights.h5", buffer.getvalue())
+
+
+def h5_floor(path: Path) -> None:
+    with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as f:
+        [f[f"layers/{name}/vars/{i}"][()] for name in ("dense", "dense_1") for i in "01"]
+
+
 def cpu_model() -> str:
     info = Path("/proc/cpuinfo")
     if info.exists() and "model name" in info.read_text():
@@ -78,10 +107,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        st, ox = Path(folder) / "model.safetensors", Path(folder) / "model.onnx"
+        st, ox, ke = Path(folder) / "model.safetensors", Path(folder) / "model.onnx", Path(folder) / "model.keras"
         w = weights()
         save_file(w, str(st))
         onnx.save(onnx_model(w), str(ox))
+        keras_archive(w, ke)
         del w
 
         def read_safetensors():
@@ -92,13 +122,20 @@ def main() -> None:
             assert sniff(ox) == "onnx"
             return read_onnx(ox, (1, 28, 28), 10)
 
+        def read_keras_file():
+            assert sniff(ke) == "keras"
+            return read_keras(ke, "keras", (1, 28, 28), 10)
+
         figures = {
             "cpu": cpu_model(),
             "safetensors_mb": round(st.stat().st_size / 1e6, 1), "onnx_mb": round(ox.stat().st_size / 1e6, 1),
+            "keras_mb": round(ke.stat().st_size / 1e6, 1),
             "import_s_safetensors_100mb": median_seconds(read_safetensors, args.repeats),
             "floor_s_safetensors_100mb": median_seconds(lambda: load_file(str(st)), args.repeats),
             "import_s_onnx_100mb": median_seconds(read_onnx_file, args.repeats),
             "floor_s_onnx_100mb": median_seconds(lambda: onnx.load(str(ox)), args.repeats),
+            "import_s_keras_100mb": median_seconds(read_keras_file, args.repeats),
+            "floor_s_keras_100mb": median_seconds(lambda: h5_floor(ke), args.repeats),
             "target_s": 2.0,
         }
     cpu = figures["cpu"]
@@ -106,7 +143,7 @@ def main() -> None:
         print(json.dumps(figures, indent=2))
         return
     print(f"CPU: {cpu}; median of {args.repeats}")
-    for kind in ("safetensors", "onnx"):
+    for kind in ("safetensors", "onnx", "keras"):
         print(f"{kind:12s} {figures[kind + '_mb']:6.1f} MB  read and checked {figures[f'import_s_{kind}_100mb']:.3f} s"
               f"  (its reader alone {figures[f'floor_s_{kind}_100mb']:.3f} s; target <= 2 s)")
 
