@@ -34,7 +34,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from layout.core.config import DataConfig, TrainConfig, load_config  # noqa: E402
+from layout.core.config import DataConfig, TrainConfig  # noqa: E402
+from layout.core.config_file import load_config  # noqa: E402
 from models.data.datasets import load_dataset  # noqa: E402
 from models.network.train import train  # noqa: E402
 

@@ -54,7 +54,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from layout.core.config import AnchorsConfig, ForcesConfig, SimConfig, load_config  # noqa: E402
+from layout.core.config import AnchorsConfig, ForcesConfig, SimConfig  # noqa: E402
+from layout.core.config_file import load_config  # noqa: E402
 from layout.core.files import cache_dir  # noqa: E402
 
 TARGETS = {"steps_per_s_1k": 3500, "steps_per_s_10k": 45, "tt_quality_ratio_sklearn_1k": 20, "ratio_d3_10k": 5}

@@ -51,7 +51,8 @@ class FirstEpochDone(Exception):
 def first_epoch_child(model: str) -> None:
     """Run by a fresh interpreter: import, load data, train the MLP or configs/cnn.yaml's CNN; print the
     wall clock at the end of epoch 1."""
-    from layout.core.config import DataConfig, ModelConfig, TrainConfig, load_config
+    from layout.core.config import DataConfig, ModelConfig, TrainConfig
+    from layout.core.config_file import load_config
     from layout.core.files import cache_dir
     from models.data.datasets import load_dataset
     from models.network.train import enable_compilation_cache, train

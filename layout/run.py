@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 from layout.core import ctrl_c
-from layout.core.config import EXPORTS, RunConfig, read_config, with_data_dir
+from layout.core.config import EXPORTS, RunConfig
+from layout.core.config_file import read_config, with_data_dir
 from layout.core.display import display_problem
 from layout.core.errors import UserError
 from layout.core.files import cache_dir, write_json

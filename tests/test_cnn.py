@@ -17,7 +17,8 @@ import optax
 import pytest
 from scipy.signal import correlate
 
-from layout.core.config import DataConfig, ModelConfig, TrainConfig, load_config
+from layout.core.config import DataConfig, ModelConfig, TrainConfig
+from layout.core.config_file import load_config
 from layout.core.errors import ConfigError
 from layout.core.layers import Conv, Dense, Flatten, Pool
 from models.data.datasets import Split, load_dataset

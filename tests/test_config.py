@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from layout.core.config import RunConfig, config_to_yaml, load_config
+from layout.core.config import RunConfig
+from layout.core.config_file import config_to_yaml, load_config
 from layout.core.errors import ConfigError
 from layout.run import main as run_main
 
@@ -127,7 +128,7 @@ def test_command_reports_a_bad_config_in_one_line_and_exits_nonzero(tmp_path, ca
 
 
 def test_readme_documents_every_config_key():
-    from layout.core.config import valid_paths
+    from layout.core.config_file import valid_paths
 
     readme = (REPO / "README.md").read_text()
     sections = {p.rpartition(".")[0] for p in valid_paths()}

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layout.core.config import RunConfig, load_config, read_config
+from layout.core.config import RunConfig
+from layout.core.config_file import load_config, read_config
 from layout.core.errors import ConfigError, UserError
 from layout.core.progress import progress_bar
 from layout.pipeline.layout_stage import LayoutResult

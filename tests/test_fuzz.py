@@ -10,7 +10,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layout.core.config import load_config, valid_paths
+from layout.core.config_file import load_config, valid_paths
 from layout.core.errors import ConfigError, DataError
 from models.data.idx import decompress, parse_idx
 

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from layout.core.config import DataConfig, load_config, valid_paths
+from layout.core.config import DataConfig
+from layout.core.config_file import load_config, valid_paths
 from layout.core.errors import ConfigError, DataError, UserError
 from models.data.datasets import load_dataset
 from models.data.idx import decompress, parse_idx

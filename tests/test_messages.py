@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from layout.core.config import load_config
+from layout.core.config_file import load_config
 from layout.insight.sweep_figures import weight_sparsity
 from layout.pipeline.train_stage import LARGE, size_note
 from models.data.datasets import load_dataset

@@ -11,13 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from layout.core.config import (
-    DataConfig,
-    ModelConfig,
-    RunConfig,
-    TrainConfig,
-    load_config,
-)
+from layout.core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from layout.core.config_file import load_config
 from layout.core.errors import UserError
 from layout.engine.features import hidden_activations
 from layout.run import main as run_main

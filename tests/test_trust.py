@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layout.core.config import load_config
+from layout.core.config_file import load_config
 from layout.pipeline.layout_stage import layout_key
 from layout.pipeline.structure_stage import structure_key
 from tests.conftest import messages

@@ -16,14 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from layout.core.config import (
-    RunConfig,
-    load_config,
-    read_yaml_mapping,
-    unknown_key_message,
-    valid_paths,
-    with_data_dir,
-)
+from layout.core.config import RunConfig
+from layout.core.config_file import load_config, read_yaml_mapping, unknown_key_message, valid_paths, with_data_dir
 from layout.core.config_values import is_folder_name
 from layout.core.errors import ConfigError
 from layout.core.layers import describe, parse_layers

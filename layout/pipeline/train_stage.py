@@ -9,7 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from layout.core.config import ModelConfig, RunConfig, config_to_yaml
+from layout.core.config import ModelConfig, RunConfig
+from layout.core.config_file import config_to_yaml
 from layout.core.errors import UserError
 from layout.core.files import cache_dir, write_text
 from layout.core.layers import hidden_kinds
