@@ -25,6 +25,7 @@ from layout.core.errors import UserError
 from layout.core.layers import parse_layers
 from models.data.datasets import load_dataset
 from models.formats.imported import read_network_file
+from models.formats.keras import translate
 from tests.conftest import WHOLE_TOOL_QUICKLY
 from tests.data.make_reference import settings
 
@@ -189,3 +190,8 @@ def test_a_kernel_linked_to_another_file_is_never_read(tmp_path, dataset, networ
         assert f["model_weights"][f["model_weights"].attrs["layer_names"][1]][name].shape == (784, 100)
     with pytest.raises(UserError, match="kept in another file"):
         read_network_file(path, ModelConfig(), dataset)
+
+
+def test_a_model_config_without_layers_is_refused():
+    with pytest.raises(UserError, match="holds a Sequential model without layers"):
+        translate({"class_name": "Sequential", "config": {"layers": []}}, None, "model.keras", (1, 28, 28), 10)

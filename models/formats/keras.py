@@ -110,6 +110,8 @@ def translate(config: dict, weights_of, path: str | Path, image_shape: tuple[int
                 kernel, bias, x, reading, name, flat_from)
             flat_from = None
             x = activated(cfg.get("activation", "linear"), x, reading, name)
+    if x is None:
+        raise UserError(f"{path} holds a Sequential model without layers: there is no network to lay out")
     return finish(reading, x, n_classes)
 
 
