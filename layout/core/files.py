@@ -71,6 +71,21 @@ def current_umask() -> int:
     return mask
 
 
+def npz_contents(path: str | Path, refuse: Callable[[str, str], Exception], names: tuple[str, ...] | None = None
+                 ) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(every array name in an .npz, in its order; the arrays `names` that it holds, or all of them), never
+    unpickling. A problem raises refuse(kind, detail): kind 'pickled' (an object array), 'unreadable'
+    (numpy's other ValueErrors) or 'damaged' (not an intact zip)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            wanted = z.files if names is None else [name for name in names if name in z.files]
+            return list(z.files), {name: z[name] for name in wanted}
+    except ValueError as e:
+        raise refuse("pickled" if "allow_pickle" in str(e) else "unreadable", str(e)) from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise refuse("damaged", str(e)) from None
+
+
 def read_npz(path: str | Path, what: str) -> tuple[dict[str, np.ndarray], dict]:
     """(arrays, meta) of an .npz file written by this tool, whose `meta` entry is a JSON object.
 
@@ -93,15 +108,9 @@ def read_npz(path: str | Path, what: str) -> tuple[dict[str, np.ndarray], dict]:
         head = f.read(8)
     if head[:4] != ZIP_MAGIC:
         raise refuse(not_npz(head))
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise refuse("it holds pickled Python objects, which are never loaded (they can run code)") from None
-        raise refuse(f"unreadable ({e})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise refuse(f"not an intact .npz archive ({e})") from None
+    reasons = {"pickled": "it holds pickled Python objects, which are never loaded (they can run code)",
+               "unreadable": "unreadable ({})", "damaged": "not an intact .npz archive ({})"}
+    arrays = npz_contents(path, lambda kind, detail: refuse(reasons[kind].format(detail)))[1]
     try:
         meta = json.loads(str(arrays.pop("meta")))
     except KeyError:

@@ -297,8 +297,7 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
                             "y_test")
         path = Path(cfg.file).expanduser()
         arrays, names, digest, notes = npz_splits(path, MAX_SIDE, MAX_LABELS)
-        splits = {split: Split(images, labels) for split, (images, labels) in arrays.items()}
-        return made_dataset(cfg, f"npz:{path.name}", splits, names, path, digest, notes)
+        return made_dataset(cfg, f"npz:{path.name}", as_splits(arrays), names, path, digest, notes)
     if cfg.dataset == "folder":
         folder = Path(cfg.dir or "").expanduser()
         if not cfg.dir:
@@ -306,8 +305,7 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
                             "images per class")
         arrays, names, digest, notes = folder_splits(folder, MAX_SIDE, MAX_LABELS, cfg.test_fraction,
                                                      cfg.split_seed)
-        splits = {split: Split(images, labels) for split, (images, labels) in arrays.items()}
-        return made_dataset(cfg, f"folder:{folder.name}", splits, names, folder, digest, notes)
+        return made_dataset(cfg, f"folder:{folder.name}", as_splits(arrays), names, folder, digest, notes)
     files, notes = locate(cfg, environ=environ, system_root=system_root, progressbar=progressbar)
     raw = {stem: read_bytes(files[stem]) for stem in STEMS}
     image_shape = None if cfg.dataset in OWN else IMAGE_SHAPE
@@ -331,10 +329,16 @@ def load_dataset(cfg: DataConfig, *, environ: dict | None = None, system_root: P
     return made_dataset(cfg, name, splits, names, files[STEMS[0]].parent, digest.hexdigest(), notes)
 
 
+def as_splits(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Split]:
+    """The (images, labels) pairs models/data/own.py reads, as Splits."""
+    return {split: Split(images, labels) for split, (images, labels) in arrays.items()}
+
+
 def made_dataset(cfg: DataConfig, name: str, splits: dict[str, Split], names: tuple[str, ...] | None, source: Path,
                  digest: str, notes: tuple[str, ...]) -> Dataset:
-    """The Dataset of checked splits (labels 0-9) after `classes` and `limit`: every class by default, or
-    for the user's own data the labels it has; class names as given, else the labels themselves."""
+    """The Dataset of checked splits (labels 0-9 for MNIST and Fashion-MNIST, 0-99 for the user's own data)
+    after `classes` and `limit`: every class by default, or for the user's own data the labels it has;
+    class names as given, else the labels themselves."""
     sizes = {split: s.images.shape[1:] for split, s in splits.items()}
     if sizes["train"] != sizes["test"]:
         raise DataError(f"{source}: the training images are {'x'.join(map(str, sizes['train']))} and the test images "

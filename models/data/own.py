@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from layout.core.errors import DataError
+from layout.core.files import npz_contents
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGE_FILES = (".png", ".jpg", ".jpeg")
@@ -29,22 +29,16 @@ def npz_splits(path: Path, max_side: int, n_labels: int
     SHA-256, notes for the user)."""
     if not path.is_file():
         raise DataError(f"data.file '{path}' is not a file: set data.file to the .npz holding {', '.join(ARRAYS)}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [name for name in ARRAYS if name not in z.files]
-            if missing:
-                raise DataError(f"{path} lacks {', '.join(missing)}: save x_train, y_train, x_test and y_test "
-                                f"(np.savez(\"{path.name}\", x_train=..., y_train=..., x_test=..., y_test=...)); it "
-                                f"holds {', '.join(z.files) or 'nothing'}")
-            arrays = {name: z[name] for name in (*ARRAYS, *(["class_names"] if "class_names" in z.files else []))}
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise DataError(f"{path} holds pickled Python objects, which are never loaded (they can run code): save "
-                            "plain numeric arrays, and class_names as an array of text (np.array([...], dtype=str))"
-                            ) from None
-        raise DataError(f"{path} is not a readable .npz archive ({e})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path} is not an intact .npz archive ({e})") from None
+    reasons = {"pickled": "holds pickled Python objects, which are never loaded (they can run code): save plain "
+                          "numeric arrays, and class_names as an array of text (np.array([...], dtype=str))",
+               "unreadable": "is not a readable .npz archive ({})", "damaged": "is not an intact .npz archive ({})"}
+    held, arrays = npz_contents(path, lambda kind, detail: DataError(f"{path} {reasons[kind].format(detail)}"),
+                                (*ARRAYS, "class_names"))
+    missing = [name for name in ARRAYS if name not in held]
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)}: save x_train, y_train, x_test and y_test "
+                        f"(np.savez(\"{path.name}\", x_train=..., y_train=..., x_test=..., y_test=...)); it "
+                        f"holds {', '.join(held) or 'nothing'}")
     notes = []
     splits = {}
     for split in ("train", "test"):

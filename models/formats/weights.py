@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import re
 import struct
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from layout.core.errors import UserError
+from layout.core.files import npz_contents
 from layout.core.layers import INPUT_SHAPE, Conv, Dense, Flatten, Layer, check_shapes
 from models.formats.layered import Layered
 from models.network.cnn import weight_shapes
@@ -62,16 +62,11 @@ def safetensors_arrays(path: str | Path) -> list[tuple[str, np.ndarray]]:
 
 def npz_arrays(path: str | Path) -> list[tuple[str, np.ndarray]]:
     """(name, array) in the order np.savez stored them; never unpickles."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return [(name, z[name]) for name in z.files]
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise UserError(f"{path} holds pickled Python objects, which are never loaded (they can run code): save "
-                            "the weights as plain numeric arrays (np.savez)") from None
-        raise UserError(f"{path} is not a readable .npz archive ({e})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"{path} is not an intact .npz archive ({e})") from None
+    reasons = {"pickled": "holds pickled Python objects, which are never loaded (they can run code): save the weights "
+                          "as plain numeric arrays (np.savez)",
+               "unreadable": "is not a readable .npz archive ({})", "damaged": "is not an intact .npz archive ({})"}
+    arrays = npz_contents(path, lambda kind, detail: UserError(f"{path} {reasons[kind].format(detail)}"))[1]
+    return list(arrays.items())
 
 
 def natural(name: str) -> list:
