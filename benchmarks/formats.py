@@ -116,7 +116,7 @@ def main() -> None:
 
         def read_safetensors():
             assert sniff(st) == "safetensors"
-            return mlp_from_arrays(safetensors_arrays(st), 784, 10, st)
+            return mlp_from_arrays(safetensors_arrays(st), (1, 28, 28), 10, st)
 
         def read_onnx_file():
             assert sniff(ox) == "onnx"

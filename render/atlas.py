@@ -95,7 +95,7 @@ def class_atlas(tiles: np.ndarray, dominant: np.ndarray, norms: np.ndarray, vect
 def examples_atlas(tiles: np.ndarray, images: np.ndarray, top: np.ndarray, bottom: np.ndarray, norms: np.ndarray,
                    ids: np.ndarray, title: str) -> Sheet:
     """A row per neuron (the TOP_SHEET_MAX largest norms, largest first): its field, then the test images
-    that activate it most, then those that activate it least (`images` [n_test, H, W] uint8)."""
+    that activate it most, then those that activate it least (`images` [n_test, H, W(, 3)] uint8)."""
     order = np.argsort(-norms, kind="stable")[:TOP_SHEET_MAX]
     h = tiles.shape[1] * ZOOM
     k = top.shape[1]
@@ -113,8 +113,7 @@ def examples_atlas(tiles: np.ndarray, images: np.ndarray, top: np.ndarray, botto
         sheet.paste(Image.fromarray(zoomed(tiles[i])), (GAP, y0))
         for j in range(k):
             for x, index in ((x_top, top[i, j]), (x_bottom, bottom[i, j])):
-                digit = 255 - images[index]  # dark ink on white, as the digits are drawn by hand
-                sheet.paste(Image.fromarray(np.repeat(digit[:, :, None], 3, 2)), (x + j * (cols + 2), y0))
+                sheet.paste(Image.fromarray(style.picture_rgb(images[index])), (x + j * (cols + 2), y0))
         draw.text((GAP, y0 + h), f"#{int(ids[i])}", fill="black", font=font())
         placed[int(ids[i])] = (GAP, y0)
     return Sheet(np.asarray(sheet), placed, {})

@@ -26,18 +26,19 @@ GLYPH_SCALE = 1.6  # a glyph's half width, in the sphere radii of render.size_by
 @dataclass(frozen=True)
 class FieldImages:
     """The glyphs' pictures: `members` [M] (neuron indices drawn as images, the rest as dots) and
-    `tiles` [M, h + 2, w + 2, 3] uint8 (each field in the diverging map, framed in its class colour)."""
+    `tiles` [M, h + 2, w + 2, 3] uint8 (each field as style.field_rgb draws it, framed in its class colour)."""
 
     members: np.ndarray
     tiles: np.ndarray
 
 
 def field_images(fields: np.ndarray, group: np.ndarray, layer: np.ndarray, norms: np.ndarray, scale: str,
-                 top: int) -> FieldImages:
+                 top: int, signed: bool = True) -> FieldImages:
     """The tiles of the `top` neurons with the largest output-vector norm (all when there are fewer).
 
-    fields [N, h, w] (input weights, or effective ones for deeper layers); each in the diverging map
-    with symmetric limits: its own largest |weight| (`scale` "neuron"), or its layer's ("layer")."""
+    fields [N, h, w] or, for colour inputs, [N, h, w, 3]: input weights, or effective ones for deeper
+    layers (`signed`), or images in 0..1 (feature visualisations); each drawn by style.field_rgb with
+    the limit its own largest |value| (`scale` "neuron"), or its layer's ("layer")."""
     n = len(fields)
     members = np.arange(n) if n <= top else np.sort(np.argsort(-np.asarray(norms), kind="stable")[:top])
     peak = np.abs(fields).reshape(n, -1).max(1) if n else np.zeros(0)
@@ -46,7 +47,7 @@ def field_images(fields: np.ndarray, group: np.ndarray, layer: np.ndarray, norms
         np.maximum.at(layer_peak, layer, peak)
         peak = layer_peak[layer]
     chosen = fields[members]
-    rgb = style.diverging_rgb(chosen, peak[members][:, None, None])
+    rgb = style.field_rgb(chosen, peak[members], signed)
     tiles = np.empty((len(members), chosen.shape[1] + 2 * BORDER, chosen.shape[2] + 2 * BORDER, 3), np.uint8)
     tiles[:] = style.class_rgb(group[members])[:, None, None, :]
     tiles[:, BORDER:-BORDER, BORDER:-BORDER] = rgb

@@ -1,6 +1,6 @@
 """The window's details panel: everything about the neuron last clicked.
 
-Its receptive field at exact pixels with a colour bar, its output weights and its mean activation per
+Its receptive field at exact pixels (with a colour bar for greyscale inputs), its output weights and its mean activation per
 class as bar charts (PyVista's Chart2D), the test images that activate it most and least, its
 selectivity, layer and index. Every picture is a 2D image actor at whole screen pixels per weight or
 image pixel (no smoothing); `show_neuron` fills them all for one neuron.
@@ -24,12 +24,13 @@ TEXT_HEIGHT = 84  # pixels of the text at the top
 
 @dataclass(frozen=True)
 class NeuronDetails:
-    """Per neuron [N, ...]: receptive_fields [N, H, W], output_vectors [N, C], class_activation [N, C],
+    """Per neuron [N, ...]: receptive_fields [N, H, W] (or [N, H, W, 3] for colour inputs; `signed`: weights,
+    else images in 0..1, as style.field_rgb draws them), output_vectors [N, C], class_activation [N, C],
     layer [N] (numbered from 1, the first hidden layer, as in every output), index [N] (within its layer),
     dominant [N], activation_dominant [N]; selectivity and effective_classes [N] (NaN where undefined);
     top and bottom [N, k]: the test images that activate it most and least, indices into `images`
-    [n_test, H, W] uint8; filters [N, kh, kw]: a CNN's first conv layer's kernels, NaN for every other
-    neuron (shown beside the field when given)."""
+    [n_test, H, W(, 3)] uint8; filters [N, kh, kw(, 3)]: a CNN's first conv layer's kernels, NaN for every
+    other neuron (shown beside the field when given)."""
 
     receptive_fields: np.ndarray
     output_vectors: np.ndarray
@@ -44,6 +45,7 @@ class NeuronDetails:
     bottom: np.ndarray | None = None
     images: np.ndarray | None = None
     filters: np.ndarray | None = None
+    signed: bool = True
 
 
 def describe(details: NeuronDetails, names: tuple[str, ...], i: int) -> str:
@@ -60,17 +62,18 @@ def zoom(image: np.ndarray, k: int) -> np.ndarray:
     return np.repeat(np.repeat(image, k, 0), k, 1)
 
 
-def field_rgb(field: np.ndarray, k: int) -> np.ndarray:
+def field_rgb(field: np.ndarray, k: int, signed: bool = True) -> np.ndarray:
+    """One field [h, w(, 3)] by style.field_rgb, scaled by its own largest |value|, at k x k pixels per value."""
     limit = float(np.abs(field).max()) or 1.0
-    return zoom(style.diverging_rgb(field, limit), k)
+    return zoom(style.field_rgb(field[None], np.array([limit]), signed)[0], k)
 
 
 def digits_strip(images: np.ndarray, indices: np.ndarray, gap: int = 2) -> np.ndarray:
-    """The test images `indices` side by side, dark ink on white."""
+    """The test images `indices` side by side (greyscale as dark ink on white)."""
     rows, cols = images.shape[1:3]
     strip = np.full((rows, len(indices) * (cols + gap), 3), 255, np.uint8)
     for j, i in enumerate(indices):
-        strip[:, j * (cols + gap):j * (cols + gap) + cols] = (255 - images[i])[:, :, None]
+        strip[:, j * (cols + gap):j * (cols + gap) + cols] = style.picture_rgb(images[i])
     return strip
 
 
@@ -123,9 +126,11 @@ def add_panel(plotter: pv.Plotter, details: NeuronDetails, class_names: tuple[st
     rows, cols = details.receptive_fields.shape[1:3]  # the data's image size (28 x 28 for MNIST)
     k = max(1, int((width - 3 * MARGIN) * 0.62 // cols))
     field_top = height - TEXT_HEIGHT
-    actor, field = image_actor(field_rgb(details.receptive_fields[0], k), MARGIN, field_top - rows * k)
+    actor, field = image_actor(field_rgb(details.receptive_fields[0], k, details.signed), MARGIN,
+                               field_top - rows * k)
     renderer.AddViewProp(actor)
     bar = diverging_bar(1.0, (2 * MARGIN + cols * k) / width, (field_top - rows * k) / height)
+    bar.SetVisibility(details.receptive_fields.ndim == 3)  # colour fields: grey is 0, no single scale
     renderer.AddViewProp(bar)
     charts_top = (field_top - rows * k - MARGIN) / height
     digit_rows = 0 if details.top is None else details.images.shape[1]
@@ -153,7 +158,7 @@ def add_panel(plotter: pv.Plotter, details: NeuronDetails, class_names: tuple[st
             top, bottom = (strip, bottom) if row == 0 else (top, strip)
     panel = Panel(details, class_names, text, field, k, bar, charts[0], charts[1], top, bottom)
     if details.filters is not None:  # a CNN's first conv layer: its kernel at the right of the field
-        kh, kw = details.filters.shape[1:]
+        kh, kw = details.filters.shape[1:3]
         zoom_by = max(1, min(2 * k, (width // 4 - MARGIN) // kw))
         x, y = width - MARGIN - kw * zoom_by, field_top - rows * k
         actor, panel.filter = image_actor(filter_rgb(details.filters[0], zoom_by), x, y)
@@ -164,7 +169,7 @@ def add_panel(plotter: pv.Plotter, details: NeuronDetails, class_names: tuple[st
 
 
 def filter_rgb(kernel: np.ndarray, k: int) -> np.ndarray:
-    """A conv kernel in the diverging map at k x k pixels per weight; blank (white) where it is NaN."""
+    """A conv kernel [kh, kw(, 3)] by style.field_rgb at k x k pixels per weight; blank (0) where it is NaN."""
     return field_rgb(np.nan_to_num(kernel), k)
 
 
@@ -172,7 +177,7 @@ def show_neuron(panel: Panel, i: int) -> None:
     """Fill the panel with neuron i."""
     d = panel.details
     field = d.receptive_fields[i]
-    set_rgb(panel.field, field_rgb(field, panel.field_zoom))
+    set_rgb(panel.field, field_rgb(field, panel.field_zoom, d.signed))
     limit = float(np.abs(field).max()) or 1.0
     panel.field_bar.GetLookupTable().SetRange(-limit, limit)
     x = np.arange(len(panel.class_names), dtype=float)

@@ -225,9 +225,8 @@ PROBE_MARGIN = 8
 
 
 def digit_image(image: np.ndarray) -> np.ndarray:
-    """[H * zoom, W * zoom, 3] uint8: a test image as dark ink on white, at exact pixels."""
-    ink = 255 - np.repeat(np.repeat(np.asarray(image, np.uint8), PROBE_ZOOM, 0), PROBE_ZOOM, 1)
-    return np.repeat(ink[:, :, None], 3, 2)
+    """[H * zoom, W * zoom, 3] uint8: a test image at exact pixels (greyscale as dark ink on white)."""
+    return np.repeat(np.repeat(style.picture_rgb(image), PROBE_ZOOM, 0), PROBE_ZOOM, 1)
 
 
 def add_probe_image(plotter: pv.Plotter, image: np.ndarray):

@@ -78,5 +78,26 @@ def diverging_rgb(values: np.ndarray, limit: np.ndarray | float) -> np.ndarray:
     return DIVERGING_TABLE[index]
 
 
+def field_rgb(fields: np.ndarray, limit: np.ndarray, signed: bool = True) -> np.ndarray:
+    """[M, h, w, 3] uint8 pictures of M fields, each scaled by its `limit` [M]. Fields [M, h, w] (one input
+    channel) in the diverging map, from -limit to +limit. Colour fields [M, h, w, 3], each channel on its
+    own: signed ones (input weights) from 0 at -limit through mid grey at 0 to 255 at +limit, so a pixel is
+    reddish where the red channel's weight is the most positive; unsigned ones (images in 0..1, such as
+    feature visualisations) as pictures, from black at 0 to full at the limit."""
+    limit = np.asarray(limit, np.float32).reshape(-1, *(1,) * (fields.ndim - 1))
+    if fields.ndim == 3:
+        return diverging_rgb(fields, limit)
+    share = np.asarray(fields, np.float32) / np.where(limit > 0, limit, 1.0)
+    share = 0.5 + 0.5 * np.clip(share, -1, 1) if signed else np.clip(share, 0, 1)
+    return np.rint(share * 255).astype(np.uint8)
+
+
+def picture_rgb(image: np.ndarray) -> np.ndarray:
+    """[h, w, 3] uint8: a greyscale image [h, w] as dark ink on white (digits as drawn by hand), a colour
+    image [h, w, 3] as it is."""
+    image = np.asarray(image, np.uint8)
+    return image if image.ndim == 3 else np.repeat((255 - image)[:, :, None], 3, 2)
+
+
 def frame_title(name: str, label: str) -> str:
     return f"{name}   {label}"

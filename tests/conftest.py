@@ -27,6 +27,24 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return min(max(os.cpu_count() or 1, 2), MAX_WORKERS)
 
 
+INKS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1]], np.float64)
+INK_NAMES = ("red", "green", "blue", "yellow", "cyan", "magenta")
+
+
+def coloured(images: np.ndarray, inks: np.ndarray) -> np.ndarray:
+    """Greyscale digits [n, H, W] uint8 drawn in colour: each image's ink (its pixels' brightness) times
+    its own colour from `inks` [n, 3] (0..1 per channel), on black: [n, H, W, 3] uint8."""
+    return np.round(images[..., None] * inks[:, None, None, :]).astype(np.uint8)
+
+
+def colour_digits(split, seed: int, by_ink: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A split of real MNIST digits, each in one of six inks drawn by `seed`: (images [n, H, W, 3], labels):
+    the digits' own labels, or with `by_ink` the ink (red, green or blue only) as the label, whatever the digit."""
+    rng = np.random.default_rng(seed)
+    ink = rng.integers(0, 3 if by_ink else len(INKS), len(split.labels))
+    return coloured(split.images, INKS[ink]), (ink if by_ink else split.labels)
+
+
 def messages(stderr: str) -> list[str]:
     """stderr's lines but the progress lines that layout/core/progress.py writes when stderr is not a
     terminal: the notes and errors a user reads."""

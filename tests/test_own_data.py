@@ -108,7 +108,7 @@ def test_any_idx_folder_is_a_dataset_of_the_labels_it_has(tmp_path, mnist):
     (dict(class_names=np.array(["a", "b"])), "its 2 class_names do not name label 3"),
     (dict(class_names=np.array([{"a": 1}], dtype=object)), "holds pickled Python objects, which are never loaded"),
     (dict(y_train=np.full(10, 120)), "labels must be whole numbers 0-99"),
-    (dict(x_train=np.zeros((10, 28, 28, 3), np.uint8)), "colour is not read yet"),
+    (dict(x_train=np.zeros((10, 28, 28, 4), np.uint8)), "or colour images [n, H, W, 3] (RGB, channels last)"),
     (dict(x_train=np.zeros((10, 20, 20), np.uint8), y_train=np.arange(10) % 4),
      "the training images are 20x20 and the test images 28x28"),
     (dict(x_train=np.full((10, 28, 28), 300.0)), "values outside 0..255"),

@@ -224,7 +224,7 @@ def test_a_network_trained_on_normalised_images_is_read_with_the_same_normalisat
     the tool computes PyTorch's accuracy; without them, --expect-accuracy catches the difference."""
     model, theirs = trained(mlp(), dataset, 2, mean=0.1307, std=0.3081)
     path = export(model, tmp_path, "onnx-dynamo")
-    normalised = inputs_of(DataConfig(mean=0.1307, std=0.3081))
+    normalised = inputs_of(DataConfig(mean=(0.1307,), std=(0.3081,)))
     network, _ = read_network_file(path, ModelConfig(), dataset, normalised)
     assert abs(network.test_accuracy - theirs) <= 0.001 and network.inputs == normalised
     raw, _ = read_network_file(path, ModelConfig(), dataset)

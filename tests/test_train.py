@@ -164,7 +164,7 @@ def test_trained_network_is_reused_only_when_data_model_and_train_are_unchanged(
                     dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=1)),
                     dataclasses.replace(cfg, model=ModelConfig(hidden=(8,))),
                     dataclasses.replace(cfg, model=ModelConfig(hidden=(16,), activation="relu")),
-                    dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mean=0.1307, std=0.3081)),
+                    dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mean=(0.1307,), std=(0.3081,))),
                     dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, scale="none"))):
         assert network_key(changed, small) != key
     fewer = load_dataset(DataConfig(limit=256), environ={"NEURON_LAYOUT_DATA": str(shared_data)},
@@ -175,10 +175,10 @@ def test_trained_network_is_reused_only_when_data_model_and_train_are_unchanged(
 def test_a_network_trains_on_the_pixels_as_data_scale_mean_and_std_give_them(small, tmp_path):
     """(pixels / 255 - 0.1307) / 0.3081 here: the file keeps the scaling, an independent numpy forward pass
     with it reproduces the accuracy, and the file is refused for a config that scales the pixels otherwise."""
-    data = DataConfig(mean=0.1307, std=0.3081)
+    data = DataConfig(mean=(0.1307,), std=(0.3081,))
     net = train(SMALL_MODEL, SMALL_TRAIN, small, inputs=inputs_of(data))
     back = load_network(save_network(tmp_path / "network.npz", net))
-    assert back.inputs == net.inputs == Inputs(gain=1 / 0.3081, offset=-0.1307 / 0.3081)
+    assert back.inputs == net.inputs == Inputs(gain=(1 / 0.3081,), offset=(-0.1307 / 0.3081,))
     accuracy = (numpy_forward(back, small.test.images, 0.1307, 0.3081).argmax(-1) == small.test.labels).mean()
     assert accuracy == pytest.approx(net.test_accuracy, abs=1e-3) and accuracy > 0.7
     assert (numpy_forward(back, small.test.images).argmax(-1) == small.test.labels).mean() < accuracy - 0.05

@@ -63,8 +63,10 @@ class DataConfig:
     split_seed: int = option(0, "for data.dataset folder: the seed of the train/test split", ge=0, le=MAX_SEED)
     scale: str = option("unit", "the pixels as the network sees them: unit divides them by 255 (0..1), none keeps "
                                 "0..255; then (pixels - mean) / std", choices=SCALES)
-    mean: float = option(0.0, "subtracted from the scaled pixels (PyTorch's usual figure for MNIST: 0.1307)")
-    std: float = option(1.0, "what the scaled pixels minus the mean are divided by (PyTorch's usual: 0.3081)", gt=0)
+    mean: tuple[float, ...] = option((0.0,), "subtracted from the scaled pixels: one figure, or one per colour "
+                                             "channel (PyTorch's usual for MNIST: 0.1307)", min_len=1)
+    std: tuple[float, ...] = option((1.0,), "what the scaled pixels minus the mean are divided by: one figure, or "
+                                            "one per channel (PyTorch's usual for MNIST: 0.3081)", gt=0, min_len=1)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from layout.engine.featvis import feature_images
-from models.data.datasets import Split
+from models.data.datasets import Split, flat_pixels
 from models.network.cnn import apply_above, apply_layers, per_neuron
 from models.network.network import Network
 
@@ -34,7 +34,7 @@ class NeuronFeatures:
     dominant [N]: argmax of the output vector, the class the neuron drives hardest.
     activation_dominant [N]: the class whose test images activate the neuron most on average.
     class_activation [N, C]: mean activation per class over the test set.
-    receptive_fields [N, H, W] (the images' size): for an MLP, input weights (first layer) or effective input weights,
+    receptive_fields [N, H, W], or [N, H, W, C] for colour images (the images' size): for an MLP, input weights (first layer) or effective input weights,
         the product of the weight matrices below the neuron (deeper layers); for a CNN, every neuron's
         feature visualisation (layout/engine/featvis.py): the image, 0..1, that excites it most.
     layer [N], index [N]: laid-out layer (0 = the first laid out) and position within it.
@@ -73,6 +73,11 @@ class NeuronFeatures:
         return np.asarray(self.hidden_layers or range(self.n_layers), int)[self.layer] + 1
 
     @property
+    def signed_fields(self) -> bool:
+        """Whether receptive_fields are weights (any sign), rather than images in 0..1."""
+        return self.field_kind == "weights"
+
+    @property
     def n_neurons(self) -> int:
         return len(self.layer)
 
@@ -97,15 +102,10 @@ def _forward(params, x, layers, activation, inputs):
     return logits, tuple(per_neuron(h) for h in hidden)
 
 
-def flat(images: np.ndarray) -> np.ndarray:
-    """Images [n, H, W] as the network takes them, [n, H * W]."""
-    return images.reshape(len(images), -1)
-
-
 def forward_batches(params: list[dict], network: Network, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """(logits [n, C], every hidden layer's activations [n, n_l]) for uint8 images [n, H, W], of the
     network's layers, activation and input scaling with the weights `params` (its own or others)."""
-    batches = [_forward(params, flat(images[i:i + EVAL_BATCH]), network.layer_list, network.activation,
+    batches = [_forward(params, flat_pixels(images[i:i + EVAL_BATCH]), network.layer_list, network.activation,
                         network.inputs) for i in range(0, len(images), EVAL_BATCH)]
     logits = np.concatenate([np.asarray(b[0]) for b in batches])
     return logits, [np.concatenate([np.asarray(b[1][h]) for b in batches]) for h in range(len(batches[0][1]))]
@@ -178,7 +178,7 @@ def mean_jacobian(params: list[dict], network: Network, images: np.ndarray, hidd
     channel, the derivative with respect to its spatially summed activation: the logits' change when
     the sum grows by one, spread evenly over the channel's positions."""
     architecture = network.layer_list, network.activation, network.inputs
-    total = sum(np.asarray(_jacobian_sum(params, flat(images[i:i + EVAL_BATCH]), *architecture, hidden),
+    total = sum(np.asarray(_jacobian_sum(params, flat_pixels(images[i:i + EVAL_BATCH]), *architecture, hidden),
                            np.float64) for i in range(0, len(images), EVAL_BATCH))
     return (total / len(images)).T.astype(np.float32)
 
@@ -251,11 +251,11 @@ def neuron_features(network: Network, test: Split, influence: str = "weights", l
     class_activation = np.concatenate([class_means(a, test.labels, n_classes) for a in activations])
     if not network.has_conv:
         upstream = upstream_products(network.weights)
-        fields = np.concatenate([upstream[h].T for h in hidden]).reshape(-1, *network.inputs.shape[1:])
+        fields = network.inputs.as_images(np.concatenate([upstream[h].T for h in hidden]))
     elif visualise:
         fields = np.concatenate(feature_images(network, hidden, [a.std(0) for a in activations]))
     else:
-        fields = np.zeros((len(class_activation), *network.inputs.shape[1:]), np.float32)
+        fields = network.inputs.as_images(np.zeros((len(class_activation), network.inputs.n_pixels), np.float32))
     sizes = [a.shape[1] for a in activations]
     output = np.concatenate(vectors).astype(np.float32)
     return NeuronFeatures(

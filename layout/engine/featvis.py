@@ -37,8 +37,8 @@ LEAK = 0.1
 
 def feature_images(network: Network, hidden_layers: tuple[int, ...], scales: list[np.ndarray] | None = None,
                    steps: int = STEPS, seed: int = 0) -> list[np.ndarray]:
-    """For each hidden layer in `hidden_layers`, [n_l, H, W] float32 images in 0..1, one per neuron;
-    every layer's images optimised together, in one compiled loop."""
+    """For each hidden layer in `hidden_layers`, [n_l, H, W] (or [n_l, H, W, C] for colour) float32 images in
+    0..1, one per neuron; every layer's images optimised together, in one compiled loop."""
     if not hidden_layers:
         return []
     params = network.params()
@@ -47,7 +47,7 @@ def feature_images(network: Network, hidden_layers: tuple[int, ...], scales: lis
     images = np.asarray(_ascend(params, jnp.asarray(np.maximum(scale, SCALE_FLOOR), jnp.float32), jax.random.key(seed),
                                 network.layer_list, network.activation, network.inputs, tuple(hidden_layers), widths,
                                 steps))
-    return np.split(images.reshape(-1, *network.inputs.shape[1:]), np.cumsum(widths)[:-1])
+    return np.split(network.inputs.as_images(images), np.cumsum(widths)[:-1])
 
 
 def leaky_gradient_relu(x: jax.Array) -> jax.Array:

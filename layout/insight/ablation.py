@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from layout.engine.features import EVAL_BATCH, flat, hidden_activations, influence_images
-from models.data.datasets import Split
+from layout.engine.features import EVAL_BATCH, hidden_activations, influence_images
+from models.data.datasets import Split, flat_pixels
 from models.network.cnn import apply_above, apply_layers
 from models.network.mlp import ACTIVATIONS
 from models.network.network import Network
@@ -87,7 +87,7 @@ def conv_maps(network: Network, layer: int, images: np.ndarray) -> np.ndarray:
     """Conv layer `layer`'s activation maps [n, channels, H, W] for uint8 images [n, H, W]."""
     params = network.params()
     architecture = network.layer_list, network.activation, network.inputs
-    return np.concatenate([np.asarray(_maps(params, flat(images[i:i + EVAL_BATCH]), *architecture, layer))
+    return np.concatenate([np.asarray(_maps(params, flat_pixels(images[i:i + EVAL_BATCH]), *architecture, layer))
                            for i in range(0, len(images), EVAL_BATCH)])
 
 

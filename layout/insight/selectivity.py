@@ -24,6 +24,7 @@ import numpy as np
 from layout.engine.features import EVAL_BATCH, class_means
 from layout.insight.structure import NullTest
 from models.network.mlp import ACTIVATIONS, init_limit
+from models.data.datasets import flat_pixels
 from models.network.network import Inputs
 
 TINY = 1e-12
@@ -66,7 +67,7 @@ def untrained_class_means(sizes: tuple[int, ...], activation: str, images: np.nd
     for _ in range(count):
         weights = [rng.uniform(-init_limit(a, b, activation), init_limit(a, b, activation), (a, b)).astype(np.float32)
                    for a, b in zip(sizes[:-2], sizes[1:-1])]
-        batches = [forward(weights, images[i:i + EVAL_BATCH].reshape(-1, sizes[0])) for i in
+        batches = [forward(weights, flat_pixels(images[i:i + EVAL_BATCH])) for i in
                    range(0, len(images), EVAL_BATCH)]
         for l in range(len(weights)):
             out[l].append(class_means(np.concatenate([np.asarray(b[l]) for b in batches]), labels, n_classes))

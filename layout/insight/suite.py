@@ -142,7 +142,7 @@ def shuffled_label_vectors(cfg: RunConfig, data: Dataset, runs: int, hidden: tup
     for r in range(runs):
         split = dataclasses.replace(data.train, labels=rng.permutation(data.train.labels))
         net = train(cfg.model, dataclasses.replace(cfg.train, seed=cfg.train.seed + 1 + r),
-                    dataclasses.replace(data, train=split), inputs=inputs_of(cfg.data, data.image_shape))
+                    dataclasses.replace(data, train=split), inputs=inputs_of(cfg.data, data.input_shape))
         vectors.append(np.concatenate(output_vectors(net.params(), net, data.test.images, hidden,
                                                      cfg.layout.influence)))
     return np.stack(vectors).astype(np.float32)

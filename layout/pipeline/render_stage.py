@@ -140,14 +140,16 @@ def thumbnails_for(cfg: RunConfig, f: NeuronFeatures) -> np.ndarray | None:
 
 
 def has_images(f: NeuronFeatures) -> bool:
-    """Whether the neurons' receptive fields are images (2D inputs), as MNIST's 28x28 pixels are."""
-    return f.receptive_fields.ndim == 3
+    """Whether the neurons' receptive fields are images (2D inputs, greyscale or colour), as MNIST's 28x28
+    pixels are."""
+    return f.receptive_fields.ndim in (3, 4)
 
 
 def every_tile(cfg: RunConfig, f: NeuronFeatures) -> tuple[np.ndarray, np.ndarray]:
     """(every neuron's field tile, as the glyphs draw it; the output-vector norms) for the sheets."""
     norms = np.linalg.norm(f.output_vectors, axis=1)
-    tiles = field_images(f.receptive_fields, f.dominant, f.layer, norms, cfg.render.field_scale, f.n_neurons).tiles
+    tiles = field_images(f.receptive_fields, f.dominant, f.layer, norms, cfg.render.field_scale, f.n_neurons,
+                         f.signed_fields).tiles
     return tiles, norms
 
 
@@ -156,7 +158,7 @@ def fields_for(cfg: RunConfig, f: NeuronFeatures) -> FieldImages | None:
     if cfg.render.glyph != "field" or glyph_note(cfg, f):
         return None
     return field_images(f.receptive_fields, f.dominant, f.layer, np.linalg.norm(f.output_vectors, axis=1),
-                        cfg.render.field_scale, cfg.render.field_top)
+                        cfg.render.field_scale, cfg.render.field_top, f.signed_fields)
 
 
 def glyph_note(cfg: RunConfig, f: NeuronFeatures) -> str | None:
@@ -197,12 +199,13 @@ def render_stage(data: SceneData, cfg: RunConfig, out: Path, formats: tuple[str,
 
 
 def first_filters(f: NeuronFeatures, network: Network | None) -> np.ndarray | None:
-    """[N, kh, kw]: each laid-out channel of a CNN's first conv layer its kernel (of the one input channel),
-    NaN for every other neuron; None when no such channel is laid out."""
+    """[N, kh, kw]: each laid-out channel of a CNN's first conv layer its kernel (of the one input channel;
+    [N, kh, kw, 3] for colour inputs), NaN for every other neuron; None when no such channel is laid out."""
     first = np.flatnonzero(f.layer_numbers == 1)
     if network is None or not network.has_conv or network.hidden_kinds[0] != "conv" or not len(first):
         return None
-    kernels = network.weights[0][:, 0]  # [channels, kh, kw]
+    kernels = network.weights[0]  # [channels, input channels, kh, kw]
+    kernels = kernels[:, 0] if kernels.shape[1] == 1 else kernels.transpose(0, 2, 3, 1)
     filters = np.full((f.n_neurons, *kernels.shape[1:]), np.nan, np.float32)
     filters[first] = kernels[f.index[first]]
     return filters
@@ -221,4 +224,4 @@ def details_for(laid: LayoutResult, test_images: np.ndarray | None = None,
                          effective_classes=selective["effective_classes"],
                          top=laid.top if test_images is not None else None,
                          bottom=laid.bottom if test_images is not None else None, images=test_images,
-                         filters=first_filters(f, network))
+                         filters=first_filters(f, network), signed=f.signed_fields)

@@ -65,7 +65,7 @@ def training_stage(cfg: RunConfig, dataset: Dataset, out: Path, *, retrain: bool
     config's model.file is read, if it names one."""
     network_file = network_file or cfg.model.file
     enable_compilation_cache(cache_dir() / "jax")
-    inputs = inputs_of(cfg.data, dataset.image_shape)
+    inputs = inputs_of(cfg.data, dataset.input_shape)
     given, read_notes = read_network_file(network_file, cfg.model, dataset, inputs) if network_file else (None, ())
     n_train, n_test = len(dataset.train.labels), len(dataset.test.labels)
     if given is not None:

@@ -92,7 +92,8 @@ SOURCES = {
 
 @dataclass(frozen=True)
 class Split:
-    """One split. images: [n, H, W] uint8 (28 x 28 for MNIST); labels: [n] int32 in 0..n_classes-1."""
+    """One split. images: [n, H, W] uint8 greyscale (28 x 28 for MNIST), or [n, H, W, 3] uint8 colour (RGB);
+    labels: [n] int32 in 0..n_classes-1."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -127,6 +128,24 @@ class Dataset:
     def image_shape(self) -> tuple[int, int]:
         """(H, W) of every image."""
         return tuple(self.train.images.shape[1:3])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image as a network takes it: 1 channel for greyscale, 3 for colour."""
+        return channels(self.train.images), *self.image_shape
+
+
+def channels(images: np.ndarray) -> int:
+    """1 for greyscale images [n, H, W], C for images [n, H, W, C]."""
+    return images.shape[3] if images.ndim == 4 else 1
+
+
+def flat_pixels(images: np.ndarray) -> np.ndarray:
+    """uint8 images [n, H, W] or [n, H, W, C] as networks take them, [n, C * H * W], each image's pixels
+    in (C, H, W) order (the order PyTorch flattens in and this tool's networks read)."""
+    if images.ndim == 4:
+        images = images.transpose(0, 3, 1, 2)
+    return images.reshape(len(images), -1)
 
 
 def check_shapes(images, labels, names: tuple[str, str], image_shape: tuple[int, int] | None = IMAGE_SHAPE) -> None:

@@ -1,10 +1,11 @@
 """A user's own images as a dataset, read as data and checked like the IDX files:
 - a `.npz` file of arrays (data.dataset: npz, data.file), numpy without pickles: x_train [n, H, W]
-  (or [n, H, W, 1]), uint8 or float (0..1 or 0..255), y_train [n] whole numbers 0-99, the same for
-  x_test / y_test, and optionally class_names [k] text;
+  (or [n, H, W, 1]) greyscale or [n, H, W, 3] colour (RGB), uint8 or float (0..1 or 0..255), y_train [n]
+  whole numbers 0-99, the same for x_test / y_test, and optionally class_names [k] text;
 - a folder of image files (data.dataset: folder, data.dir), one subfolder per class (its name the
-  class name, in sorted order), PNG or JPEG read with Pillow as greyscale, split into training and test
-  images per class, seeded (data.test_fraction, data.split_seed)."""
+  class name, in sorted order), PNG or JPEG read with Pillow: greyscale when every image is (whatever
+  its file's mode), else colour (RGB); split into training and test images per class, seeded
+  (data.test_fraction, data.split_seed)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ NAME_CHARS = 40  # a class name longer than this is refused: it is a label in th
 
 def npz_splits(path: Path, max_side: int, n_labels: int
                ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...] | None, str, tuple[str, ...]]:
-    """({"train" | "test": (uint8 images [n, H, W], int labels [n])}, the class names or None, the file's
-    SHA-256, notes for the user)."""
+    """({"train" | "test": (uint8 images [n, H, W] or [n, H, W, 3], int labels [n])}, the class names or
+    None, the file's SHA-256, notes for the user)."""
     if not path.is_file():
         raise DataError(f"data.file '{path}' is not a file: set data.file to the .npz holding {', '.join(ARRAYS)}")
     reasons = {"pickled": "holds pickled Python objects, which are never loaded (they can run code): save plain "
@@ -54,12 +55,14 @@ def npz_splits(path: Path, max_side: int, n_labels: int
 
 
 def pixels(a: np.ndarray, what: str, max_side: int) -> tuple[np.ndarray, str | None]:
-    """uint8 images [n, H, W]: as stored, or floats in 0..1 (times 255) or 0..255, rounded."""
-    if a.ndim not in (3, 4) or a.ndim == 4 and a.shape[3] != 1 or not 1 <= min(a.shape[1:3]) <= max(
+    """uint8 images [n, H, W] (greyscale) or [n, H, W, 3] (colour): as stored, or floats in 0..1 (times
+    255) or 0..255, rounded."""
+    if a.ndim not in (3, 4) or a.ndim == 4 and a.shape[3] not in (1, 3) or not 1 <= min(a.shape[1:3]) <= max(
             a.shape[1:3]) <= max_side:
         raise DataError(f"{what} is an array of shape {list(a.shape)}: it must hold greyscale images [n, H, W] (or "
-                        f"[n, H, W, 1]), each side 1 to {max_side} pixels; colour is not read yet")
-    a = a.reshape(a.shape[:3])
+                        f"[n, H, W, 1]) or colour images [n, H, W, 3] (RGB, channels last), each side 1 to "
+                        f"{max_side} pixels")
+    a = a.reshape(a.shape[:3]) if a.ndim == 4 and a.shape[3] == 1 else a
     if a.dtype == np.uint8:
         return a, None
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)) or a.size and not (
@@ -93,9 +96,10 @@ def class_names(a: np.ndarray, path: Path) -> tuple[str, ...]:
 
 def folder_splits(folder: Path, max_side: int, n_labels: int, test_fraction: float, seed: int
                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...], str, tuple[str, ...]]:
-    """({"train" | "test": (uint8 images [n, H, W], labels [n])}, the class names (the subfolders), a SHA-256
-    over every image file, notes): every image the size of the first (each side at most max_side), each
-    class's images shuffled by `seed`, test_fraction of them (at least one) the test split."""
+    """({"train" | "test": (uint8 images [n, H, W], or [n, H, W, 3] where any image has colour, labels [n])},
+    the class names (the subfolders), a SHA-256 over every image file, notes): every image the size of the
+    first (each side at most max_side), each class's images shuffled by `seed`, test_fraction of them (at
+    least one) the test split."""
     found = folder.iterdir() if folder.is_dir() else ()
     classes = sorted(p for p in found if p.is_dir() and not p.name.startswith("."))
     if not 2 <= len(classes) <= n_labels:
@@ -109,20 +113,27 @@ def folder_splits(folder: Path, max_side: int, n_labels: int, test_fraction: flo
         if len(files) < 2:
             raise DataError(f"{sub} holds {len(files)} PNG or JPEG images: each class needs at least two (one to "
                             "train on, one to test)")
-        images = np.stack([greyscale(p, size, max_side, digest) for p in files])
+        images = np.stack([rgb_pixels(p, size, max_side, digest) for p in files])
         order = rng.permutation(len(images))
         n_test = min(max(1, round(test_fraction * len(images))), len(images) - 1)
         for split, chosen in (("test", order[:n_test]), ("train", order[n_test:])):
             parts[split].append((images[np.sort(chosen)], np.full(len(chosen), label, np.int32)))
     splits = {split: (np.concatenate([i for i, _ in p]), np.concatenate([y for _, y in p]))
               for split, p in parts.items()}
+    if all(grey(images) for images, _ in splits.values()):
+        splits = {split: (images[..., 0], labels) for split, (images, labels) in splits.items()}
     names = class_names(np.array([p.name for p in classes]), folder)
     notes = (f"{folder}: {ignored} files that are not PNG or JPEG images were left out",) if ignored else ()
     return splits, names, digest.hexdigest(), notes
 
 
-def greyscale(path: Path, size: list, max_side: int, digest) -> np.ndarray:
-    """One image file as uint8 [H, W], its size (width, height) checked from the header before it is
+def grey(images: np.ndarray) -> bool:
+    """Whether RGB images [n, H, W, 3] have no colour: every pixel's three channels equal."""
+    return bool((images[..., 1:] == images[..., :1]).all())
+
+
+def rgb_pixels(path: Path, size: list, max_side: int, digest) -> np.ndarray:
+    """One image file as uint8 RGB [H, W, 3] (a greyscale file's three channels equal), its size (width, height) checked from the header before it is
     decoded: the size of the first image read (kept in `size`), each side 1 to max_side pixels."""
     raw = path.read_bytes()
     digest.update(path.parent.name.encode() + b"/" + path.name.encode() + b"\0" + hashlib.sha256(raw).digest())
@@ -134,6 +145,6 @@ def greyscale(path: Path, size: list, max_side: int, digest) -> np.ndarray:
                 wanted = f"{size[0][0]} x {size[0][1]}, as the first" if size else f"at most {max_side} on each side"
                 raise DataError(f"{path} is {image.size[0]} x {image.size[1]} pixels: the images must be {wanted} "
                                 "(resize them to one size)")
-            return np.asarray(image.convert("L"), np.uint8)
+            return np.asarray(image.convert("RGB"), np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{path} is not a readable PNG or JPEG image ({e})") from None

@@ -13,7 +13,7 @@ import numpy as np
 from layout.core.config import ModelConfig
 from layout.core.errors import UserError
 from layout.core.layers import Dense
-from models.data.datasets import Dataset, Split
+from models.data.datasets import Dataset, Split, flat_pixels
 from models.formats.keras import read_keras
 from models.formats.layered import Layered
 from models.formats.onnx_graph import read_onnx
@@ -40,7 +40,7 @@ def read_network_file(path: str | Path, model: ModelConfig, dataset: Dataset,
     if kind in ("pytorch", "pickle"):
         raise UserError(f"{path} holds pickled Python objects (a PyTorch .pt or .pth checkpoint?), which are never "
                         f"loaded (they can run code): export the model instead, with {EXPORT}")
-    image_shape = (1, *dataset.image_shape)
+    image_shape = dataset.input_shape
     inputs = Inputs(shape=image_shape) if inputs is None else inputs
     if kind == "onnx":
         layered = read_onnx(path, image_shape, dataset.n_classes)
@@ -63,8 +63,8 @@ def layered_from_arrays(arrays: list, model: ModelConfig, dataset: Dataset, path
     the MLP their shapes chain into; and the storage order found."""
     if model.layers is not None:
         return cnn_from_arrays(arrays, model.layers, dataset.n_classes, path, model.activation,
-                               (1, *dataset.image_shape))
-    mlp = mlp_from_arrays(arrays, dataset.train.images[0].size, dataset.n_classes, path)
+                               dataset.input_shape)
+    mlp = mlp_from_arrays(arrays, dataset.input_shape, dataset.n_classes, path)
     dense = tuple(Dense(w.shape[1]) for w in mlp.weights[:-1])
     return Layered(dense, mlp.weights, mlp.biases, model.activation), mlp.order
 
@@ -74,7 +74,7 @@ def accuracy(layered: Layered, model: ModelConfig, split: Split, n_classes: int,
     evaluation that a network trained here is measured with."""
     forward = model_functions(model, n_classes, inputs)[1]
     params = [{"w": jnp.asarray(w), "b": jnp.asarray(b)} for w, b in zip(layered.weights, layered.biases)]
-    images = jnp.asarray(split.images.reshape(len(split.images), -1))
+    images = jnp.asarray(flat_pixels(split.images))
     return float(evaluate_jit(params, images, jnp.asarray(split.labels), forward)[1])
 
 

@@ -95,10 +95,13 @@ def chains(matrices: list[np.ndarray], n_inputs: int, n_classes: int) -> list[st
     return found
 
 
-def mlp_from_arrays(arrays: list[tuple[str, np.ndarray]], n_inputs: int, n_classes: int, path: str | Path) -> Mlp:
-    """The MLP whose weight matrices (the 2-D arrays) chain from the data's n_inputs to its n_classes, in
-    the file's order or by their names' natural order, with one bias (a 1-D array) per matrix or none
-    at all. Anything else: a UserError listing the arrays and what the file needs."""
+def mlp_from_arrays(arrays: list[tuple[str, np.ndarray]], input_shape: tuple[int, int, int], n_classes: int,
+                    path: str | Path) -> Mlp:
+    """The MLP whose weight matrices (the 2-D arrays) chain from the data's inputs (of input_shape, C x H x W)
+    to its n_classes, in the file's order or by their names' natural order, with one bias (a 1-D array) per
+    matrix or none at all. Stored in Keras' order for colour images, the first matrix's rows are taken to
+    follow Keras' (H, W, C) flatten. Anything else: a UserError listing the arrays and what the file needs."""
+    n_inputs = input_shape[0] * input_shape[1] * input_shape[2]
     where = f"{path} ({listing(arrays)})"
     if not arrays:
         raise UserError(f"{path} holds no arrays: save the network's weights and biases into it")
@@ -120,6 +123,9 @@ def mlp_from_arrays(arrays: list[tuple[str, np.ndarray]], n_inputs: int, n_class
                         f"layer takes {n_inputs} inputs and whose last gives {n_classes} outputs")
     order = found[0]
     weights = tuple((m.T if order.startswith("PyTorch") else m).astype(np.float32) for m in matrices)
+    if order.startswith("Keras") and input_shape[0] > 1:
+        weights = (chw_rows(weights[0], input_shape), *weights[1:])
+        order += " (first-layer rows in (H, W, C) pixel order)"
     if vectors and [len(v) for v in vectors] != [w.shape[1] for w in weights]:
         raise UserError(f"{where}: its 1-D arrays do not match the layers' outputs as biases "
                         f"({[w.shape[1] for w in weights]}): save one bias per weight matrix, in order")
@@ -144,9 +150,13 @@ def from_stored(a: np.ndarray, order: str, flattened_from: tuple[int, ...] | Non
         return a if order == PYTORCH else a.transpose(3, 2, 0, 1)
     if order == PYTORCH:
         return a.T
-    if flattened_from is None:
-        return a
-    c, h, w = flattened_from
+    return a if flattened_from is None else chw_rows(a, flattened_from)
+
+
+def chw_rows(a: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """A dense weight [C * H * W, out] whose rows follow images flattened in (H, W, C) order (Keras'), with
+    its rows in (C, H, W) order (this tool's); `shape` is (C, H, W)."""
+    c, h, w = shape
     return a.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)
 
 

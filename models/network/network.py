@@ -9,22 +9,36 @@ from dataclasses import dataclass
 import numpy as np
 
 from layout.core.config import DataConfig
+from layout.core.errors import ConfigError
 from layout.core.layers import INPUT_SHAPE, Conv, Dense, Layer, hidden_kinds
 
 
 @dataclass(frozen=True)
 class Inputs:
     """How images become the network's inputs: pixels (uint8, 0..255) / 255 * gain + offset, each image
-    of `shape` (C, H, W) flattened. The default, MNIST's 1 x 28 x 28 in 0..1, is what this tool trains on;
-    data.scale / data.mean / data.std and the data's image size give another (inputs_of)."""
+    of `shape` (C, H, W) flattened in (C, H, W) order. gain and offset hold one figure for every channel,
+    or one per channel (PyTorch's per-channel Normalize). The default, MNIST's 1 x 28 x 28 in 0..1, is
+    what this tool trains on; data.scale / data.mean / data.std and the data's images give another
+    (inputs_of)."""
 
-    gain: float = 1.0
-    offset: float = 0.0
+    gain: tuple[float, ...] = (1.0,)
+    offset: tuple[float, ...] = (0.0,)
     shape: tuple[int, int, int] = INPUT_SHAPE
+
+    def scaling(self) -> str:
+        """How pixels are scaled, in words: 'pixels / 255 x 3.246 - 0.4242' (one per channel if they differ)."""
+        return ", ".join(f"pixels / 255 x {g:.4g} {'-' if o < 0 else '+'} {abs(o):.4g}"
+                         for g, o in zip(self.gain, self.offset))
 
     @property
     def n_pixels(self) -> int:
         return self.shape[0] * self.shape[1] * self.shape[2]
+
+    def as_images(self, x: np.ndarray) -> np.ndarray:
+        """Values over the inputs [N, C * H * W], in (C, H, W) order (a neuron's input weights, say), as
+        images: [N, H, W] for one channel, [N, H, W, C] (channels last, as pictures are) for more."""
+        images = np.asarray(x).reshape(len(x), *self.shape)
+        return images[:, 0] if self.shape[0] == 1 else images.transpose(0, 2, 3, 1)
 
     def of_pixels(self, pixels):
         """Network inputs (float32) for uint8 pixels, a numpy or JAX array of any shape."""
@@ -32,17 +46,28 @@ class Inputs:
 
     def of_unit(self, images):
         """Network inputs for images scaled to 0..1 (those that feature visualisation ascends)."""
-        if (self.gain, self.offset) == (1.0, 0.0):
+        if set(self.gain) == {1.0} and set(self.offset) == {0.0}:
             return images
-        return images * np.float32(self.gain) + np.float32(self.offset)
+        if len(self.gain) == 1:
+            return images * np.float32(self.gain[0]) + np.float32(self.offset[0])
+        by_channel = images.reshape(*images.shape[:-1], len(self.gain), -1)  # [..., C, H * W]
+        gain, offset = (np.asarray(v, np.float32)[:, None] for v in (self.gain, self.offset))
+        return (by_channel * gain + offset).reshape(images.shape)
 
 
-def inputs_of(data: DataConfig, image_shape: tuple[int, int] = INPUT_SHAPE[1:]) -> Inputs:
+def inputs_of(data: DataConfig, input_shape: tuple[int, int, int] = INPUT_SHAPE) -> Inputs:
     """(pixels * (1/255 for unit, 1 for none) - mean) / std, as gain and offset on 0..1 images of
-    image_shape (H, W)."""
+    input_shape (C, H, W); data.mean and data.std hold one figure, or one per channel."""
     unit = 1.0 if data.scale == "unit" else 255.0
-    return Inputs(gain=unit / data.std, offset=0.0 - data.mean / data.std,  # 0.0 -: never -0.0
-                  shape=(1, *map(int, image_shape)))
+    channels = input_shape[0]
+    for name, values in (("mean", data.mean), ("std", data.std)):
+        if len(values) not in (1, channels):
+            raise ConfigError(f"data.{name} = {list(values)} gives {len(values)} figures, but the images have "
+                              f"{channels} channel{'s' * (channels > 1)}: give one figure, or one per channel")
+    n = max(len(data.mean), len(data.std))
+    mean, std = (values * (n // len(values)) for values in (data.mean, data.std))
+    return Inputs(gain=tuple(unit / s for s in std), offset=tuple(0.0 - m / s for m, s in zip(mean, std)),  # 0.0 -:
+                  shape=tuple(map(int, input_shape)))  # never -0.0
 
 
 @dataclass(frozen=True)

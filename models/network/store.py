@@ -47,7 +47,7 @@ META_CHECKS = {
 def network_key(cfg: RunConfig, dataset: Dataset) -> str:
     """What decides the trained weights: the data actually used (its files, classes and limit: where the
     files live does not change them), the model and the training settings."""
-    inputs = inputs_of(cfg.data, dataset.image_shape)
+    inputs = inputs_of(cfg.data, dataset.input_shape)
     return fingerprint({"version": FORMAT_VERSION, "data": dataset.key, "inputs": inputs,
                         "model": cfg.model, "train": cfg.train})[:20]
 
@@ -55,7 +55,7 @@ def network_key(cfg: RunConfig, dataset: Dataset) -> str:
 def network_arrays(network: Network, key: str) -> dict[str, np.ndarray]:
     meta = {name: getattr(network, name) for name in META_FIELDS}
     meta.update(n_params=network.n_params, key=key, format=FORMAT_VERSION,
-                inputs={"gain": network.inputs.gain, "offset": network.inputs.offset,
+                inputs={"gain": list(network.inputs.gain), "offset": list(network.inputs.offset),
                         "shape": list(network.inputs.shape)})
     if network.layers is not None:
         meta["layers"] = plain_layers(network.layers)
@@ -131,15 +131,20 @@ def read_network(path: str | Path) -> tuple[Network, dict]:
 
 
 def read_inputs(path: str | Path, what: str, meta: dict, n_inputs: int) -> Inputs:
-    """How the file's network takes its images: their scaling and shape (files from before data.scale:
-    0..1, 1 x 28 x 28)."""
+    """How the file's network takes its images: their scaling (a figure, or a list of one per channel, for
+    gain and offset) and shape (files from before data.scale: 0..1, 1 x 28 x 28)."""
     inputs = meta.get("inputs", {"gain": 1.0, "offset": 0.0, "shape": list(INPUT_SHAPE)})
-    if not (isinstance(inputs, dict) and set(inputs) == {"gain", "offset", "shape"} and number(inputs["gain"])
-            and inputs["gain"] > 0 and number(inputs["offset"]) and list_of(lambda n: whole(n, 1))(inputs["shape"])
-            and len(inputs["shape"]) == 3 and inputs["shape"][0] * inputs["shape"][1] * inputs["shape"][2] == n_inputs):
+    figures = {}
+    if isinstance(inputs, dict) and set(inputs) == {"gain", "offset", "shape"}:
+        figures = {k: [inputs[k]] if number(inputs[k]) else inputs[k] for k in ("gain", "offset")}
+    shape = inputs.get("shape") if figures else None
+    if not (figures and all(list_of(number)(v) for v in figures.values()) and list_of(lambda n: whole(n, 1))(shape)
+            and len(shape) == 3 and shape[0] * shape[1] * shape[2] == n_inputs
+            and len(figures["gain"]) == len(figures["offset"]) in {1, shape[0]} and min(figures["gain"]) > 0):
         raise UserError(f"{path} is not a {what} written by neuron-layout: its meta's 'inputs' is "
-                        f"{excerpt(inputs)}, not a gain above 0, an offset and the shape of its {n_inputs} inputs")
-    return Inputs(float(inputs["gain"]), float(inputs["offset"]), tuple(inputs["shape"]))
+                        f"{excerpt(inputs)}, not gains above 0, offsets (one, or one per channel) and the shape of "
+                        f"its {n_inputs} inputs")
+    return Inputs(tuple(map(float, figures["gain"])), tuple(map(float, figures["offset"])), tuple(shape))
 
 
 def read_layers(path: str | Path, what: str, meta: dict, sizes: list[int], input_shape: tuple[int, int, int]
@@ -163,14 +168,19 @@ def check_fits(network: Network, dataset: Dataset, path: str | Path, inputs: Inp
         raise UserError(f"{path} was trained on {network.dataset} classes {list(network.classes)}, but the config "
                         f"selects {dataset.name} classes {list(dataset.classes)}: set data.dataset and data.classes "
                         "to match (the config.yaml written beside the network has them)")
-    if network.inputs.shape[1:] != dataset.image_shape:
-        raise UserError(f"{path} takes {' x '.join(map(str, network.inputs.shape[1:]))} images, but {dataset.name} "
-                        f"images are {' x '.join(map(str, dataset.image_shape))}")
+    if network.inputs.shape != dataset.input_shape:
+        raise UserError(f"{path} takes images of {shape_words(network.inputs.shape)}, but {dataset.name} has images "
+                        f"of {shape_words(dataset.input_shape)}")
     if network.inputs != inputs:
-        raise UserError(f"{path} was trained on pixels scaled by {network.inputs.gain:g} / 255 plus "
-                        f"{network.inputs.offset:g}, but the config scales them by {inputs.gain:g} / 255 plus "
-                        f"{inputs.offset:g}: set data.scale, data.mean and data.std as in the config.yaml written "
+        raise UserError(f"{path} was trained on {network.inputs.scaling()}, but the config gives "
+                        f"{inputs.scaling()}: set data.scale, data.mean and data.std as in the config.yaml written "
                         "beside the network")
+
+
+def shape_words(shape: tuple[int, int, int]) -> str:
+    """'28 x 28 pixels' (one channel), '32 x 32 pixels x 3 channels'."""
+    c, h, w = shape
+    return f"{h} x {w} pixels" + (f" x {c} channels" if c > 1 else "")
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,6 @@ def obtain_network(cfg: RunConfig, dataset: Dataset, *, retrain: bool = False,
         except UserError:
             why = "is damaged"
         notes = (f"the cached network {cached} {why}: trained it again",)
-    network = train(cfg.model, cfg.train, dataset, on_epoch=on_epoch, inputs=inputs_of(cfg.data, dataset.image_shape))
+    network = train(cfg.model, cfg.train, dataset, on_epoch=on_epoch, inputs=inputs_of(cfg.data, dataset.input_shape))
     save_network(cached, network, key)
     return Obtained(network, key, False, notes)

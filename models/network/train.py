@@ -19,7 +19,7 @@ from layout.core import ctrl_c
 from layout.core.config import ModelConfig, TrainConfig
 from layout.core.errors import DataError, UserError
 from layout.core.layers import widths
-from models.data.datasets import Dataset
+from models.data.datasets import Dataset, flat_pixels
 from models.network.cnn import apply_layers, init_layers
 from models.network.mlp import Params, apply, init_params, layer_sizes, weight_penalty
 from models.network.network import History, Inputs, Network, Snapshots
@@ -56,10 +56,10 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def to_device(images: np.ndarray, labels: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    """Images [n, H, W] uint8 -> [n, H * W] uint8 (scaled batch by batch) and labels, on the device.
+    """Images [n, H, W(, C)] uint8 -> [n, C * H * W] uint8 (scaled batch by batch) and labels, on the device.
 
     jax.device_put, unlike jnp.asarray, hands a numpy buffer over without a compiled copy (20x faster here)."""
-    return jax.device_put(images.reshape(len(images), -1)), jax.device_put(labels)
+    return jax.device_put(flat_pixels(images)), jax.device_put(labels)
 
 
 @functools.lru_cache(maxsize=None)
@@ -186,7 +186,7 @@ def train(model: ModelConfig, cfg: TrainConfig, dataset: Dataset,
           on_epoch: Callable[[EpochStats], None] | None = None, inputs: Inputs | None = None) -> Network:
     """Train the network `model` describes on `dataset`, its pixels scaled as `inputs` says (default:
     0..1), as `cfg` says; same config and data, same weights."""
-    inputs = Inputs(shape=(1, *dataset.image_shape)) if inputs is None else inputs
+    inputs = Inputs(shape=dataset.input_shape) if inputs is None else inputs
     start = time.perf_counter()
     check_batches(len(dataset.train.labels), len(dataset.test.labels), cfg)
     n_train = len(dataset.train.labels)
