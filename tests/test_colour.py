@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from layout.core.config import DataConfig, ModelConfig, TrainConfig
+from layout.core.config_file import load_config
 from layout.core.errors import ConfigError, UserError
 from layout.engine.features import hidden_activations, neuron_features
 from models.data.datasets import load_dataset
@@ -24,7 +25,7 @@ from models.network.train import train
 from render import style
 from render.atlas import ZOOM, class_atlas
 from render.glyphs import field_images
-from tests.conftest import INK_NAMES, WHOLE_TOOL_QUICKLY, colour_digits
+from tests.conftest import INK_NAMES, WHOLE_TOOL_QUICKLY, colour_digits, messages
 from tests.data.make_reference import settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,3 +153,34 @@ def test_digits_told_apart_by_their_ink_colour_show_it_in_the_atlas(tmp_path, mn
             np.testing.assert_array_equal(drawn, expected[j])
         redness = [tiles[f.dominant == c][..., 0].mean() - tiles[f.dominant == c][..., 2].mean() for c in (0, 2)]
         assert redness[0] > 0 > redness[1]  # "red" neurons look red, "blue" ones blue
+
+
+DEEP = ("[{conv: {channels: 4, kernel: 5}}, {pool: {kind: max, size: 2}}, {conv: {channels: 8, kernel: 5}}, "
+        "{pool: {kind: max, size: 2}}, {conv: {channels: 8, kernel: 5}}, {pool: {kind: max, size: 2}}, flatten, "
+        "{dense: {units: 16}}]")  # fits 64 x 64 images (64 -> 60 -> 30 -> 26 -> 13 -> 9 -> 4), not 28 x 28 ones
+
+
+def test_a_cnn_that_only_fits_larger_images_is_read_for_them_and_refused_for_mnist(tmp_path, mnist):
+    """A config's model.layers is checked against MNIST's 28 x 28 only when it reads MNIST; for the user's
+    own data, against the data's size before training, in one line with nothing written."""
+    (x_train, y_train), (x_test, y_test) = colour_digits(mnist.train, 0), colour_digits(mnist.test, 1)
+    big = [np.pad(np.repeat(np.repeat(x[:300], 2, 1), 2, 2), ((0, 0), (4, 4), (4, 4), (0, 0))) for x in (x_train, x_test)]
+    np.savez(tmp_path / "big.npz", x_train=big[0], y_train=y_train[:300], x_test=big[1], y_test=y_test[:300])
+    config = tmp_path / "deep.yaml"
+    config.write_text(f"data: {{dataset: npz, file: {tmp_path / 'big.npz'}}}\nmodel:\n  activation: relu\n"
+                      f"  layers: {DEEP}\ntrain: {{epochs: 1}}\n")
+    cfg = load_config(config)
+    data = load_dataset(cfg.data)
+    assert data.input_shape == (3, 64, 64)
+    network = train(cfg.model, cfg.train, data)
+    assert network.sizes == (3 * 64 * 64, 4, 8, 8, 16, 10) and [w.shape for w in network.weights][:1] == [(4, 3, 5, 5)]
+    with pytest.raises(ConfigError, match="layer 5 .conv 8@5x5. shrinks the 4x4 images to 0x0"):
+        load_config(config, ["data.dataset=mnist"])
+    np.savez(tmp_path / "big.npz", x_train=x_train[:300], y_train=y_train[:300], x_test=x_test[:300],
+             y_test=y_test[:300])  # now 28 x 28: refused once the data is read
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "layout.run", str(config), "--no-window", "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and not out.exists(), result.stderr[-2000:]
+    assert messages(result.stderr) == ["error: model.layers, layer 5 (conv 8@5x5) shrinks the 4x4 images to 0x0: use "
+                                       "a smaller kernel or pool, pad the convolutions, or fewer layers"]

@@ -26,7 +26,7 @@ from layout.core.layers import parse_layers
 from models.data.datasets import load_dataset
 from models.formats.imported import read_network_file
 from models.formats.keras import translate
-from tests.conftest import WHOLE_TOOL_QUICKLY
+from tests.conftest import WHOLE_TOOL_QUICKLY, colour_digits
 from tests.data.make_reference import settings
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # the backend these machines have; set before Keras is imported
@@ -60,8 +60,11 @@ def trained(model, dataset, epochs: int):
     as Keras computes it."""
     keras.utils.set_random_seed(0)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.fit(dataset.train.images[..., None] / 255.0, dataset.train.labels, epochs=epochs, batch_size=64, verbose=0)
-    predicted = model.predict(dataset.test.images[..., None] / 255.0, verbose=0).argmax(1)
+    def hwc(images):  # Keras' images are channels last: [n, H, W, C]
+        return (images if images.ndim == 4 else images[..., None]) / 255.0
+
+    model.fit(hwc(dataset.train.images), dataset.train.labels, epochs=epochs, batch_size=64, verbose=0)
+    predicted = model.predict(hwc(dataset.test.images), verbose=0).argmax(1)
     return model, float((predicted == dataset.test.labels).mean())
 
 
@@ -103,6 +106,30 @@ def test_a_keras_cnns_weights_as_npz_fill_model_layers_in_keras_order(tmp_path, 
     network, notes = read_network_file(path, cnn, dataset)
     assert abs(network.test_accuracy - theirs) <= 0.001, (network.test_accuracy, theirs)
     assert "Keras' [in, out] (conv [kh, kw, in, out]) order" in notes[0]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "mlp weights"])
+def test_a_keras_network_for_colour_images_is_read_with_keras_accuracy(tmp_path, dataset, kind):
+    """Real MNIST digits in colour inks, [n, 28, 28, 3] as Keras takes them: an MLP that flattens the
+    colour pixels in Keras' (H, W, C) order, a CNN whose kernels read three channels, and the MLP's
+    get_weights() as a plain npz, all read with Keras' accuracy."""
+    (x_train, y_train), (x_test, y_test) = colour_digits(dataset.train, 0), colour_digits(dataset.test, 1)
+    np.savez(tmp_path / "colour.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    colour = load_dataset(DataConfig(dataset="npz", file=str(tmp_path / "colour.npz")))
+    top = [layers.Flatten(), layers.Dense(64, activation="sigmoid")] if kind != "cnn" else [
+        layers.Conv2D(6, 5, activation="relu"), layers.MaxPooling2D(2), layers.Flatten()]
+    model, theirs = trained(keras.Sequential([keras.Input((28, 28, 3)), *top, layers.Dense(10, activation="softmax")]),
+                            colour, 2)
+    path = tmp_path / ("weights.npz" if kind == "mlp weights" else "model.keras")
+    if kind == "mlp weights":
+        np.savez(path, *model.get_weights())
+    else:
+        model.save(path)
+    network, notes = read_network_file(path, ModelConfig(), colour)
+    assert theirs > 0.8 and abs(network.test_accuracy - theirs) <= 0.001, (network.test_accuracy, theirs)
+    assert network.inputs.shape == (3, 28, 28) and network.sizes[0] == 2352
+    if kind == "mlp weights":
+        assert "Keras' [in, out] (first-layer rows in (H, W, C) pixel order) order" in notes[0]
 
 
 def test_a_keras_cnn_runs_through_layout_structure_tests_and_snapshot(tmp_path, shared_data, networks):

@@ -27,7 +27,7 @@ from models.data.datasets import SPLIT_FILES, load_dataset
 from models.data.idx import write_idx
 from models.formats.imported import read_network_file
 from models.network.network import inputs_of
-from tests.conftest import WHOLE_TOOL_QUICKLY
+from tests.conftest import WHOLE_TOOL_QUICKLY, colour_digits
 from tests.data.make_reference import settings
 
 if os.environ.get("CI"):  # in CI PyTorch is installed (.ci/run): a missing one fails, never skips
@@ -38,6 +38,7 @@ from safetensors.torch import save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+COLOUR_MEAN, COLOUR_STD = (0.1, 0.12, 0.08), (0.25, 0.3, 0.2)
 LENET = ("[{conv: {channels: 6, kernel: 5, padding: 2}}, {pool: {kind: max, size: 2}}, {conv: {channels: 16, "
          "kernel: 5}}, {pool: {kind: max, size: 2}}, flatten, {dense: {units: 120}}, {dense: {units: 84}}]")
 
@@ -62,13 +63,17 @@ def mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.Sigmoid(), nn.Linear(100, 10))
 
 
-def trained(model: nn.Module, dataset, epochs: int, mean: float = 0.0, std: float = 1.0) -> tuple[nn.Module, float]:
-    """The model after a few epochs of Adam on the training images (scaled to 0..1, then as
-    transforms.Normalize((mean,), (std,)) does), and its test accuracy as PyTorch computes it."""
+def trained(model: nn.Module, dataset, epochs: int, mean: float | tuple = 0.0, std: float | tuple = 1.0
+            ) -> tuple[nn.Module, float]:
+    """The model after a few epochs of Adam on the training images ([n, C, H, W], scaled to 0..1, then as
+    transforms.Normalize(mean, std) does: one figure, or one per channel), and its test accuracy as PyTorch
+    computes it."""
     torch.manual_seed(0)
+    per_channel = [torch.tensor(np.reshape(v, (-1, 1, 1)), dtype=torch.float32) for v in (mean, std)]
 
     def tensor(images):
-        return (torch.tensor(images[:, None] / 255.0, dtype=torch.float32) - mean) / std
+        chw = images.transpose(0, 3, 1, 2) if images.ndim == 4 else images[:, None]
+        return (torch.tensor(chw / 255.0, dtype=torch.float32) - per_channel[0]) / per_channel[1]
 
     x = tensor(dataset.train.images)
     y = torch.tensor(dataset.train.labels, dtype=torch.long)
@@ -84,8 +89,8 @@ def trained(model: nn.Module, dataset, epochs: int, mean: float = 0.0, std: floa
     return model, float((predicted == dataset.test.labels).mean())
 
 
-def export(model: nn.Module, folder: Path, form: str) -> Path:
-    example = torch.zeros(1, 1, 28, 28)
+def export(model: nn.Module, folder: Path, form: str, shape: tuple[int, ...] = (1, 1, 28, 28)) -> Path:
+    example = torch.zeros(*shape)
     if form == "onnx-torchscript":
         path = folder / "model.onnx"
         torch.onnx.export(model, example, path, dynamo=False, input_names=["images"],
@@ -236,7 +241,7 @@ def test_a_network_trained_on_normalised_images_is_read_with_the_same_normalisat
                  "--set", "data.mean=0.1307", "--set", "data.std=0.3081")
     assert result.returncode == 0, result.stderr[-3000:]
     assert abs(json.loads((out / "metrics.json").read_text())["test_accuracy"] - theirs) <= 0.001
-    assert "data:\n" in (out / "config.yaml").read_text() and "std: 0.3081" in (out / "config.yaml").read_text()
+    assert "data:\n" in (out / "config.yaml").read_text() and "std:\n  - 0.3081" in (out / "config.yaml").read_text()
 
 
 def test_a_pytorch_cnn_for_20x20_images_is_read_for_them(tmp_path, dataset):
@@ -259,6 +264,30 @@ def test_a_pytorch_cnn_for_20x20_images_is_read_for_them(tmp_path, dataset):
     assert network.sizes == (400, 4, 32, 10) and network.inputs.shape == (1, 20, 20)
     with pytest.raises(UserError, match=r"takes inputs of shape \[1, 1, 20, 20\]"):
         read_network_file(path, ModelConfig(), dataset)  # MNIST's 28 x 28 images
+
+
+@pytest.mark.parametrize("form", ["onnx-torchscript", "safetensors"])
+def test_a_pytorch_network_for_colour_images_is_read_with_pytorchs_accuracy(tmp_path, dataset, form):
+    """Real MNIST digits in six colour inks ([n, 28, 28, 3] in an .npz), normalised per channel as
+    transforms.Normalize does: a CNN (ONNX) and an MLP (safetensors) made by PyTorch are read with PyTorch's
+    accuracy, so the channels and pixels reach every weight in PyTorch's (C, H, W) order."""
+    (x_train, y_train), (x_test, y_test) = colour_digits(dataset.train, 0), colour_digits(dataset.test, 1)
+    np.savez(tmp_path / "colour.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    data = DataConfig(dataset="npz", file=str(tmp_path / "colour.npz"), mean=COLOUR_MEAN, std=COLOUR_STD)
+    colour = load_dataset(data)
+    if form == "safetensors":
+        model, config = nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 64), nn.Sigmoid(), nn.Linear(64, 10)), \
+            ModelConfig()
+    else:
+        model, config = nn.Sequential(nn.Conv2d(3, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                      nn.Linear(6 * 12 * 12, 10)), ModelConfig()
+    model, theirs = trained(model, colour, 2, COLOUR_MEAN, COLOUR_STD)
+    path = export(model, tmp_path, form, (1, 3, 28, 28))
+    network, _ = read_network_file(path, config, colour, inputs_of(data, colour.input_shape))
+    assert theirs > 0.8 and abs(network.test_accuracy - theirs) <= 0.001, (network.test_accuracy, theirs)
+    assert network.inputs.shape == (3, 28, 28) and network.sizes[0] == 2352
+    raw, _ = read_network_file(path, config, colour)  # without the per-channel scaling, PyTorch's figure is missed
+    assert abs(raw.test_accuracy - theirs) > 0.01
 
 
 def test_an_onnx_networks_activation_is_the_graphs_not_the_configs(tmp_path, dataset):

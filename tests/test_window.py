@@ -27,16 +27,17 @@ WINDOW = RenderConfig(width=480, height=320, fps=20)
 N = 12  # tiny_data's neurons
 
 
-def details_for_tiny(rows: int = 28, cols: int = 28) -> NeuronDetails:
+def details_for_tiny(rows: int = 28, cols: int = 28, *channels: int) -> NeuronDetails:
     """Neuron i looks at one pixel of its own, (i, 2i), with weight i + 1, and one negative pixel; its
     top images are 3i..3i+2 of 40 made-up test images, its bottom ones 39-3i, ... (images of rows x cols
-    pixels: MNIST's 28 x 28, or the user's own data's)."""
-    fields = np.zeros((N, rows, cols), np.float32)
+    pixels: MNIST's 28 x 28, or the user's own data's; with `channels` (3), colour images, the weight
+    i + 1 in the red channel, -(i + 1) / 2 in the blue one)."""
+    fields = np.zeros((N, rows, cols, *channels), np.float32)
     for i in range(N):
-        fields[i, i, 2 * i] = i + 1
+        fields[i, i, 2 * i] = [i + 1, 0, -(i + 1) / 2] if channels else i + 1
         fields[i, rows - 1 - i, 0] = -0.5
     classes = np.arange(N) // 4
-    images = np.random.default_rng(0).integers(0, 256, (40, rows, cols)).astype(np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (40, rows, cols, *channels)).astype(np.uint8)
     top = np.arange(N)[:, None] * 3 + np.arange(3)
     return NeuronDetails(receptive_fields=fields, output_vectors=np.eye(3)[classes] * 0.8,
                          class_activation=np.eye(3)[classes] * 0.6 + 0.1, layer=np.ones(N, int), index=np.arange(N),
@@ -45,7 +46,7 @@ def details_for_tiny(rows: int = 28, cols: int = 28) -> NeuronDetails:
                          top=top, bottom=39 - top, images=images)
 
 
-@pytest.fixture(params=[(28, 28), (20, 24)], ids=["mnist", "20x24 images"])
+@pytest.fixture(params=[(28, 28), (20, 24), (28, 28, 3)], ids=["mnist", "20x24 images", "colour images"])
 def window(request):
     data = tiny_data()
     data = type(data)(**{**data.__dict__, "colorings": activation_colorings(
@@ -128,7 +129,8 @@ def test_a_click_on_a_neuron_fills_the_details_panel(window):
     plotter = window.scene.plotter
     panel = window.panel
     details = details_for_tiny(*panel.details.receptive_fields.shape[1:])
-    rows, cols = details.receptive_fields.shape[1:]
+    rows, cols = details.receptive_fields.shape[1:3]
+    colour = details.receptive_fields.ndim == 4
     assert panel.text.GetText(2) == "click a neuron"
     tick(window, 5)  # the last frame, where the classes sit apart
     plotter.render()
@@ -145,15 +147,20 @@ def test_a_click_on_a_neuron_fills_the_details_panel(window):
         assert f"selectivity {details.selectivity[k]:.3f}" in text
         shown = np.flipud(np.asarray(panel.field.point_data["rgb"]).reshape(rows * panel.field_zoom,
                                                                              cols * panel.field_zoom, 3))
-        expected = style.diverging_rgb(details.receptive_fields[k], k + 1)  # symmetric limits: white at 0
+        if colour:  # each channel from 0 at -limit through mid grey at 0 to 255 at +limit; no colour bar
+            expected = np.rint(255 * (0.5 + 0.5 * details.receptive_fields[k] / (k + 1))).astype(np.uint8)
+            assert not panel.field_bar.GetVisibility()
+        else:
+            expected = style.diverging_rgb(details.receptive_fields[k], k + 1)  # symmetric limits: white at 0
+            assert panel.field_bar.GetLookupTable().GetRange() == (-(k + 1), k + 1)
         np.testing.assert_array_equal(shown[::panel.field_zoom, ::panel.field_zoom], expected)  # exact pixels
-        assert panel.field_bar.GetLookupTable().GetRange() == (-(k + 1), k + 1)
         np.testing.assert_allclose(np.ravel(panel.weights.y), details.output_vectors[k])
         np.testing.assert_allclose(np.ravel(panel.activation.y), details.class_activation[k])
         strip = np.flipud(np.asarray(panel.top.point_data["rgb"]).reshape(rows, -1, 3))
         for j, image in enumerate(details.top[k]):
-            np.testing.assert_array_equal(strip[:, j * (cols + 2):j * (cols + 2) + cols, 0],
-                                          255 - details.images[image])
+            drawn = strip[:, j * (cols + 2):j * (cols + 2) + cols]  # a colour image as it is, grey as ink on white
+            np.testing.assert_array_equal(drawn if colour else drawn[..., 0],
+                                          details.images[image] if colour else 255 - details.images[image])
         assert np.asarray(window.scene.neurons["radius"])[k] == pytest.approx(
             sphere_radii(window.data)[k] * 1.8)  # the clicked neuron is drawn larger
     click(window, 2, 2)  # a corner: no neuron there, the panel keeps the last one

@@ -21,10 +21,13 @@ from layout.core import strict_yaml
 from layout.core.config import WHOLE_SECTION, ModelConfig, RunConfig
 from layout.core.config_values import coerce, excerpt
 from layout.core.errors import ConfigError
+from layout.core.layers import INPUT_SHAPE, check_shapes
 from layout.core.plain import join, to_plain
 
 # ---------------------------------------------------------------------------------------------
 # Loading
+
+FIXED_SIZE = ("mnist", "fashion-mnist", "mnist-sample")  # datasets of 1 x 28 x 28 images
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,10 @@ def build(cls: type, raw: Any, path: str) -> Any:
             values[f.name] = coerce(raw[f.name], hints[f.name], where, f.metadata)
     if cls is ModelConfig and {"hidden", "layers"} <= set(raw) and raw["layers"] is not None:
         raise ConfigError("model sets both hidden and layers: give one (layers describes the whole network)")
-    return cls(**values)
+    built = cls(**values)
+    if cls is RunConfig and built.model.layers is not None and built.data.dataset in FIXED_SIZE:
+        check_shapes(built.model.layers, "model.layers", INPUT_SHAPE)  # the user's own data: before training
+    return built
 
 
 def valid_paths(cls: type = RunConfig, path: str = "") -> list[str]:

@@ -8,7 +8,8 @@ training.
       - dense: {units: 120}
 
 The output layer (a dense layer with one unit per class) is implied. Every layer's output shape is
-worked out from the 1 x 28 x 28 input, so a list whose images shrink to nothing, a conv or pool after
+worked out from the input's (MNIST's 1 x 28 x 28 when the config reads MNIST or Fashion-MNIST, else the
+data's own, checked before training), so a list whose images shrink to nothing, a conv or pool after
 flatten, or a dense layer on images that were never flattened is refused with the layer and its position.
 """
 
@@ -22,6 +23,7 @@ from layout.core.config_values import excerpt
 from layout.core.errors import ConfigError
 
 INPUT_SHAPE = (1, 28, 28)  # channels, height, width of an MNIST image
+MAX_SIDE = 512  # pixels: the largest image side a dataset may have (models/data/datasets.py)
 POOL_KINDS = ("max", "avg")
 MAX_UNITS = 100_000
 
@@ -76,9 +78,9 @@ class Dense:
 
 
 Layer = Union[Conv, Pool, Flatten, Dense]
-KINDS = {"conv": (Conv, {"channels": (1, MAX_UNITS), "kernel": (1, 28), "stride": (1, 28), "padding": (0, 28)},
-                  ("channels", "kernel")),
-         "pool": (Pool, {"kind": POOL_KINDS, "size": (1, 28)}, ("kind", "size")),
+KINDS = {"conv": (Conv, {"channels": (1, MAX_UNITS), "kernel": (1, MAX_SIDE), "stride": (1, MAX_SIDE),
+                          "padding": (0, MAX_SIDE)}, ("channels", "kernel")),
+         "pool": (Pool, {"kind": POOL_KINDS, "size": (1, MAX_SIDE)}, ("kind", "size")),
          "dense": (Dense, {"units": (1, MAX_UNITS)}, ("units",))}
 EXAMPLES = {"conv": "{conv: {channels: 6, kernel: 5, padding: 2}}", "pool": "{pool: {kind: max, size: 2}}",
             "dense": "{dense: {units: 120}}"}
@@ -93,16 +95,17 @@ def describe(layer: Layer) -> str:
     return "flatten" if isinstance(layer, Flatten) else f"dense {layer.units}"
 
 
-def parse_layers(value: Any, path: str = "model.layers", input_shape: tuple[int, int, int] = INPUT_SHAPE
+def parse_layers(value: Any, path: str = "model.layers", input_shape: tuple[int, int, int] | None = None
                  ) -> tuple[Layer, ...]:
     """The layers a config lists, each checked, and the list checked as a whole (check_shapes) for images
-    of input_shape (a config's against MNIST's; the data's own are checked again before training)."""
+    of input_shape; None: images of any size, the order of the layers only (checked against the largest
+    images, MAX_SIDE x MAX_SIDE; the config's data's own size is checked once it is known)."""
     if not isinstance(value, (list, tuple)) or not value:
         raise ConfigError(f"{path} = {excerpt(value)} must be a non-empty list of layers, e.g. "
                           "[{conv: {channels: 6, kernel: 5}}, {pool: {kind: max, size: 2}}, flatten, {dense: "
                           "{units: 120}}]")
     layers = tuple(parse_layer(item, f"{path}, layer {i + 1}") for i, item in enumerate(value))
-    check_shapes(layers, path, input_shape)
+    check_shapes(layers, path, input_shape or (1, MAX_SIDE, MAX_SIDE))
     return layers
 
 

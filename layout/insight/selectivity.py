@@ -23,8 +23,8 @@ import numpy as np
 
 from layout.engine.features import EVAL_BATCH, class_means
 from layout.insight.structure import NullTest
-from models.network.mlp import ACTIVATIONS, init_limit
 from models.data.datasets import flat_pixels
+from models.network.mlp import ACTIVATIONS, init_limit
 from models.network.network import Inputs
 
 TINY = 1e-12

@@ -24,13 +24,13 @@ import pooch
 from layout.core.config import DataConfig
 from layout.core.errors import DataError
 from layout.core.files import cache_dir
+from layout.core.layers import MAX_SIDE  # pixels: the largest image side of the user's own data
 from layout.core.plain import fingerprint
 from models.data.idx import file_header, read_bytes, read_idx_cached
 from models.data.own import folder_splits, npz_splits
 
 SYSTEM_ROOT = Path("/usr/share/datasets")
 IMAGE_SHAPE = (28, 28)  # MNIST's and Fashion-MNIST's; the user's own data may have any (up to MAX_SIDE)
-MAX_SIDE = 512
 N_LABELS = 10  # MNIST's and Fashion-MNIST's classes
 MAX_LABELS = 100  # the user's own data: labels 0-99 (EMNIST's 47 or 62 classes fit; colours cycle past ten)
 SAMPLE_FOLDER = Path(__file__).with_name("sample")
