@@ -1,8 +1,8 @@
 """The window's details panel: everything about the neuron last clicked.
 
-Its receptive field at exact pixels (with a colour bar for greyscale inputs), its output weights and its mean activation per
-class as bar charts (PyVista's Chart2D), the test images that activate it most and least, its
-selectivity, layer and index. Every picture is a 2D image actor at whole screen pixels per weight or
+Its receptive field at exact pixels (with a colour bar for greyscale inputs), its output weights and its
+mean activation per class as bar charts (PyVista's Chart2D), the test images that activate it most and
+least, its selectivity, layer and index. Every picture is a 2D image actor at whole screen pixels per weight or
 image pixel (no smoothing); `show_neuron` fills them all for one neuron.
 """
 

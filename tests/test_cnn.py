@@ -171,7 +171,7 @@ def test_training_lowers_the_loss_on_real_images(shared_data):
      "model.layers, layer 2 (conv 2@3x3) comes after flatten, where there are no images left to convolve"),
     ("[{conv: {channels: 2, kernel: 3}}, {dense: {units: 3}}]",
      "model.layers, layer 2 (dense 3) follows image layers that were never flattened: put flatten before it"),
-    ("[{conv: {channels: 2, kernel: 3}}]", "model.layers ends with images (2x26x26): end it with flatten"),
+    ("[{conv: {channels: 2, kernel: 3}}]", "model.layers ends with images: end it with flatten"),
 ])
 def test_a_layer_list_that_cannot_work_is_refused_naming_the_layer(tmp_path, layers, message):
     path = tmp_path / "c.yaml"

@@ -164,7 +164,8 @@ def test_a_cnn_that_only_fits_larger_images_is_read_for_them_and_refused_for_mni
     """A config's model.layers is checked against MNIST's 28 x 28 only when it reads MNIST; for the user's
     own data, against the data's size before training, in one line with nothing written."""
     (x_train, y_train), (x_test, y_test) = colour_digits(mnist.train, 0), colour_digits(mnist.test, 1)
-    big = [np.pad(np.repeat(np.repeat(x[:300], 2, 1), 2, 2), ((0, 0), (4, 4), (4, 4), (0, 0))) for x in (x_train, x_test)]
+    big = [np.pad(np.repeat(np.repeat(x[:300], 2, 1), 2, 2), ((0, 0), (4, 4), (4, 4), (0, 0)))  # 64 x 64
+           for x in (x_train, x_test)]
     np.savez(tmp_path / "big.npz", x_train=big[0], y_train=y_train[:300], x_test=big[1], y_test=y_test[:300])
     config = tmp_path / "deep.yaml"
     config.write_text(f"data: {{dataset: npz, file: {tmp_path / 'big.npz'}}}\nmodel:\n  activation: relu\n"

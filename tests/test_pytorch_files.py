@@ -192,6 +192,16 @@ def test_an_op_outside_the_allowlist_is_refused_naming_it(tmp_path, shared_data,
     assert "(LeakyRelu) is not supported here: the ops read are Conv, MaxPool" in error
 
 
+@pytest.mark.parametrize("layer, op", [(nn.ELU(), "Elu"), (nn.Softplus(), "Softplus"),
+                                       (nn.BatchNorm1d(100), "BatchNormalization"),
+                                       (nn.LayerNorm(100), "LayerNormalization")])
+def test_other_ops_outside_the_allowlist_are_refused_naming_them(tmp_path, dataset, layer, op):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), layer, nn.Sigmoid(), nn.Linear(100, 10))
+    path = export(model.eval(), tmp_path, "onnx-torchscript")
+    with pytest.raises(UserError, match=rf"\({op}\) is not supported here: the ops read are Conv, MaxPool"):
+        read_network_file(path, ModelConfig(), dataset)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda b: b[:len(b) // 2], "is not an intact ONNX file"),
     (lambda b: b[:40] + bytes(200) + b[240:], "is not an intact ONNX file"),

@@ -105,7 +105,10 @@ def parse_layers(value: Any, path: str = "model.layers", input_shape: tuple[int,
                           "[{conv: {channels: 6, kernel: 5}}, {pool: {kind: max, size: 2}}, flatten, {dense: "
                           "{units: 120}}]")
     layers = tuple(parse_layer(item, f"{path}, layer {i + 1}") for i, item in enumerate(value))
-    check_shapes(layers, path, input_shape or (1, MAX_SIDE, MAX_SIDE))
+    if input_shape is None:
+        check_order(layers, path)
+    else:
+        check_shapes(layers, path, input_shape)
     return layers
 
 
@@ -143,28 +146,39 @@ def parse_layer(item: Any, where: str) -> Layer:
 
 def check_shapes(layers: tuple[Layer, ...], path: str = "model.layers",
                  input_shape: tuple[int, int, int] = INPUT_SHAPE) -> tuple[tuple[int, ...], ...]:
-    """Each layer's output shape from the input's (C, H, W); a layer that cannot follow the one before is
-    refused."""
+    """Each layer's output shape from the input's (C, H, W); a list out of order (check_order) or a layer
+    that shrinks the images to nothing is refused."""
+    check_order(layers, path)
     shape, shapes = input_shape, []
     for i, layer in enumerate(layers):
-        where = f"{path}, layer {i + 1} ({describe(layer)})"
-        if isinstance(layer, (Conv, Pool)) and len(shape) == 1:
-            raise ConfigError(f"{where} comes after flatten, where there are no images left to "
-                              f"{'convolve' if isinstance(layer, Conv) else 'pool'}: move it before flatten")
-        if isinstance(layer, Dense) and len(shape) == 3 and shape != input_shape:
-            raise ConfigError(f"{where} follows image layers that were never flattened: put flatten before it")
         if isinstance(layer, Dense) and len(shape) == 3:
             shape = Flatten().shape_after(shape)  # an MLP on the pixels: the image flattens by itself
         after = layer.shape_after(shape)
         if len(after) == 3 and min(after[1:]) < 1:
-            raise ConfigError(f"{where} shrinks the {shape[1]}x{shape[2]} images to {after[1]}x{after[2]}: use a "
-                              "smaller kernel or pool, pad the convolutions, or fewer layers")
+            raise ConfigError(f"{path}, layer {i + 1} ({describe(layer)}) shrinks the {shape[1]}x{shape[2]} images to "
+                              f"{after[1]}x{after[2]}: use a smaller kernel or pool, pad the convolutions, or fewer "
+                              "layers")
         shape = after
         shapes.append(shape)
-    if len(shape) == 3:
-        raise ConfigError(f"{path} ends with images ({'x'.join(map(str, shape))}): end it with flatten (and dense "
-                          "layers), before the output layer")
     return tuple(shapes)
+
+
+def check_order(layers: tuple[Layer, ...], path: str = "model.layers") -> None:
+    """Refuse a list whose layers cannot follow each other, whatever the images' size: a conv or pool after
+    flatten, a dense layer on images that conv or pool layers made but never flattened, a list that ends
+    with images."""
+    flat = imaged = False
+    for i, layer in enumerate(layers):
+        where = f"{path}, layer {i + 1} ({describe(layer)})"
+        if isinstance(layer, (Conv, Pool)) and flat:
+            raise ConfigError(f"{where} comes after flatten, where there are no images left to "
+                              f"{'convolve' if isinstance(layer, Conv) else 'pool'}: move it before flatten")
+        if isinstance(layer, Dense) and imaged and not flat:
+            raise ConfigError(f"{where} follows image layers that were never flattened: put flatten before it")
+        flat = flat or isinstance(layer, (Dense, Flatten))
+        imaged = imaged or isinstance(layer, (Conv, Pool))
+    if not flat:
+        raise ConfigError(f"{path} ends with images: end it with flatten (and dense layers), before the output layer")
 
 
 def patch_values(layers: tuple[Layer, ...], input_shape: tuple[int, int, int] = INPUT_SHAPE) -> int:

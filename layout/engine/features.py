@@ -34,8 +34,9 @@ class NeuronFeatures:
     dominant [N]: argmax of the output vector, the class the neuron drives hardest.
     activation_dominant [N]: the class whose test images activate the neuron most on average.
     class_activation [N, C]: mean activation per class over the test set.
-    receptive_fields [N, H, W], or [N, H, W, C] for colour images (the images' size): for an MLP, input weights (first layer) or effective input weights,
-        the product of the weight matrices below the neuron (deeper layers); for a CNN, every neuron's
+    receptive_fields [N, H, W], or [N, H, W, C] for colour images (the images' size): for an MLP, input
+        weights (first layer) or effective input weights, the product of the weight matrices below the
+        neuron (deeper layers); for a CNN, every neuron's
         feature visualisation (layout/engine/featvis.py): the image, 0..1, that excites it most.
     layer [N], index [N]: laid-out layer (0 = the first laid out) and position within it.
     class_names [C]: names of the output classes.

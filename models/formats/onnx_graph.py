@@ -74,6 +74,9 @@ def read_onnx(path: str | Path, image_shape: tuple[int, ...], n_classes: int) ->
         raise UserError(f"{path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}): a network here "
                         "takes one, the images")
     values[inputs[0].name] = input_data(inputs[0], image_shape, path)
+    for node in graph.node:  # an op outside the allowlist anywhere is named first, before any node is read
+        if not supported(node):
+            raise reading.refuse(node, f"is not supported here: the ops read are {SUPPORTED}")
     for node in graph.node:
         for name, value in zip(node.output, step(node, [value_of(values, name, node, reading) for name in node.input
                                                         ], reading)):
@@ -136,11 +139,13 @@ def attributes(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+def supported(node) -> bool:
+    return node.domain in ("", "ai.onnx") and node.op_type in DATA_OPS + SHAPE_OPS
+
+
 def step(node, inputs: list, reading: Reading) -> list:
     """The values of a node's outputs: a Data (image data), or a numpy array (a constant)."""
     op = node.op_type
-    if node.domain not in ("", "ai.onnx") or op not in DATA_OPS + SHAPE_OPS:
-        raise reading.refuse(node, f"is not supported here: the ops read are {SUPPORTED}")
     data = [x for x in inputs if isinstance(x, Data)]
     if op in SHAPE_OPS:
         if op == "Shape":
