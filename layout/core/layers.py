@@ -98,8 +98,8 @@ def describe(layer: Layer) -> str:
 def parse_layers(value: Any, path: str = "model.layers", input_shape: tuple[int, int, int] | None = None
                  ) -> tuple[Layer, ...]:
     """The layers a config lists, each checked, and the list checked as a whole (check_shapes) for images
-    of input_shape; None: images of any size, the order of the layers only (checked against the largest
-    images, MAX_SIDE x MAX_SIDE; the config's data's own size is checked once it is known)."""
+    of input_shape; None: images of any size, the order of the layers only (check_order; the sizes are
+    checked once the data's are known: for MNIST when the config is read, else before training)."""
     if not isinstance(value, (list, tuple)) or not value:
         raise ConfigError(f"{path} = {excerpt(value)} must be a non-empty list of layers, e.g. "
                           "[{conv: {channels: 6, kernel: 5}}, {pool: {kind: max, size: 2}}, flatten, {dense: "

@@ -104,7 +104,7 @@ def _forward(params, x, layers, activation, inputs):
 
 
 def forward_batches(params: list[dict], network: Network, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(logits [n, C], every hidden layer's activations [n, n_l]) for uint8 images [n, H, W], of the
+    """(logits [n, C], every hidden layer's activations [n, n_l]) for uint8 images [n, H, W(, C)], of the
     network's layers, activation and input scaling with the weights `params` (its own or others)."""
     batches = [_forward(params, flat_pixels(images[i:i + EVAL_BATCH]), network.layer_list, network.activation,
                         network.inputs) for i in range(0, len(images), EVAL_BATCH)]
