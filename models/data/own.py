@@ -134,7 +134,8 @@ def grey(images: np.ndarray) -> bool:
 
 def rgb_pixels(path: Path, size: list, max_side: int, digest) -> np.ndarray:
     """One image file as uint8 RGB [H, W, 3] (a greyscale file's three channels equal), its size (width,
-    height) checked from the header before it is decoded: the size of the first image read (kept in `size`), each side 1 to max_side pixels."""
+    height) checked from the header before it is decoded: the size of the first image read (kept in
+    `size`), each side 1 to max_side pixels."""
     raw = path.read_bytes()
     digest.update(path.parent.name.encode() + b"/" + path.name.encode() + b"\0" + hashlib.sha256(raw).digest())
     try:

@@ -66,8 +66,8 @@ def inputs_of(data: DataConfig, input_shape: tuple[int, int, int] = INPUT_SHAPE)
                               f"{channels} channel{'s' * (channels > 1)}: give one figure, or one per channel")
     n = max(len(data.mean), len(data.std))
     mean, std = (values * (n // len(values)) for values in (data.mean, data.std))
-    return Inputs(gain=tuple(unit / s for s in std), offset=tuple(0.0 - m / s for m, s in zip(mean, std)),  # 0.0 -:
-                  shape=tuple(map(int, input_shape)))  # never -0.0
+    offsets = tuple(0.0 - m / s for m, s in zip(mean, std))  # 0.0 - : never -0.0
+    return Inputs(gain=tuple(unit / s for s in std), offset=offsets, shape=tuple(map(int, input_shape)))
 
 
 @dataclass(frozen=True)
