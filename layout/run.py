@@ -56,7 +56,7 @@ def add_view_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     """The options of the full pipeline: window and exports."""
     parser.add_argument("--no-window", action="store_true", help="do not open the interactive 3D window")
     parser.add_argument("--export", nargs="+", choices=EXPORTS, metavar="FORMAT",
-                        help="files to write: mp4, gif (the movie), png (snapshot), none; default: png with a "
+                        help="files to write: mp4, gif (the movie), png (snapshot), html (an interactive page), none; default: png with a "
                              "window, mp4 and png without one")
     parser.add_argument("--network", metavar="FILE",
                         help="lay out this network instead of training: a network.npz written by an earlier run, "
@@ -202,7 +202,15 @@ def pipeline(args: argparse.Namespace) -> int:
     from layout.engine.trajectory_file import check_settings, read_trajectory
     from layout.pipeline.layout_stage import layout_stage, layout_summary
     from layout.pipeline.outputs import run_figures
-    from layout.pipeline.render_stage import atlas_stage, details_for, glyph_note, render_stage, scene_for, window_probe
+    from layout.pipeline.render_stage import (
+        atlas_stage,
+        details_for,
+        glyph_note,
+        page_inputs,
+        render_stage,
+        scene_for,
+        window_probe,
+    )
     from layout.pipeline.structure_stage import structure_stage
     from layout.pipeline.train_stage import data_stage, training_stage, training_summary
     from render.window import show_window
@@ -233,7 +241,8 @@ def pipeline(args: argparse.Namespace) -> int:
         note(*filter(None, [glyph_note(cfg, laid.features)]))
         atlases = atlas_stage(cfg, trained, laid, work)
         scene = scene_for(cfg, trained, laid, structure)  # built once for the exports and the window
-        exported, export_notes = render_stage(scene, cfg, work, formats) if formats else ((), ())
+        page = page_inputs(cfg, trained, laid, structure) if "html" in formats else None
+        exported, export_notes = render_stage(scene, cfg, work, formats, page) if formats else ((), ())
         note(*export_notes)
         written = (trained.written + laid.written + (structure.written if structure else ()) + (metrics,) + atlases
                    + exported)

@@ -31,7 +31,7 @@ COLOR_BY = ("dominant", "class_mean", "image", "spread", "ablation", "selectivit
 TIMELINES = ("simulation", "training")
 GLYPHS = ("field", "sphere")
 FIELD_SCALES = ("neuron", "layer")
-EXPORTS = ("mp4", "gif", "png", "none")
+EXPORTS = ("mp4", "gif", "png", "html", "none")
 MAX_SEED = 2**31 - 1  # seeds become 32-bit JAX keys
 MAX_COUNT = 10**9  # a bound on counts that no run reaches, so that none overflows the code's integers
 

@@ -1,6 +1,6 @@
 """From a laid-out network to pictures: the scene's numpy data (shared by the exports and the window),
 the neuron colourings render.color_by asks for, the window's neuron details, and the offscreen exports
-(layout.mp4, layout.gif, snapshot.png)."""
+(layout.mp4, layout.gif, snapshot.png) and the page (layout.html)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from render.atlas import (
     zoomed,
 )
 from render.glyphs import FieldImages, field_images
+from render.html.page import RunSummary, write_page
 from render.movie import export, export_settings, movie_frames
 from render.scene import (
     ColorScale,
@@ -189,13 +190,31 @@ def atlas_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: P
     return tuple(written)
 
 
-def render_stage(data: SceneData, cfg: RunConfig, out: Path, formats: tuple[str, ...]
-                 ) -> tuple[tuple[Path, ...], tuple[str, ...]]:
-    """Export the movie and/or snapshot of a scene (from scene_for) offscreen: (the files, notes on how
-    the exports' settings differ from the config's)."""
+def render_stage(data: SceneData, cfg: RunConfig, out: Path, formats: tuple[str, ...],
+                 page: tuple[NeuronDetails, RunSummary] | None = None) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """Export the movie and/or snapshot of a scene (from scene_for) offscreen, and the page (with `page`
+    from page_inputs): (the files, notes on how the exports' settings differ from the config's)."""
     render, notes = export_settings(cfg.render, formats)
-    with progress_bar(movie_frames(data, formats, render), "export", "frame") as bar:
-        return export(data, out, formats, render, on_frame=bar.advance_to), notes
+    written = ()
+    if set(formats) - {"html"}:
+        with progress_bar(movie_frames(data, formats, render), "export", "frame") as bar:
+            written = export(data, out, formats, render, on_frame=bar.advance_to)
+    if "html" in formats and page is not None:
+        written += (write_page(out / "layout.html", data, *page),)
+    return written, notes
+
+
+def page_inputs(cfg: RunConfig, trained: TrainResult, laid: LayoutResult,
+                structure: StructureResult | None) -> tuple[NeuronDetails, RunSummary]:
+    """What layout.html shows beside the scene: the details of every neuron (with its top test images), the
+    structure verdicts and the layout's faithfulness figures."""
+    f, figures = laid.features, laid.figures
+    shown = ("normalized_stress", "spearman", "knn_recall", "trustworthiness", "neighbourhood_hit", "silhouette")
+    summary = RunSummary(verdicts=structure.verdicts if structure else (),
+                         figures=tuple((name, figures.get(name)) for name in shown if name in figures),
+                         layer_names=tuple(sorted({(int(f.layer_numbers[np.flatnonzero(f.layer == l)[0]]),
+                                                    f.layer_name(l)) for l in range(f.n_layers)})))
+    return details_for(laid, trained.dataset.test.images, trained.network), summary
 
 
 def first_filters(f: NeuronFeatures, network: Network | None) -> np.ndarray | None:
