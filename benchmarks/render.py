@@ -20,6 +20,14 @@
   e2e_cold_s         `python -m layout.run configs/euclid.yaml --no-window --export mp4` with an empty
                      cache: training, compilation and all (target <= 30 s)
   e2e_warm_s         the same again: cached network and compiled programs (target <= 10 s)
+  html_export_s_1k   writing layout.html for 1,000 neurons as fields (100 frames, details and top images of
+                     the real test set), beside png_export_s_1k: the snapshot.png of the same scene (target <= 1 s)
+  html_mb_100        the size of layout.html from configs/euclid.yaml (100 neurons, every frame; target <= 3 MB)
+  html_mb_10k        the same for 10,000 neurons (target <= 25 MB), html_frames_10k the frames it keeps
+  html_fps_1k        playback in headless chromium (software WebGL, SwiftShader) at 1280x720 by the page's own
+                     frame counter, 1,000 neurons (target >= 30), html_fps_10k 10,000 (target >= 10)
+
+  python benchmarks/render.py --only html   measures the page's figures alone
 
 Rendering is software (no GPU) on this machine; timings are medians over the frames.
 """
@@ -49,7 +57,8 @@ from render.scene import make_scene_data  # noqa: E402
 TARGETS = {"export_fps": (30, ">="), "export_ratio": (1.5, ">="), "frame_ms_10k": (33, "<="),
            "e2e_cold_s": (30, "<="), "e2e_warm_s": (10, "<="), "field_export_fps": (30, ">="),
            "field_ratio": (0.8, ">="), "field_frame_ratio": (1.5, "<="), "atlas_build_s_10k": (0.3, "<="),
-           "top_examples_s_1k": (1.0, "<=")}
+           "top_examples_s_1k": (1.0, "<="), "html_export_s_1k": (1.0, "<="), "html_mb_100": (3, "<="),
+           "html_mb_10k": (25, "<="), "html_fps_1k": (30, ">="), "html_fps_10k": (10, ">=")}
 
 
 def random_fields(n: int, rng) -> np.ndarray:
@@ -175,14 +184,98 @@ def frame_ms(data, cfg: RenderConfig, repeats: int = 30) -> float:
         scene.plotter.close()
 
 
-def end_to_end(cache: str) -> float:
+def end_to_end(cache: str, export: str = "mp4") -> tuple[float, int]:
+    """(seconds, bytes of what it exported) of configs/euclid.yaml --no-window --export `export`."""
     data_dir = REPO.parent / "shared" / "data"
     env = dict(os.environ, NEURON_LAYOUT_CACHE=cache, NEURON_LAYOUT_DATA=str(data_dir))
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window", "--export", "mp4",
+        subprocess.run([sys.executable, "-m", "layout.run", "configs/euclid.yaml", "--no-window", "--export", export,
                         "--out", out], cwd=REPO, env=env, check=True, capture_output=True)
+        seconds = time.perf_counter() - start
+        return seconds, (Path(out) / ("layout.html" if export == "html" else f"layout.{export}")).stat().st_size
+
+
+def page_inputs(n: int, n_frames: int):
+    """A moving layout of n neurons drawn as fields, with the details of each (top images from the real
+    test set) and a summary, as the pipeline gives render.html.page."""
+    from models.data.idx import read_idx
+    from render.html.page import RunSummary
+    from render.panel import NeuronDetails
+
+    rng = np.random.default_rng(2)
+    scene = moving_layout(n, n_frames, fields=True)
+    test = read_idx(REPO.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz")
+    group = scene.group[:n]
+    activation = rng.random((n, 10)).astype(np.float32)
+    details = NeuronDetails(receptive_fields=random_fields(n, rng), output_vectors=rng.normal(size=(n, 10)),
+                            class_activation=activation, layer=np.ones(n, int), index=np.arange(n), dominant=group,
+                            activation_dominant=activation.argmax(1), selectivity=rng.random(n),
+                            effective_classes=1 + 9 * rng.random(n), top=rng.integers(0, len(test), (n, 9)),
+                            bottom=rng.integers(0, len(test), (n, 9)), images=test)
+    summary = RunSummary(("layer 1, a verdict",), (("spearman", 0.7),), ((1, "layer 1"),))
+    return scene, details, summary
+
+
+def html_export_s(inputs, repeats: int = 5) -> float:
+    from render.html.page import write_page
+
+    times = []
+    with tempfile.TemporaryDirectory() as out:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            write_page(Path(out) / "layout.html", *inputs)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def png_export_s(data, cfg: RenderConfig) -> float:
+    """The snapshot.png of the same scene, as --export png writes it (scene built, one frame, png)."""
+    from render.movie import export
+
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        export(data, Path(out), ("png",), cfg)
         return time.perf_counter() - start
+
+
+def page_fps(inputs, seconds: float = 4.0) -> float:
+    """Frames per second of the page playing its frames in headless chromium, by its own frame counter."""
+    from playwright.sync_api import sync_playwright
+
+    from render.html.page import write_page
+    from tests.test_page import BROWSER_ARGS, CHROMIUM
+
+    with tempfile.TemporaryDirectory() as out, sync_playwright() as p:
+        path = write_page(Path(out) / "layout.html", *inputs)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(path.as_uri())
+        page.wait_for_function("() => window.neuronLayout && window.neuronLayout.ready", timeout=120_000)
+        page.evaluate("() => window.neuronLayout.play(true)")
+        time.sleep(1.0)  # past the first frames' texture uploads
+        before, start = page.evaluate("() => window.neuronLayout.rendered"), time.perf_counter()
+        time.sleep(seconds)
+        rendered = page.evaluate("() => window.neuronLayout.rendered") - before
+        fps = rendered / (time.perf_counter() - start)
+        browser.close()
+    return fps
+
+
+def measure_html() -> dict:
+    from render.html.page import stored_frames
+
+    cfg = RenderConfig(width=1280, height=720)
+    page_1k, page_10k = page_inputs(1000, 100), page_inputs(10000, 100)
+    with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as cache:
+        from render.html.page import write_page
+
+        size_10k = write_page(Path(out) / "layout.html", *page_10k).stat().st_size
+        _, size_100 = end_to_end(cache, "html")
+    return {"html_export_s_1k": html_export_s(page_1k), "png_export_s_1k": png_export_s(page_1k[0], cfg),
+            "html_mb_100": size_100 / 1e6, "html_mb_10k": size_10k / 1e6,
+            "html_frames_10k": len(stored_frames(100, 10010)),
+            "html_fps_1k": page_fps(page_1k), "html_fps_10k": page_fps(page_10k)}
 
 
 def measure(n_frames: int) -> dict:
@@ -202,7 +295,7 @@ def measure(n_frames: int) -> dict:
             "field_frame_ratio": field_10k / sphere_10k, "atlas_build_s_10k": atlas_build_s(10000),
             "top_examples_s_1k": top_examples_s(1000),
             "frame_ms_1k": frame_ms(data_1k, cfg), "frame_ms_10k": sphere_10k,
-            "e2e_cold_s": cold, "e2e_warm_s": warm, "frames": len(shot_list(data_1k.n_frames, cfg)),
+            "e2e_cold_s": cold[0], "e2e_warm_s": warm[0], **measure_html(), "frames": len(shot_list(data_1k.n_frames, cfg)),
             "size": [cfg.width, cfg.height]}
 
 
@@ -222,8 +315,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--frames", type=int, default=90, help="movie frames to export per measurement")
+    parser.add_argument("--only", choices=["html"], help="measure only the page's figures")
     args = parser.parse_args()
-    result = measure(args.frames)
+    result = measure_html() if args.only == "html" else measure(args.frames)
     print(json.dumps(result) if args.json else report(result))
 
 

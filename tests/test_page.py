@@ -18,6 +18,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from models.data.idx import read_idx
 from render import style
 from render.glyphs import field_images
 from render.html.page import RunSummary, page_html, stored_frames, write_page
@@ -55,9 +56,10 @@ def run_html(shared_data: Path, out: Path, *extra: str, window: bool = False) ->
 
 @pytest.fixture(scope="module")
 def euclid_run(shared_data, tmp_path_factory) -> Path:
-    """A real run of configs/euclid.yaml (shortened) with --no-window --export html."""
+    """A real run of configs/euclid.yaml (shortened) with --no-window --export html, probing the first test
+    image of each class."""
     out = tmp_path_factory.mktemp("page") / "run"
-    result = run_html(shared_data, out)
+    result = run_html(shared_data, out, "--set", "render.probe=per_class")
     assert result.returncode == 0, result.stderr
     return out
 
@@ -86,8 +88,9 @@ def test_many_particles_keep_fewer_frames_and_always_the_first_and_last():
     assert kept[0] == 0 and kept[-1] == 499 and len(kept) * 10_010 * 6 <= 12_000_000 and np.all(np.diff(kept) > 0)
 
 
-def tiny_page_inputs(names: tuple[str, ...], name: str, n: int = 6, seed: int = 0):
-    """A hand-made scene of n neurons with 4x4 fields, their details and a summary."""
+def tiny_page_inputs(names: tuple[str, ...], name: str, n: int = 6, seed: int = 0, top: int = 100):
+    """A hand-made scene of n neurons with 4x4 fields (the `top` largest output vectors drawn as images), their
+    details and a summary."""
     rng = np.random.default_rng(seed)
     c = len(names)
     positions = rng.normal(size=(5, n + c, 3)).astype(np.float32)
@@ -95,7 +98,7 @@ def tiny_page_inputs(names: tuple[str, ...], name: str, n: int = 6, seed: int = 
     group = np.concatenate([np.arange(n) % c, np.arange(c)])
     vectors = rng.normal(size=(n, c)).astype(np.float32)
     fields = rng.normal(size=(n, 4, 4)).astype(np.float32)
-    images = field_images(fields, group[:n], np.zeros(n, int), np.linalg.norm(vectors, axis=1), "neuron", 100)
+    images = field_images(fields, group[:n], np.zeros(n, int), np.linalg.norm(vectors, axis=1), "neuron", top)
     scene = make_scene_data(positions, tuple(f"step {i}" for i in range(5)), group, is_anchor, vectors, names, name,
                             1, "norm", fields=images)
     activation = np.abs(rng.normal(size=(n, c))).astype(np.float32)
@@ -216,6 +219,34 @@ def test_the_slider_and_the_keys_move_the_picture(browser, euclid_run):
     opened.page.close()
 
 
+@needs_browser
+def test_the_colourings_recolour_the_neurons_and_show_their_scale_and_probed_image(browser, euclid_run, shared_data):
+    opened = open_page(browser, euclid_run / "layout.html")
+    page = opened.page
+    options = page.locator("#coloring option").all_text_contents()
+    assert options == ["dominant class", "mean activation per class", "selectivity", "probed images"]
+    by_class = opened.screenshot()
+    page.select_option("#coloring", label="mean activation per class")
+    assert page.locator("#which option").all_text_contents() == [str(d) for d in range(10)]
+    page.select_option("#which", label="7")
+    assert page.locator("#legend").text_content().startswith("mean activation")  # a colour bar, not the classes
+    assert "mean activation, 7" in page.text_content("#frame-label")
+    recoloured = opened.screenshot()
+    assert (np.abs(recoloured.astype(int) - by_class).sum(2) > 30).mean() > 0.01
+    assert has_color(recoloured, style.ACTIVATION_HIGH, tolerance=40, at_least=4)  # the most active, dark red
+    page.select_option("#coloring", label="probed images")
+    assert page.locator("#probe").is_visible() and len(page.locator("#which option").all()) == 10
+    assert "probe: test image" in page.text_content("#frame-label")
+    probe = np.array(page.evaluate("""() => { const c = document.getElementById('probe');
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }""")).reshape(28, 28, 4)
+    images = read_idx(shared_data / "mnist" / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz")
+    first_zero = images[np.flatnonzero(labels == 0)[0]]  # per_class: the first test image of each class
+    np.testing.assert_array_equal(probe[..., :3], style.picture_rgb(first_zero))  # dark ink on white, exact
+    assert opened.errors == []
+    page.close()
+
+
 def uncovered_neuron(page, n: int) -> int:
     """A neuron whose centre on screen no other neuron's disc or square reaches, away from the overlays."""
     at = np.array(page.evaluate(f"Array.from({{length: {n}}}, (_, i) => window.neuronLayout.project(i))"))
@@ -240,9 +271,8 @@ def test_a_click_on_a_neuron_opens_its_panel_with_its_weights_at_exact_pixels(br
         kernel = z["w0"]  # [784, 100]: the first layer's input weights, one column per neuron
     field = kernel[:, i].reshape(28, 28)
     expected = style.field_rgb(field[None], np.array([np.abs(field).max()]))[0]
-    pixels = np.array(page.evaluate("""() => { const c = document.getElementById('field');
-        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }""")).reshape(28, 28, 4)
-    np.testing.assert_array_equal(pixels[..., :3], expected)
+    h, w, values = field_pixels(page)
+    np.testing.assert_array_equal(np.array(values).reshape(h, w, 4)[..., :3], expected)
     bars = page.locator("#weights .value").all_text_contents()
     assert [float(b) for b in bars] == pytest.approx(list(z_vectors(euclid_run)[i]), rel=5e-3)  # shown to 3 digits
     page.fill("#search", "100")
@@ -278,6 +308,32 @@ def test_hostile_names_show_as_text_and_run_no_code(browser, tmp_path):
     page.press("#search", "Enter")
     assert HOSTILE in page.text_content("#panel-text")  # the layer's name
     assert opened.dialogs == []
+    page.close()
+
+
+def field_pixels(page) -> np.ndarray:
+    """The details panel's field as the canvas holds it, [h, w, 3]."""
+    return np.array(page.evaluate("""() => { const c = document.getElementById('field');
+        return [c.height, c.width, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)]; }"""),
+        dtype=object)
+
+
+@needs_browser
+def test_the_page_holds_the_fields_of_the_neurons_drawn_as_images_and_says_so_for_the_rest(browser, tmp_path):
+    scene, details, summary = tiny_page_inputs(("a", "b"), "tiny", top=3)
+    path = write_page(tmp_path / "layout.html", scene, details, summary)
+    page = open_page(browser, path).page
+    members = set(scene.fields.members.tolist())
+    for i in range(6):
+        page.fill("#search", str(i))
+        page.press("#search", "Enter")
+        assert page.locator("#panel-field").is_visible() == (i in members)
+        assert page.locator("#no-field").is_visible() == (i not in members)
+        if i in members:
+            h, w, values = field_pixels(page)
+            field = details.receptive_fields[i]
+            expected = style.field_rgb(field[None], np.array([np.abs(field).max()]))[0]
+            np.testing.assert_array_equal(np.array(values).reshape(h, w, 4)[..., :3], expected)
     page.close()
 
 

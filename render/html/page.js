@@ -116,7 +116,7 @@
   }
 
   const tileOf = new Float32Array(P).fill(-1);
-  for (const m of members) tileOf[m] = m; // every neuron has its tile in the atlas; members are drawn as images
+  members.forEach((m, k) => { tileOf[m] = k; }); // the neurons drawn as images, and their tiles in the atlas
   const size = new Float32Array(P);
   for (let p = 0; p < P; p++) {
     size[p] = radius[p] * (isAnchor[p] ? 1 : tileOf[p] >= 0 ? GLYPH_SCALE : data.fields ? DOT : 1);
@@ -428,7 +428,10 @@
     const i = pick(e.clientX, e.clientY);
     if (i !== null) openPanel(i);
   });
-  $('close').addEventListener('click', () => { $('panel').hidden = true; });
+  $('close').addEventListener('click', () => {
+    $('panel').hidden = true;
+    document.body.classList.remove('panel-open');
+  });
   $('search').addEventListener('keydown', (e) => {
     if (e.key !== 'Enter') return;
     const text = e.target.value.trim();
@@ -459,18 +462,22 @@
   function openPanel(i) {
     shown = i;
     $('panel').hidden = false;
+    document.body.classList.add('panel-open');
     $('panel-title').textContent = `neuron ${i}`;
     const layerName = data.layer_names[String(neurons.layer[i])];
-    const lines = [`layer ${neurons.layer[i]}${layerName ? ` (${layerName})` : ''}, index ${neurons.index[i]}`,
+    const plain = `layer ${neurons.layer[i]}`; // names such as "layer 4 (dense)" already say it
+    const layer = !layerName || layerName.startsWith(plain) ? layerName || plain : `${plain} (${layerName})`;
+    const lines = [`${layer}, index ${neurons.index[i]}`,
       `drives hardest: ${names[neurons.dominant[i]]}`, `most active for: ${names[neurons.activation_dominant[i]]}`];
     if (neurons.selectivity) {
       lines.push(`selectivity ${fmt(neurons.selectivity[i], 3)}, effective classes ${fmt(neurons.effective_classes[i], 2)}`);
     }
     $('panel-text').textContent = lines.join('\n');
     const field = $('field');
-    $('panel-field').hidden = !fieldPixels;
-    if (fieldPixels) {
-      tileCanvas(data.fields, fieldPixels, i, false, field);
+    $('panel-field').hidden = !fieldPixels || tileOf[i] < 0;
+    $('no-field').hidden = !fieldPixels || tileOf[i] >= 0;
+    if (!$('panel-field').hidden) {
+      tileCanvas(data.fields, fieldPixels, tileOf[i], false, field);
       const zoom = Math.max(1, Math.floor(224 / Math.max(data.fields.width, data.fields.height)));
       field.style.width = `${data.fields.width * zoom}px`;
     }
