@@ -56,8 +56,8 @@ def add_view_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     """The options of the full pipeline: window and exports."""
     parser.add_argument("--no-window", action="store_true", help="do not open the interactive 3D window")
     parser.add_argument("--export", nargs="+", choices=EXPORTS, metavar="FORMAT",
-                        help="files to write: mp4, gif (the movie), png (snapshot), html (an interactive page), none; default: png with a "
-                             "window, mp4 and png without one")
+                        help="files to write: mp4, gif (the movie), png (snapshot), html (an interactive page), none; "
+                             "default: png with a window, mp4 and png without one")
     parser.add_argument("--network", metavar="FILE",
                         help="lay out this network instead of training: a network.npz written by an earlier run, "
                              "or an MLP's weights as safetensors or npz")

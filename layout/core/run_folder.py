@@ -34,8 +34,8 @@ from layout.core.files import write_json
 # Every entry a run or a sweep writes into its output folder (a test checks each file a run writes
 # against these); an entry of an earlier run that matches and that the new run does not write is removed.
 OUTPUT_PATTERNS = ("manifest.json", "config.yaml", "network.npz", "trajectory.npz", "neurons.csv", "metrics.json",
-                   "structure.json", "report.md", "structure_layer*.png", "layout.mp4", "layout.gif", "snapshot.png", "layout.html",
-                   "sweep.csv", "sweep.md", "contact_sheet.png", "points", "top_images.npz", "atlas_layer*.png",
+                   "structure.json", "report.md", "structure_layer*.png", "layout.mp4", "layout.gif", "snapshot.png",
+                   "layout.html", "sweep.csv", "sweep.md", "contact_sheet.png", "points", "top_images.npz", "atlas_layer*.png",
                    "atlas_top_layer*.png")
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
