@@ -54,17 +54,24 @@ def field_images(fields: np.ndarray, group: np.ndarray, layer: np.ndarray, norms
     return FieldImages(members, tiles)
 
 
+def grid(tiles: np.ndarray, fill: int = 255) -> tuple[np.ndarray, int]:
+    """(the tiles [M, h, w(, 3)] in a near-square grid, row by row, the rest `fill`; its number of columns)."""
+    m, h, w = tiles.shape[:3]
+    cols = max(1, math.ceil(math.sqrt(m)))
+    rows = max(1, math.ceil(m / cols))
+    padded = np.full((rows * cols, *tiles.shape[1:]), fill, np.uint8)
+    padded[:m] = tiles
+    image = padded.reshape(rows, cols, h, w, *tiles.shape[3:]).swapaxes(1, 2)
+    return image.reshape(rows * h, cols * w, *tiles.shape[3:]), cols
+
+
 def atlas(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(image [H, W, 3], uv [M, 4, 2]): the tiles in a near-square grid, and each tile's texture
     coordinates at its corners (bottom left, bottom right, top right, top left; v upwards, as VTK's)."""
     m, h, w, _ = tiles.shape
-    cols = max(1, math.ceil(math.sqrt(m)))
-    rows = max(1, math.ceil(m / cols))
-    grid = np.full((rows * cols, h, w, 3), 255, np.uint8)
-    grid[:m] = tiles
-    image = grid.reshape(rows, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, 3)
+    image, cols = grid(tiles)
     r, c = np.divmod(np.arange(m), cols)
-    height, width = rows * h, cols * w
+    height, width = image.shape[:2]
     u0, u1 = c * w / width, (c + 1) * w / width
     v_top, v_bottom = 1 - r * h / height, 1 - (r + 1) * h / height  # image row 0 is the texture's top
     uv = np.stack([np.stack([u0, v_bottom], 1), np.stack([u1, v_bottom], 1), np.stack([u1, v_top], 1),

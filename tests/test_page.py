@@ -287,7 +287,7 @@ def test_a_click_on_a_neuron_opens_its_panel_with_its_weights_at_exact_pixels(br
 
 
 def z_vectors(run: Path) -> np.ndarray:
-    """The output vectors neurons.csv lists (each neuron's weights to the ten outputs)."""
+    """The network's output vectors: each hidden neuron's weights to the ten outputs (network.npz's w1)."""
     with np.load(run / "network.npz", allow_pickle=False) as z:
         return z["w1"]
 

@@ -450,9 +450,9 @@
       const row = target.appendChild(el('div', undefined, 'row'));
       row.appendChild(el('span', names[c], 'name'));
       const fill = row.appendChild(el('div', undefined, 'track')).appendChild(el('div', undefined, 'fill'));
-      const share = (Math.abs(x) / top) * (signed ? 50 : 100);
-      fill.style.width = `${share}%`;
-      fill.style.left = signed ? (x >= 0 ? '50%' : `${50 - share}%`) : '0';
+      const width = (Math.abs(x) / top) * (signed ? 50 : 100); // percent of the track
+      fill.style.width = `${width}%`;
+      fill.style.left = signed ? (x >= 0 ? '50%' : `${50 - width}%`) : '0';
       fill.style.background = signed ? data.edge_colors[x >= 0 ? 'positive' : 'negative'] : data.activation_colors[1];
       row.appendChild(el('span', x.toPrecision(3), 'value'));
     });

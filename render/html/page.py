@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +24,12 @@ import numpy as np
 
 from layout.core.files import atomic_path
 from render import style
+from render.glyphs import GHOST, grid
 from render.panel import NeuronDetails
 from render.scene import SceneData, activation_colorings
 
 HERE = Path(__file__).parent
 MAX_POSITION_BYTES = 12_000_000  # stored frames x particles x 6 bytes; above it fewer frames are kept
-GHOST = 0.15  # as render.glyphs: how much of its field a glyph at share 0 of a colouring still shows
 
 
 @dataclass(frozen=True)
@@ -52,17 +51,6 @@ def packed(array: np.ndarray, dtype: str) -> dict:
 def png(image: np.ndarray) -> str:
     """A PNG (greyscale [h, w] or RGB [h, w, 3] uint8) as base64."""
     return base64.b64encode(iio.imwrite("<bytes>", np.ascontiguousarray(image), extension=".png")).decode("ascii")
-
-
-def grid(tiles: np.ndarray, fill: int = 255) -> tuple[np.ndarray, int]:
-    """(the tiles [M, h, w(, 3)] in a near-square grid, row by row; its number of columns)."""
-    m, h, w = tiles.shape[:3]
-    cols = max(1, math.ceil(math.sqrt(m)))
-    rows = max(1, math.ceil(m / cols))
-    padded = np.full((rows * cols, *tiles.shape[1:]), fill, np.uint8)
-    padded[:m] = tiles
-    image = padded.reshape(rows, cols, h, w, *tiles.shape[3:]).swapaxes(1, 2)
-    return image.reshape(rows * h, cols * w, *tiles.shape[3:]), cols
 
 
 def stored_frames(n_frames: int, n_particles: int) -> np.ndarray:
