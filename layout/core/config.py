@@ -23,6 +23,7 @@ ANCHOR_SHAPES = ("sphere", "ring")
 WEIGHTINGS = ("uniform", "inverse", "inverse_square")
 LAYER_SHAPES = ("plane", "shell")
 INITS = ("pca", "random")
+PAIR_MODES = ("auto", "exact", "sampled")
 INFLUENCES = ("weights", "jacobian")
 LAYOUT_LAYERS = ("dense", "conv", "all")
 WHOLE_SECTION = "model"  # the one section an override may replace whole: a network, MLP or CNN
@@ -154,7 +155,13 @@ class SimConfig:
     velocity_decay: float = option(0.4, "friction: fraction of the velocity lost each step", ge=0, lt=1)
     settle: float = option(1e-4, "stop early once no particle moves more than this per step, as a "
                                  "fraction of the layout's size (0: never)", ge=0)
-    seed: int = option(0, "seed for the starting positions", ge=0, le=MAX_SEED)
+    seed: int = option(0, "seed for the starting positions (and the sampled pairs)", ge=0, le=MAX_SEED)
+    pairs: str = option("auto", "all-pairs terms (euclid, repulsion): every pair each step, or the nearest "
+                                "neighbours plus fresh random partners (auto: sampled above 20,000 particles)",
+                        choices=PAIR_MODES)
+    neighbours: int = option(16, "sampled pairs: nearest neighbours by output vector, summed every step",
+                             ge=1, le=256)
+    partners: int = option(32, "sampled pairs: fresh random partners per particle and step", ge=1, le=1024)
     snapshot_steps: int = option(60, "training timeline: steps per weight snapshot, each warm-started from "
                                      "the previous layout", ge=1, le=10_000_000)
     snapshot_alpha: float = option(0.3, "training timeline: alpha at the start of each snapshot's steps",

@@ -2,7 +2,10 @@
 
 Faithfulness compares the neurons' output-vector distances (high-d) with their 3D distances (low-d).
 Up to `sample` neurons every pair is used; above that, `sample` query neurons drawn with a fixed seed
-are compared with every neuron (an unbiased estimate of the same figures).
+are compared with every neuron (an unbiased estimate of the same figures). The query rows are taken in
+batches of about BATCH_VALUES distances, so memory stays O(N) however many neurons there are
+(2,000 queries of 1,000,000 neurons at once would be 16 GB a matrix); Spearman's correlation ranks at
+most SPEARMAN_PAIRS of the pairs (all of them up to 2,000 neurons).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import numpy as np
 from scipy.spatial.distance import cdist
 
 K = 10
+BATCH_VALUES = 2**22  # distances per batch of query rows (32 MB a float64 matrix)
+SPEARMAN_PAIRS = 4_000_000
 
 
 def distances(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -26,7 +31,11 @@ def off_diagonal(queries: np.ndarray, n: int) -> np.ndarray:
 def normalized_stress(high: np.ndarray, low: np.ndarray) -> float:
     """Scale-free stress: sqrt(sum (s d - r)^2 / sum r^2) at the best scale s; 0 for a perfect layout."""
     r, d = high.ravel(), low.ravel()
-    cross, dd, rr = float(d @ r), float(d @ d), float(r @ r)
+    return stress_from_sums(float(d @ r), float(d @ d), float(r @ r))
+
+
+def stress_from_sums(cross: float, dd: float, rr: float) -> float:
+    """normalized_stress from the sums over the pairs of d r, d^2 and r^2."""
     if dd == 0 or rr == 0:
         return 1.0
     return float(np.sqrt(max(0.0, 1 - cross**2 / (dd * rr))))
@@ -49,18 +58,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
 
 
-def best_scale(high: np.ndarray, low: np.ndarray) -> float:
-    d = low.ravel()
-    return float(d @ high.ravel()) / max(float(d @ d), 1e-300)
-
-
-def distortion(high: np.ndarray, low: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per query neuron: sqrt(sum_j (s d_ij - r_ij)^2 / sum_j r_ij^2), s the layout's best global scale."""
-    s = best_scale(high[mask], low[mask])
-    err = np.where(mask, (s * low - high) ** 2, 0).sum(1)
-    return np.sqrt(err / np.maximum(np.where(mask, high**2, 0).sum(1), 1e-300))
-
-
 def neighbours(dist: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
     """[m, k] indices of each query's k nearest others, nearest first."""
     d = np.where(mask, dist, np.inf)
@@ -69,35 +66,56 @@ def neighbours(dist: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, 1)
 
 
+def recall_rows(high: np.ndarray, low: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """Per query: the fraction of its k nearest in output-vector space among its k nearest in 3D."""
+    a, b = neighbours(high, mask, k), neighbours(low, mask, k)
+    return np.array([len(np.intersect1d(x, y)) / k for x, y in zip(a, b)])
+
+
 def knn_recall(high: np.ndarray, low: np.ndarray, mask: np.ndarray, k: int) -> float:
     """Mean fraction of each neuron's k nearest in output-vector space that are among its k nearest in 3D."""
-    a, b = neighbours(high, mask, k), neighbours(low, mask, k)
-    return float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(a, b)]))
+    return float(recall_rows(high, low, mask, k).mean())
+
+
+def trust_rows(high: np.ndarray, low: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """Per query: 1 minus the rank penalty of its k 3D neighbours (see trustworthiness). A neighbour's
+    rank is its place in the query's row sorted by output-vector distance (self first, ties in column
+    order), counted without sorting the row: O(k n) per row instead of O(n log n)."""
+    m, n = high.shape
+    h = np.where(mask, high, -np.inf)
+    low_nn = neighbours(low, mask, k)
+    values = np.take_along_axis(h, low_nn, 1)  # [m, k]
+    ranks = np.empty((m, k), np.int64)
+    columns = np.arange(n)
+    for q in range(k):
+        v = values[:, q:q + 1]
+        ranks[:, q] = (h < v).sum(1) + ((h == v) & (columns[None, :] < low_nn[:, q:q + 1])).sum(1)
+    penalty = np.maximum(ranks - k, 0).sum(1)
+    return 1 - 2.0 * penalty / (k * (2 * n - 3 * k - 1))
 
 
 def trustworthiness(high: np.ndarray, low: np.ndarray, mask: np.ndarray, k: int) -> float:
     """Venna and Kaski's trustworthiness: 1 minus the rank penalty of 3D neighbours that are not
     high-d neighbours; 1 when every 3D neighbourhood is a true one. Averaged over the query rows."""
-    m, n = high.shape
-    ranks = np.empty_like(high, dtype=np.int64)
-    order = np.argsort(np.where(mask, high, -np.inf), axis=1, kind="stable")  # self first
-    np.put_along_axis(ranks, order, np.arange(n)[None, :].repeat(m, 0), 1)  # self rank 0, nearest 1
-    low_nn = neighbours(low, mask, k)
-    penalty = np.maximum(np.take_along_axis(ranks, low_nn, 1) - k, 0).sum()
-    return float(1 - 2.0 * penalty / (m * k * (2 * n - 3 * k - 1)))
+    return float(trust_rows(high, low, mask, k).mean())
 
 
-def neighbourhood_hit(low: np.ndarray, mask: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int) -> float:
-    """Mean fraction of each neuron's k nearest 3D neighbours that share its label."""
-    return float((labels[neighbours(low, mask, k)] == labels[queries][:, None]).mean())
+def hit_rows(low: np.ndarray, mask: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Per query: the fraction of its k nearest 3D neighbours that share its label."""
+    return (labels[neighbours(low, mask, k)] == labels[queries][:, None]).mean(1)
 
 
 def silhouette(low: np.ndarray, mask: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> float:
     """Mean silhouette (b - a) / max(a, b) by label in 3D; 0 for a neuron alone in its class, and
     nan when there is only one class."""
-    classes = np.unique(labels)
-    if len(classes) < 2:
+    if len(np.unique(labels)) < 2:
         return float("nan")
+    return float(silhouette_rows(low, mask, labels, queries).mean())
+
+
+def silhouette_rows(low: np.ndarray, mask: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Per query: its silhouette (see silhouette); needs two classes at least."""
+    classes = np.unique(labels)
     member = labels[None, :] == classes[:, None]  # [C, n]
     sums = np.where(mask, low, 0) @ member.T.astype(np.float64)  # [m, C]
     counts = member.sum(1)[None, :] - (labels[queries][:, None] == classes[None, :])  # [m, C] others per class
@@ -107,8 +125,7 @@ def silhouette(low: np.ndarray, mask: np.ndarray, labels: np.ndarray, queries: n
     mean_other = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
     mean_other[rows, own] = np.inf
     b = mean_other.min(1)
-    s = np.where(counts[rows, own] > 0, (b - a) / np.maximum(np.maximum(a, b), 1e-300), 0.0)
-    return float(s.mean())
+    return np.where(counts[rows, own] > 0, (b - a) / np.maximum(np.maximum(a, b), 1e-300), 0.0)
 
 
 def query_rows(n: int, sample: int, seed: int = 0) -> np.ndarray:
@@ -128,22 +145,51 @@ def layout_metrics(vectors: np.ndarray, positions: np.ndarray, labels: np.ndarra
         return {"n_neurons": n, "exact": True, "n_queries": n, "k": 0, **dict.fromkeys(names)}, np.full(n, np.nan)
     k = min(k, n - 2)
     queries = query_rows(n, sample)
-    high, low = distances(vectors, queries), distances(positions, queries)
-    mask = off_diagonal(queries, n)
-    r, d = high[mask], low[mask]
+    rows = query_figures(vectors, positions, labels, queries, k)
+    s = rows["dr"].sum() / max(rows["dd"].sum(), 1e-300)  # the layout's best global scale
     per_neuron = np.full(n, np.nan)
-    per_neuron[queries] = distortion(high, low, mask)
+    per_neuron[queries] = np.sqrt((s * s * rows["dd"] - 2 * s * rows["dr"] + rows["rr"]).clip(0)
+                                  / np.maximum(rows["rr"], 1e-300))
+    cross, dd, rr = rows["dr"].sum(), rows["dd"].sum(), rows["rr"].sum()
     figures = {
         "n_neurons": n,
         "exact": bool(len(queries) == n),
         "n_queries": len(queries),
         "k": k,
-        "normalized_stress": normalized_stress(r, d),
-        "spearman": spearman(r, d),
-        "knn_recall": knn_recall(high, low, mask, k),
-        "trustworthiness": trustworthiness(high, low, mask, k),
-        "neighbourhood_hit": neighbourhood_hit(low, mask, labels, queries, k),
-        "silhouette": silhouette(low, mask, labels, queries),
+        "normalized_stress": stress_from_sums(cross, dd, rr),
+        "spearman": spearman(rows["r"], rows["d"]),
+        "knn_recall": float(rows["recall"].mean()),
+        "trustworthiness": float(rows["trust"].mean()),
+        "neighbourhood_hit": float(rows["hit"].mean()),
+        "silhouette": float(rows["silhouette"].mean()) if len(np.unique(labels)) > 1 else float("nan"),
     }
     # JSON has no NaN: a figure that is undefined here (e.g. silhouette with one class) is None
     return {key: (None if isinstance(v, float) and not np.isfinite(v) else v) for key, v in figures.items()}, per_neuron
+
+
+def query_figures(vectors: np.ndarray, positions: np.ndarray, labels: np.ndarray, queries: np.ndarray,
+                  k: int) -> dict[str, np.ndarray]:
+    """Per query row, in batches of about BATCH_VALUES distances: the sums over its pairs of d r, d^2
+    and r^2 (d the 3D distance, r the output-vector one), its knn recall, trustworthiness, neighbourhood
+    hit and silhouette; and "r", "d": the distances of at most SPEARMAN_PAIRS of the pairs (each
+    batch's rows against a seeded sample of the columns), for Spearman's correlation."""
+    n = len(vectors)
+    batch = max(1, BATCH_VALUES // n)
+    columns = n if len(queries) * n <= SPEARMAN_PAIRS else max(2, SPEARMAN_PAIRS // len(queries))
+    rng = np.random.default_rng(0)
+    two_classes = len(np.unique(labels)) > 1
+    parts = []
+    for start in range(0, len(queries), batch):
+        q = queries[start:start + batch]
+        high, low = distances(vectors, q), distances(positions, q)
+        mask = off_diagonal(q, n)
+        r, d = np.where(mask, high, 0.0), np.where(mask, low, 0.0)
+        kept = slice(None) if columns == n else np.sort(rng.choice(n, columns, replace=False))
+        parts.append({
+            "dr": (d * r).sum(1), "dd": (d * d).sum(1), "rr": (r * r).sum(1),
+            "r": high[:, kept][mask[:, kept]], "d": low[:, kept][mask[:, kept]],
+            "recall": recall_rows(high, low, mask, k), "trust": trust_rows(high, low, mask, k),
+            "hit": hit_rows(low, mask, labels, q, k),
+            "silhouette": silhouette_rows(low, mask, labels, q) if two_classes else np.zeros(len(q)),
+        })
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}

@@ -54,12 +54,17 @@ class PairTerm:
     options: tuple = ()
     native: tuple = ()  # the native kernel's version of this energy: (name, value) pairs, "term" first
     rest: jax.Array | None = None  # euclid's rest lengths [P, R] for the native kernel (with_rest_lengths)
+    # the same energy for given pairs (layout/engine/sampled.py), as two elementwise functions:
+    # between(data_i, data_j) -> the pair's data (euclid: rest length, whether both take part), from the
+    # particles' data for matched pairs (particles first); along(d2, pair_data, **options) -> each pair's energy
+    between: Callable | None = None
+    along: Callable | None = None
 
     def __call__(self, positions: jax.Array) -> jax.Array:
         return pair_energy((self,), positions)
 
 
-jax.tree_util.register_dataclass(PairTerm, data_fields=["data", "scale", "rest"], meta_fields=["pair", "options", "native"])
+jax.tree_util.register_dataclass(PairTerm, data_fields=["data", "scale", "rest"], meta_fields=["pair", "options", "native", "between", "along"])
 
 
 def pair_energy(terms: tuple[PairTerm, ...], positions: jax.Array, tile: int = TILE,

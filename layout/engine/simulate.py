@@ -25,6 +25,7 @@ from layout.engine.energies import Energy, Term, on_device
 from layout.engine.native import available
 from layout.engine.pairs import PairTerm, pair_energies_function, pair_step_function, with_rest_lengths
 from layout.engine.particles import Particles
+from layout.engine.sampled import SampledTerm, pairs_mode, sampled_step_function, with_sampling
 
 
 class SimulationError(UserError):
@@ -77,14 +78,18 @@ def initial_positions(particles: Particles, init: str, key: jax.Array) -> np.nda
     return np.where(particles.movable[:, None], x, particles.home).astype(np.float32)
 
 
-def as_term(fn: Energy) -> Term | PairTerm:
+PAIR_KINDS = (PairTerm, SampledTerm)
+
+
+def as_term(fn: Energy) -> Term | PairTerm | SampledTerm:
     """Terms as pytrees; a plain function becomes a static Term without data."""
-    return fn if isinstance(fn, (Term, PairTerm)) else Term(lambda x, fn=fn: fn(x))
+    return fn if isinstance(fn, (Term, *PAIR_KINDS)) else Term(lambda x, fn=fn: fn(x))
 
 
 def split_terms(terms: tuple[Energy, ...]) -> tuple[list[int], list[int]]:
-    """The positions of the pair terms (evaluated together in one pass) and of the others."""
-    pairs = [i for i, fn in enumerate(terms) if isinstance(fn, PairTerm)]
+    """The positions of the pair terms (evaluated together in one pass, exact or sampled: one kind in a
+    run) and of the others."""
+    pairs = [i for i, fn in enumerate(terms) if isinstance(fn, PAIR_KINDS)]
     return pairs, [i for i in range(len(terms)) if i not in pairs]
 
 
@@ -92,8 +97,8 @@ class Parts(NamedTuple):
     """The terms in two parts: the pair terms, evaluated together in one pass (by the native kernel or
     not: see pair_energy_function), and the others. `measured`: positions -> (each of the part's terms'
     energies, the gradient of their sum), what a frame records and the step that starts there needs;
-    pairs_step: (positions, measure) -> the same, the energies NaN unless `measure` (see
-    pair_step_function); others_grad: positions -> the others' gradient. Energies of the pairs, then
+    pairs_step: (positions, measure, step) -> the same, the energies NaN unless `measure` (see
+    pair_step_function; sampled terms draw their partners from the step's key); others_grad: positions -> the others' gradient. Energies of the pairs, then
     the n_others others, [order]: the terms' own order."""
 
     pairs_step: Callable
@@ -134,12 +139,16 @@ def split_parts(terms: tuple[Energy, ...], native: bool | None = None) -> Parts:
         (_, values), grad = jax.value_and_grad(others_energies, has_aux=True)(x)
         return values, grad
 
-    if pair_terms:
-        pairs_step = pair_step_function(pair_terms, native=native)
+    if pair_terms and isinstance(pair_terms[0], SampledTerm):
+        pairs_step = sampled_step_function(pair_terms)
+        pairs_measured = lambda x: pairs_step(x, True, 0)  # noqa: E731
+    elif pair_terms:
+        exact_step = pair_step_function(pair_terms, native=native)
+        pairs_step = lambda x, measure, step: exact_step(x, measure)  # noqa: E731
         pairs_measured = pair_energies_function(pair_terms, native=native)
     else:
         pairs_measured = lambda x: (jnp.zeros(0, x.dtype), jnp.zeros_like(x))  # noqa: E731
-        pairs_step = lambda x, measure: pairs_measured(x)  # noqa: E731
+        pairs_step = lambda x, measure, step: pairs_measured(x)  # noqa: E731
     return Parts(pairs_step, pairs_measured, jax.grad(lambda x: others_energies(x)[0]), others_measured,
                  np.argsort(np.array(pairs + others, dtype=int)), len(others))
 
@@ -244,7 +253,7 @@ def chunk(state: State, terms: tuple, movable: jax.Array, cfg: SimConfig, n_fram
     def step(carry: tuple[State, jax.Array], k: jax.Array):
         state, values = carry
         first = k == 0  # the frame's first step
-        pair_values, pair_grad = parts.pairs_step(state.x, first)
+        pair_values, pair_grad = parts.pairs_step(state.x, first, state.step)
         other_values, other_grad = parts.others_step(state.x, state.stop < 0, first)
         unchanged = lambda state, values, *_: (state, values)  # noqa: E731
         return while_running(state, record_and_advance, unchanged, state, values, first, pair_values, pair_grad,
@@ -284,6 +293,8 @@ def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key
     """Run the simulation from initial positions drawn with `key` (or from `start`, warm, with alpha
     cooling from `alpha_start`); same key, same trajectory."""
     x0 = initial_positions(particles, cfg.init, key) if start is None else np.asarray(start, np.float32)
+    if pairs_mode(cfg.pairs, particles.n_particles) == "sampled":
+        terms = with_sampling(terms, particles.vectors, cfg.neighbours, cfg.partners, jax.random.key_data(key))
     frames_per_chunk = max(1, cfg.chunk // cfg.record_every)
     run = make_chunk(terms, particles.movable, cfg, frames_per_chunk, alpha_start)
     # numpy, not jnp: each jnp call here would compile a small program of its own in a new process

@@ -1,0 +1,212 @@
+"""Sampled pair terms: the all-pairs energies (euclid, repulsion) of a large network estimated each step
+from O(P) pairs instead of P^2 / 2.
+
+Each particle's pairs fall in two groups:
+- its k nearest neighbours by output vector (layout/engine/neighbours.py), fixed for the run, their
+  rest lengths made once: every such pair is summed exactly (a pair that is a neighbour both ways
+  counts once: each of its two entries weighs 1/2);
+- every other pair, estimated from `partners` fresh random partners per particle and step: the
+  particles are put in a fixed random order and each step draws `partners` shifts s in 1..P-1 from the
+  step's key, pairing the particle at place a with the one at place a + s (mod P). Each such pair is
+  a uniform draw from a particle's P - 1 others, so (P - 1) / (2 partners) x the sum over the drawn pairs
+  that are not neighbour pairs is an unbiased estimate of the sum over all the others.
+
+So the estimate's mean over keys is the exact energy, and its gradient's mean the exact gradient
+(tests/test_scale.py checks both); jax.grad differentiates it like any other energy, inside the same
+compiled chunk of steps. Same key, same trajectory: the order and the shifts come from the key. A step
+costs O(P (k + partners)); the pairs with a shift are contiguous rolls of the arrays, not gathers.
+Measured (benchmarks/scale.py, FACTS.md): fresh partners reach the exact layout's stress within 1%,
+where a fixed subset of as many partners reaches 1.18x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from layout.engine.neighbours import nearest_neighbours
+from layout.engine.pairs import PairTerm, with_gradient
+
+SAMPLED_ABOVE = 20_000  # layout.sim.pairs: auto samples above this many particles (see benchmarks/scale.py)
+
+
+HITS = 64  # neighbour pairs a shift can meet per side: their number is Poisson with mean k (16), so 64
+# are exceeded with probability below 1e-18 per shift
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which pairs a sampled step visits, for P particles and k neighbours each.
+
+    neighbours [P, k] int32: each particle's nearest by output vector; weight [P, k] float32: 1, or 1/2
+    for a pair that is a neighbour both ways; order [P] int32: the particles in a fixed random order, in
+    which a shift pairs places a and a + s; hit_shift, hit_place [2 P k] int32: every neighbour pair
+    seen from either end, as the shift s at which place a meets it (sorted by shift) and a, so that a
+    step finds the neighbour pairs its shifts meet by binary search; key: the key data the step keys
+    fold from; partners: shifts per step (static)."""
+
+    neighbours: jax.Array
+    weight: jax.Array
+    order: jax.Array
+    hit_shift: jax.Array
+    hit_place: jax.Array
+    key: jax.Array
+    partners: int
+
+
+jax.tree_util.register_dataclass(Sampling, data_fields=["neighbours", "weight", "order", "hit_shift", "hit_place",
+                                                        "key"], meta_fields=["partners"])
+
+
+@dataclass(frozen=True)
+class SampledTerm:
+    """A PairTerm estimated by sampling: `near` holds the pair data (PairTerm.between) of every
+    (i, neighbours[i, q]), [P, k] each. Calling it gives the estimate at step 0."""
+
+    term: PairTerm
+    near: tuple
+    sampling: Sampling
+
+    def __call__(self, positions: jax.Array, step: jax.Array | int = 0) -> jax.Array:
+        return sampled_energy((self,), positions, step)
+
+
+jax.tree_util.register_dataclass(SampledTerm, data_fields=["term", "near", "sampling"], meta_fields=[])
+
+
+def neighbour_weights(neighbours: np.ndarray) -> np.ndarray:
+    """[P, k]: 1/2 where the pair (i, neighbours[i, q]) is also listed from the other end, else 1."""
+    n = len(neighbours)
+    rows = np.repeat(np.arange(n, dtype=np.int64), neighbours.shape[1])
+    forward = rows * n + neighbours.ravel()
+    backward = neighbours.ravel().astype(np.int64) * n + rows
+    listed = np.sort(forward)
+    place = np.minimum(np.searchsorted(listed, backward), len(listed) - 1)
+    mutual = listed[place] == backward
+    return np.where(mutual, 0.5, 1.0).astype(np.float32).reshape(neighbours.shape)
+
+
+def neighbour_hits(neighbours: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shift, place) of every neighbour pair from both ends, sorted by shift (Sampling.hit_shift)."""
+    n = len(order)
+    place = np.empty(n, np.int64)
+    place[order] = np.arange(n)
+    a = np.repeat(place, neighbours.shape[1])
+    b = place[neighbours.ravel()]
+    shift = np.concatenate([(b - a) % n, (a - b) % n])
+    at = np.concatenate([a, b])
+    sorted_ = np.argsort(shift, kind="stable")
+    return shift[sorted_].astype(np.int32), at[sorted_].astype(np.int32)
+
+
+def make_sampling(vectors: np.ndarray, k: int, partners: int, seed: np.ndarray) -> Sampling:
+    """The sampling of a run over particles with output vectors [P, C]; seed: the run's key data."""
+    n = len(vectors)
+    neighbours = nearest_neighbours(vectors, k)
+    # numpy's generator, seeded by the key's bits and 1 (the starting positions' noise uses the bits alone)
+    order = np.random.default_rng([*np.asarray(seed).ravel().tolist(), 1]).permutation(n).astype(np.int32)
+    arrays = (neighbours, neighbour_weights(neighbours), order, *neighbour_hits(neighbours, order),
+              np.asarray(seed, np.uint32))
+    return Sampling(*(jax.device_put(a) for a in arrays), partners)
+
+
+def sampled_term(term: PairTerm, sampling: Sampling) -> SampledTerm:
+    """term, estimated with `sampling`: its pair data for the neighbour pairs made here, once."""
+    rows = tuple(a[:, None] for a in term.data)
+    cols = tuple(a[sampling.neighbours] for a in term.data)
+    return SampledTerm(term, term.between(rows, cols), sampling)
+
+
+def pair_values(terms: tuple[SampledTerm, ...], d2: jax.Array, pair_data) -> jax.Array:
+    """[len(terms), ...]: each term's unscaled energy of the pairs with squared distances d2."""
+    return jnp.stack([t.term.along(d2, data, **dict(t.term.options)) for t, data in zip(terms, pair_data)])
+
+
+def near_energies(terms: tuple[SampledTerm, ...], x: jax.Array) -> jax.Array:
+    """Each term's unscaled energy over the neighbour pairs (each counted once), x [P, 3]."""
+    s = terms[0].sampling
+    d2 = ((x[:, None, :] - x[s.neighbours]) ** 2).sum(-1)
+    return (pair_values(terms, d2, [t.near for t in terms]) * s.weight).sum((1, 2))
+
+
+def met_neighbours(s: Sampling, shifts: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """For each shift, the places (up to HITS per side) whose pair at that shift is a neighbour pair:
+    (places [m, 2 HITS], whether each is one [m, 2 HITS])."""
+    first = jnp.searchsorted(s.hit_shift, shifts)
+    at = jnp.minimum(first[:, None] + jnp.arange(2 * HITS)[None, :], s.hit_shift.shape[0] - 1)
+    return s.hit_place[at], s.hit_shift[at] == shifts[:, None]
+
+
+def far_pass(terms: tuple[SampledTerm, ...], x: jax.Array, step) -> tuple[jax.Array, jax.Array]:
+    """(each term's unscaled estimate over the non-neighbour pairs, the gradient [P, 3] of the scaled
+    estimates' sum) on this step: per shift, one pass over the P pairs (a, a + s) in the random order
+    (positions coordinates first, [3, P]: XLA's loops then run along the particles, 6 vs 7 ms a step
+    at P = 100,000; the particles' data particles first, [P, C]: 25 vs 210 ms); the gradient of each pair's
+    energy from JAX's derivative with respect to its squared distance (as pairs.jax_pair_energy),
+    added to both ends."""
+    s = terms[0].sampling
+    n = x.shape[0]
+    xt = x[s.order].T  # [3, P] in place order
+    data = [tuple(a[s.order] for a in t.term.data) for t in terms]
+    scales = jnp.stack([t.term.scale for t in terms])
+    key = jax.random.fold_in(jax.random.wrap_key_data(s.key), step)
+    shifts = jax.random.randint(key, (s.partners,), 1, max(n, 2))
+    places, met = met_neighbours(s, shifts)
+    weight = (n - 1) / (2 * s.partners)
+
+    def one(carry, inputs):
+        total, grad = carry
+        shift, at, is_met = inputs
+        roll = lambda a: jnp.roll(a, -shift, 0)  # noqa: E731  the partner at place a + shift
+        diff = xt - jnp.roll(xt, -shift, 1)
+        d2 = (diff**2).sum(0)
+        pair_data = [t.term.between(d, tuple(map(roll, d))) for t, d in zip(terms, data)]
+        values, slopes = jax.jvp(lambda d2: pair_values(terms, d2, pair_data), (d2,), (jnp.ones_like(d2),))
+        far = jnp.zeros(n, jnp.int32).at[at].add(is_met.astype(jnp.int32)) == 0
+        pull = 2 * weight * jnp.where(far, scales @ slopes, 0.0) * diff  # d(energy) / d(x_a), [3, P]
+        grad = grad + pull - jnp.roll(pull, shift, -1)  # and the opposite at its partner
+        return (total + jnp.where(far, values, 0.0).sum(1), grad), None
+
+    (total, grad), _ = jax.lax.scan(one, (jnp.zeros(len(terms), x.dtype), jnp.zeros_like(xt)), (shifts, places, met))
+    return total * weight, jnp.zeros_like(x).at[s.order].set(grad.T)
+
+
+def sampled_forward(terms: tuple[SampledTerm, ...], x: jax.Array, step) -> tuple[jax.Array, jax.Array]:
+    """(each term's estimated energy [len(terms)], the gradient of their sum) at x [P, 3] on this step
+    (whose key draws the partners); the terms share one sampling (the first's)."""
+    scales = jnp.stack([t.term.scale for t in terms])
+    def near(x):
+        values = near_energies(terms, x)
+        return (scales * values).sum(), values
+
+    (_, near_values), near_grad = jax.value_and_grad(near, has_aux=True)(x)
+    far, far_grad = far_pass(terms, x, step)
+    return scales * (near_values + far), near_grad + far_grad
+
+
+def sampled_energy(terms: tuple[SampledTerm, ...], x: jax.Array, step) -> jax.Array:
+    """The terms' summed estimated energy at x on this step, differentiable by jax.grad (its gradient
+    is sampled_forward's)."""
+    return with_gradient(lambda x: (lambda values, grad: (values.sum(), grad))(*sampled_forward(terms, x, step)))(x)
+
+
+def sampled_step_function(terms: tuple[SampledTerm, ...]):
+    """(positions, measure, step) -> (each term's estimated energy, the gradient of their sum), as
+    pairs.pair_step_function; the energies come with the gradient, measured or not."""
+    return lambda x, measure, step: sampled_forward(terms, x, step)
+
+
+def pairs_mode(mode: str, n_particles: int) -> str:
+    """layout.sim.pairs resolved for this many particles: exact or sampled."""
+    return mode if mode != "auto" else ("sampled" if n_particles > SAMPLED_ABOVE else "exact")
+
+
+def with_sampling(terms: dict, vectors: np.ndarray, k: int, partners: int, seed: np.ndarray) -> dict:
+    """The terms, each PairTerm replaced by its SampledTerm (all sharing one sampling)."""
+    if not any(isinstance(t, PairTerm) for t in terms.values()):
+        return terms
+    sampling = make_sampling(vectors, k, partners, seed)
+    return {name: sampled_term(t, sampling) if isinstance(t, PairTerm) else t for name, t in terms.items()}

@@ -1,0 +1,157 @@
+"""Large networks: sampled pair terms, the nearest-neighbour search, and memory that stays O(N)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from layout.core.config import AnchorsConfig, ForcesConfig, SimConfig
+from layout.engine.energies import build_energy, euclid_term, repulsion_term
+from layout.engine.metrics import layout_metrics
+from layout.engine.neighbours import nearest_neighbours
+from layout.engine.pairs import jax_pair_energy
+from layout.engine.particles import make_particles
+from layout.engine.sampled import (
+    SAMPLED_ABOVE,
+    make_sampling,
+    neighbour_weights,
+    pairs_mode,
+    sampled_forward,
+    sampled_term,
+)
+from layout.engine.simulate import simulate
+from tests.test_layout import synthetic_features
+
+
+def clusters(n: int, seed: int = 0, dims: int = 10) -> np.ndarray:
+    """A planted structure: n vectors around 10 well-separated centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=3.0, size=(10, dims))
+    return (centres[rng.integers(0, 10, n)] + rng.normal(size=(n, dims))).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nearest neighbours
+
+
+def test_nearest_neighbours_equal_brute_force_and_never_the_row_itself():
+    v = clusters(2500)
+    v[:40] = 0.0  # dead neurons: forty identical vectors
+    found = nearest_neighbours(v, 16)
+    d = cdist(v, v)
+    np.fill_diagonal(d, np.inf)
+    assert found.shape == (2500, 16)
+    assert not (found == np.arange(2500)[:, None]).any()
+    np.testing.assert_allclose(np.take_along_axis(d, found, 1), np.sort(d, 1)[:, :16], atol=1e-5)
+
+
+def test_the_inverted_file_above_the_exhaustive_size_finds_most_true_neighbours():
+    from layout.engine.neighbours import EXACT_MAX
+
+    n = EXACT_MAX + 5000
+    v = np.random.default_rng(1).standard_normal((n, 10)).astype(np.float32)  # the hardest case: no clusters
+    found = nearest_neighbours(v, 16)
+    rows = np.arange(0, n, n // 300)
+    d = cdist(v[rows], v)
+    d[np.arange(len(rows)), rows] = np.inf
+    true = np.argsort(d, 1)[:, :16]
+    recall = np.mean([len(np.intersect1d(a, b)) / 16 for a, b in zip(found[rows], true)])
+    assert recall > 0.9, recall
+    assert np.array_equal(found, nearest_neighbours(v, 16))  # the same vectors, the same neighbours
+
+
+def test_a_pair_listed_from_both_ends_weighs_half_from_each():
+    neighbours = np.array([[1, 2], [0, 2], [1, 0]])  # 0-1 both ways, 0-2 both ways, 1-2 both ways
+    assert (neighbour_weights(neighbours) == 0.5).all()
+    one_way = np.array([[1], [2], [1]])  # 0 -> 1 one way, 1 <-> 2 both ways
+    np.testing.assert_array_equal(neighbour_weights(one_way), [[1.0], [0.5], [0.5]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampled pair terms
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "inverse"])
+def test_sampled_energies_and_gradients_are_unbiased(weighting):
+    """Their mean over many keys is the exact all-pairs energy and gradient (within 5 standard errors
+    of the mean: the test fails if neighbour pairs are counted twice or the partners' weight is off)."""
+    n = 240
+    rng = np.random.default_rng(0)
+    v = clusters(n)
+    include = np.ones(n, bool)
+    include[-10:] = False  # anchors that do not take part in euclid
+    terms = (euclid_term(v, include, weighting, 1.0), repulsion_term(n, 1.0, 0.05))
+    x = jnp.asarray(rng.standard_normal((n, 3)).astype(np.float32))
+    sampled = tuple(sampled_term(t, make_sampling(v, 8, 4, np.array([0, 3], np.uint32))) for t in terms)
+    exact = np.array([float(jax_pair_energy((t,), x)) for t in terms])
+    exact_grad = np.asarray(jax.grad(lambda x: sum(jax_pair_energy((t,), x) for t in terms))(x))
+
+    draws = jax.jit(jax.vmap(lambda step: sampled_forward(sampled, x, step)))(jnp.arange(6000))
+    values, grads = (np.asarray(a, np.float64) for a in draws)
+    se = values.std(0) / np.sqrt(len(values))
+    assert (np.abs(values.mean(0) - exact) < 5 * se + 1e-6 * np.abs(exact)).all(), (values.mean(0), exact, se)
+    grad_se = grads.std(0) / np.sqrt(len(grads))
+    z = np.abs(grads.mean(0) - exact_grad) / (grad_se + 1e-9)
+    assert z.max() < 5.5, z.max()  # 720 coordinates: a true mean is beyond 5.5 standard errors ~1e-5 of the time
+    assert values.std(0).min() > 0  # the partners really change from step to step
+
+
+def run_layout(vectors, pairs, seed=0, steps=400):
+    particles = make_particles(synthetic_features(vectors), AnchorsConfig(mode="none"))
+    cfg = SimConfig(steps=steps, settle=0, pairs=pairs, seed=seed)
+    return simulate(build_energy(particles, ForcesConfig()), particles, cfg, jax.random.key(seed))
+
+
+def test_a_sampled_layout_reaches_the_exact_layouts_quality_on_a_planted_case():
+    v = clusters(1500)
+    figures = {}
+    for pairs in ("exact", "sampled"):
+        figures[pairs], _ = layout_metrics(v, run_layout(v, pairs).final, v.argmax(1))
+    assert figures["sampled"]["normalized_stress"] <= 1.02 * figures["exact"]["normalized_stress"], figures
+    assert abs(figures["sampled"]["trustworthiness"] - figures["exact"]["trustworthiness"]) <= 0.01, figures
+    assert figures["sampled"]["neighbourhood_hit"] >= figures["exact"]["neighbourhood_hit"] - 0.02, figures
+
+
+def test_sampled_layouts_are_reproducible_and_depend_on_the_key():
+    v = clusters(600)
+    a, b, c = (run_layout(v, "sampled", seed, steps=60).final for seed in (0, 0, 1))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_auto_samples_above_the_measured_size_only():
+    assert pairs_mode("auto", SAMPLED_ABOVE) == "exact"
+    assert pairs_mode("auto", SAMPLED_ABOVE + 1) == "sampled"
+    assert pairs_mode("exact", 10**6) == "exact" and pairs_mode("sampled", 10) == "sampled"
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+
+def test_a_50000_neuron_layout_never_holds_an_n_by_n_array():
+    """In a fresh process: the particles, the energies (their rest statistics), the sampled simulation
+    and the faithfulness metrics of 50,000 neurons; an N x N float32 array alone would be 10 GB."""
+    script = textwrap.dedent("""
+        import numpy as np, jax
+        from pathlib import Path
+        from tests.test_scale import clusters, run_layout
+        from layout.engine.metrics import layout_metrics
+        v = clusters(50000)
+        final = run_layout(v, "auto", steps=20).final
+        figures, _ = layout_metrics(v, final, v.argmax(1))
+        assert np.isfinite(final).all() and figures["trustworthiness"] > 0.5, figures
+        status = Path("/proc/self/status").read_text()
+        print(int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) / 2**20)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    peak_gb = float(out.stdout.split()[-1])
+    assert peak_gb < 2.5, f"peak resident memory {peak_gb:.2f} GB"
