@@ -103,6 +103,32 @@ def test_sampled_energies_and_gradients_are_unbiased(weighting):
     assert values.std(0).min() > 0  # the partners really change from step to step
 
 
+@pytest.mark.parametrize("weighting, with_euclid", [("uniform", True), ("inverse_square", True), ("uniform", False)])
+def test_the_native_sampled_kernel_equals_the_jax_definition(weighting, with_euclid):
+    """Same sampling, same steps: the same estimates and gradient from pair_forces.cc's SampledForces
+    and from sampled_forward, to float rounding (also with anchors outside euclid, and repulsion alone)."""
+    from layout.engine.native import load
+    from layout.engine.sampled import sampled_step_function, with_sampling
+
+    if load() is not None:
+        pytest.skip(load())
+    n = 2000
+    v = clusters(n, seed=2)
+    include = np.ones(n, bool)
+    include[-10:] = False
+    terms = {"repulsion": repulsion_term(n, 1.0, 0.05)}
+    if with_euclid:
+        terms["euclid"] = euclid_term(v, include, weighting, 1.0)
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((n, 3)).astype(np.float32))
+    runs = [jax.jit(sampled_step_function(tuple(with_sampling(terms, v, 16, 8, np.array([0, 5], np.uint32),
+                                                              native=native).values())))
+            for native in (True, False)]
+    for step in (0, 1, 17):
+        (native_values, native_grad), (values, grad) = (run(x, True, step) for run in runs)
+        np.testing.assert_allclose(native_values, values, rtol=2e-5)
+        np.testing.assert_allclose(native_grad, grad, atol=2e-5 * float(np.abs(grad).max()))
+
+
 def run_layout(vectors, pairs, seed=0, steps=400):
     particles = make_particles(synthetic_features(vectors), AnchorsConfig(mode="none"))
     cfg = SimConfig(steps=steps, settle=0, pairs=pairs, seed=seed)

@@ -33,6 +33,7 @@ from layout.core.files import cache_dir
 
 TARGET = "neuron_layout_pair_forces"
 REST_TARGET = "neuron_layout_rest_lengths"
+SAMPLED_TARGET = "neuron_layout_sampled_forces"
 SOURCE = Path(__file__).with_name("pair_forces.cc")
 FALLBACK = "the layout runs on the slower JAX pair forces"
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=c++17")
@@ -108,6 +109,7 @@ def load() -> str | None:
             library = ctypes.cdll.LoadLibrary(str(path))
             jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.PairForces), platform="cpu")
             jax.ffi.register_ffi_target(REST_TARGET, jax.ffi.pycapsule(library.RestLengths), platform="cpu")
+            jax.ffi.register_ffi_target(SAMPLED_TARGET, jax.ffi.pycapsule(library.SampledForces), platform="cpu")
             LOADED["library"] = library
             return None
         except (OSError, RuntimeError) as e:

@@ -477,6 +477,256 @@ ffi::Error RestLengthsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> vectors, 
   return ffi::Error::Success();
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Sampled pairs (layout/engine/sampled.py: the definition, in JAX; tests/test_scale.py checks this
+// against it). Two groups of pairs, each row's gradient summed by the row itself (no two threads write
+// the same particle, and the sums run in a fixed order: same input, same bits):
+// - the neighbour pairs, as a symmetric list in compressed rows (each pair listed from both ends with
+//   its weight: row i adds its side of the gradient, the energy counts each listing half);
+// - the shifted pairs: with the particles in the sampling's order, row a meets a + s and a - s for
+//   every shift s (both ends' side of the pair (a - s, a) and (a, a + s): the pair a, a + s is then met
+//   from both of its ends), sixteen rows at a time from arrays stored twice over, so that a + s and
+//   a - s + P are plain contiguous loads; the neighbour pairs a shift meets are subtracted afterwards.
+
+inline V vsqrt(V x) {
+#if defined(__AVX512F__)
+  return (V)_mm512_sqrt_ps((__m512)x);
+#elif defined(__AVX__)
+  union { V v; __m256 h[2]; } in{x}, out;
+  out.h[0] = _mm256_sqrt_ps(in.h[0]);
+  out.h[1] = _mm256_sqrt_ps(in.h[1]);
+  return out.v;
+#else
+  for (int k = 0; k < L; ++k) x[k] = std::sqrt(x[k]);
+  return x;
+#endif
+}
+
+inline float vsqrt(float x) { return std::sqrt(x); }
+inline float twice_rsqrt(float x) { return 2.0f / std::sqrt(x); }
+inline float splat_as(float, float a) { return a; }
+inline V splat_as(V, float a) { return splat(a); }
+
+struct SampledSettings {
+  float euclid_scale, repulsion_scale, softening2, euclid_softening2, distance_floor;
+};
+
+// One pair group's energies at squared 3D distances d2, rest lengths r, both (1 where both ends take
+// part in euclid) and weight w: adds w x (spring energy) to springs and w x (charge) to charges, and
+// returns w x d(scaled energy) / d(d2). T: float or V (sixteen pairs at once).
+template <int W, bool EU, bool REP, typename T>
+inline T pair_slope(T d2, T r, T both, T w, const SampledSettings& s, T& springs, T& charges) {
+  T slope = splat_as(d2, 0.0f);
+  if (EU) {
+    const T s2 = d2 + s.euclid_softening2;
+    const T inv_d = 0.5f * twice_rsqrt(s2);  // 1 / d
+    T wt = both * w;
+    if (W == INVERSE) wt = wt / (r + s.distance_floor);
+    if (W == INVERSE_SQUARE) wt = wt / ((r + s.distance_floor) * (r + s.distance_floor));
+    const T gap = s2 * inv_d - r;  // d - r
+    springs += wt * gap * gap;
+    slope = s.euclid_scale * wt * gap * inv_d;  // d/d(d2) of w (d - r)^2 = w (d - r) / d
+  }
+  if (REP) {
+    const T q = 0.5f * twice_rsqrt(d2 + s.softening2);  // 1 / d'
+    charges += w * q;
+    slope -= (0.5f * s.repulsion_scale) * w * (q * q * q);
+  }
+  return slope;
+}
+
+// Positions, vectors and euclid membership in the sampling's order, each stored twice over and padded
+// by L: x [3, S2], v [C, S2], in [S2], S2 >= 2 P + L.
+struct Doubled {
+  const float *x, *v, *in;
+  int64_t P, C, S2;
+};
+
+// Rows a0 .. a1 - 1 (a1 - a0 <= L lanes, the rest masked) against their partners at +s and -s for
+// every shift: their gradient (times 2 / far weight's) into g [3, P] (place order), their summed
+// energies into springs / charges.
+template <int W, bool EU, bool REP>
+void shifted_rows(const Doubled& d, const int32_t* shifts, int64_t m, int64_t a0, int64_t a1,
+                  const SampledSettings& s, float* g, V& springs, V& charges) {
+  const V mask = lanes_between(a0, a0 - 1, a1);
+  const V x0 = load(d.x + a0), x1 = load(d.x + d.S2 + a0), x2 = load(d.x + 2 * d.S2 + a0);
+  const V in = EU ? load(d.in + a0) : splat(0.0f);
+  V g0{}, g1{}, g2{};
+  for (int64_t t = 0; t < m; ++t) {
+    for (int side = 0; side < 2; ++side) {
+      const int64_t b = a0 + (side == 0 ? shifts[t] : d.P - shifts[t]);
+      const V d0 = x0 - load(d.x + b), d1 = x1 - load(d.x + d.S2 + b), d2 = x2 - load(d.x + 2 * d.S2 + b);
+      V r2{};
+      if (EU)
+        for (int64_t c = 0; c < d.C; ++c) {
+          const V e = load(d.v + c * d.S2 + a0) - load(d.v + c * d.S2 + b);
+          r2 += e * e;
+        }
+      const V both = EU ? in * load(d.in + b) : splat(0.0f);
+      const V slope = pair_slope<W, EU, REP>(d0 * d0 + d1 * d1 + d2 * d2, EU ? vsqrt(r2) : r2, both, mask, s,
+                                             springs, charges);
+      g0 += slope * d0;
+      g1 += slope * d1;
+      g2 += slope * d2;
+    }
+  }
+  const int64_t n = a1 - a0;
+  for (int64_t k = 0; k < n; ++k) {
+    g[a0 + k] = g0[k];
+    g[d.P + a0 + k] = g1[k];
+    g[2 * d.P + a0 + k] = g2[k];
+  }
+}
+
+// The neighbour list's rows i0 .. i1 - 1 (original order, x [P, 3]): their gradient into grad [P, 3],
+// their summed energies (each listing counting half) into springs / charges.
+template <int W, bool EU, bool REP>
+void neighbour_rows(const float* x, const int32_t* start, const int32_t* col, const float* weight,
+                    const float* rest, const float* both, int64_t i0, int64_t i1, const SampledSettings& s,
+                    float* grad, double& springs, double& charges) {
+  for (int64_t i = i0; i < i1; ++i) {
+    float sp = 0.0f, ch = 0.0f, g[3] = {0.0f, 0.0f, 0.0f};
+    for (int32_t e = start[i]; e < start[i + 1]; ++e) {
+      const float* xj = x + 3 * int64_t(col[e]);
+      const float d[3] = {x[3 * i] - xj[0], x[3 * i + 1] - xj[1], x[3 * i + 2] - xj[2]};
+      const float slope = pair_slope<W, EU, REP>(d[0] * d[0] + d[1] * d[1] + d[2] * d[2], EU ? rest[e] : 0.0f,
+                                                 EU ? both[e] : 0.0f, weight[e], s, sp, ch);
+      for (int k = 0; k < 3; ++k) g[k] += 2.0f * slope * d[k];
+    }
+    for (int k = 0; k < 3; ++k) grad[3 * i + k] = g[k];
+    springs += 0.5 * sp;
+    charges += 0.5 * ch;
+  }
+}
+
+// The energies and gradient of one met neighbour pair (a, a + s), to take away from the shifted pairs'.
+template <int W, bool EU, bool REP>
+void remove_met(const Doubled& d, int64_t a, int64_t shift, float far, const SampledSettings& s, float* g,
+                double& springs, double& charges) {
+  const int64_t b = a + shift;
+  float diff[3], r2 = 0.0f;
+  for (int k = 0; k < 3; ++k) diff[k] = d.x[k * d.S2 + a] - d.x[k * d.S2 + b];
+  if (EU)
+    for (int64_t c = 0; c < d.C; ++c) {
+      const float e = d.v[c * d.S2 + a] - d.v[c * d.S2 + b];
+      r2 += e * e;
+    }
+  float sp = 0.0f, ch = 0.0f;
+  const float slope = pair_slope<W, EU, REP>(diff[0] * diff[0] + diff[1] * diff[1] + diff[2] * diff[2],
+                                             std::sqrt(r2), EU ? d.in[a] * d.in[b] : 0.0f, 1.0f, s, sp, ch);
+  const int64_t bp = b % d.P;
+  for (int k = 0; k < 3; ++k) {
+    g[k * d.P + a] -= 2.0f * far * slope * diff[k];
+    g[k * d.P + bp] += 2.0f * far * slope * diff[k];
+  }
+  springs -= far * sp;
+  charges -= far * ch;
+}
+
+struct SampledInputs {
+  const float* x;  // [P, 3]
+  const int32_t* order;  // [P]
+  const float *vectors, *include;  // [C, S2], [S2]: in place order, twice over
+  const int32_t* shifts;  // [m]
+  const int32_t* met_place;  // [m, H]
+  const bool* met;  // [m, H]
+  const int32_t *start, *col;  // [P + 1], [E]
+  const float *weight, *rest, *both;  // [E]
+  int64_t P, C, S2, m, H;
+};
+
+template <int W, bool EU, bool REP>
+void sampled_system(ffi::ThreadPool& pool, const SampledInputs& in, const SampledSettings& s, float* grad,
+                    float* energy) {
+  const int64_t P = in.P;
+  std::vector<float> doubled_x(3 * in.S2, 0.0f), place_grad(3 * P);
+  for (int64_t a = 0; a < P; ++a)
+    for (int k = 0; k < 3; ++k)
+      doubled_x[k * in.S2 + a] = doubled_x[k * in.S2 + P + a] = in.x[3 * int64_t(in.order[a]) + k];
+  const Doubled d{doubled_x.data(), in.vectors, in.include, P, in.C, in.S2};
+  const float far = float(P - 1) / float(2 * in.m);  // each shifted pair's weight in the estimate
+  const int64_t blocks = (P + L - 1) / L;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(4 * std::max<int64_t>(1, pool.num_threads()), blocks));
+  std::vector<double> sums(4 * chunks, 0.0);
+  run_chunks(pool, chunks, [&](int64_t c) {
+    V springs{}, charges{};
+    for (int64_t blk = blocks * c / chunks; blk < blocks * (c + 1) / chunks; ++blk)
+      shifted_rows<W, EU, REP>(d, in.shifts, in.m, L * blk, std::min(L * (blk + 1), P), s, place_grad.data(),
+                               springs, charges);
+    sums[4 * c] = 0.5 * far * sum(springs);
+    sums[4 * c + 1] = 0.5 * far * sum(charges);
+    neighbour_rows<W, EU, REP>(in.x, in.start, in.col, in.weight, in.rest, in.both, P * c / chunks,
+                               P * (c + 1) / chunks, s, grad, sums[4 * c + 2], sums[4 * c + 3]);
+  });
+  for (int64_t k = 0; k < 3 * P; ++k) place_grad[k] *= 2.0f * far;
+  double springs = 0.0, charges = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    springs += sums[4 * c] + sums[4 * c + 2];
+    charges += sums[4 * c + 1] + sums[4 * c + 3];
+  }
+  std::vector<int32_t> places;
+  for (int64_t t = 0; t < in.m; ++t) {  // the neighbour pairs the shifts met, each once per shift
+    places.clear();
+    for (int64_t h = 0; h < in.H; ++h)
+      if (in.met[t * in.H + h]) places.push_back(in.met_place[t * in.H + h]);
+    std::sort(places.begin(), places.end());
+    places.erase(std::unique(places.begin(), places.end()), places.end());
+    for (int32_t a : places) remove_met<W, EU, REP>(d, a, in.shifts[t], far, s, place_grad.data(), springs, charges);
+  }
+  for (int64_t a = 0; a < P; ++a)
+    for (int k = 0; k < 3; ++k) grad[3 * int64_t(in.order[a]) + k] += place_grad[k * P + a];
+  energy[0] = float(s.euclid_scale * springs);
+  energy[1] = float(s.repulsion_scale * charges);
+}
+
+typedef void (*SampledSystem)(ffi::ThreadPool&, const SampledInputs&, const SampledSettings&, float*, float*);
+
+template <int W>
+SampledSystem pick_sampled(bool euclid, bool repulsion) {
+  if (euclid) return repulsion ? sampled_system<W, true, true> : sampled_system<W, true, false>;
+  return repulsion ? sampled_system<W, false, true> : sampled_system<W, false, false>;
+}
+
+// x [P, 3], order [P], vectors [C, S2] and include [S2] (in the sampling's order, twice over, S2 >= 2 P +
+// 16), shifts [m], met_place and met [m, H], the neighbour list in compressed rows: start [P + 1], col,
+// weight, rest and both [E]; scales [2] -> energy [2] (euclid's, repulsion's estimates), grad [P, 3].
+ffi::Error SampledForcesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> order,
+                             ffi::Buffer<ffi::F32> vectors, ffi::Buffer<ffi::F32> include,
+                             ffi::Buffer<ffi::S32> shifts, ffi::Buffer<ffi::S32> met_place, ffi::Buffer<ffi::PRED> met,
+                             ffi::Buffer<ffi::S32> start, ffi::Buffer<ffi::S32> col, ffi::Buffer<ffi::F32> weight,
+                             ffi::Buffer<ffi::F32> rest, ffi::Buffer<ffi::F32> both, ffi::Buffer<ffi::F32> scales,
+                             ffi::ResultBuffer<ffi::F32> energy, ffi::ResultBuffer<ffi::F32> grad, int32_t weighting,
+                             bool euclid, bool repulsion, float softening, float euclid_softening,
+                             float distance_floor) {
+  const auto xd = x.dimensions(), vd = vectors.dimensions();
+  if (xd.size() != 2 || xd[1] != 3) return ffi::Error::InvalidArgument("sampled_forces: x must be [P, 3]");
+  if (weighting < 0 || weighting > 2) return ffi::Error::InvalidArgument("sampled_forces: weighting must be 0, 1 or 2");
+  const int64_t P = xd[0];
+  if (vd.size() != 2 || vd[1] < 2 * P + L || include.element_count() != vd[1] || order.element_count() != P ||
+      start.element_count() != P + 1 || met.element_count() != met_place.element_count() ||
+      met_place.element_count() % std::max<int64_t>(1, shifts.element_count()) != 0)
+    return ffi::Error::InvalidArgument("sampled_forces: inconsistent shapes");
+  float* g = grad->typed_data();
+  std::fill(g, g + 3 * P, 0.0f);
+  const int64_t m = shifts.element_count();
+  if (P < 2 || m == 0 || (!euclid && !repulsion)) {
+    energy->typed_data()[0] = energy->typed_data()[1] = 0.0f;
+    return ffi::Error::Success();
+  }
+  const float* sc = scales.typed_data();
+  const SampledSettings s{sc[0], sc[1], softening * softening, euclid_softening * euclid_softening, distance_floor};
+  const SampledInputs in{x.typed_data(), order.typed_data(), vectors.typed_data(), include.typed_data(),
+                         shifts.typed_data(), met_place.typed_data(), met.typed_data(), start.typed_data(),
+                         col.typed_data(), weight.typed_data(), rest.typed_data(), both.typed_data(),
+                         P, int64_t(vd[0]), int64_t(vd[1]), m, int64_t(met_place.element_count()) / m};
+  const SampledSystem run = weighting == INVERSE ? pick_sampled<INVERSE>(euclid, repulsion)
+                            : weighting == INVERSE_SQUARE ? pick_sampled<INVERSE_SQUARE>(euclid, repulsion)
+                                                          : pick_sampled<UNIFORM>(euclid, repulsion);
+  run(pool, in, s, g, energy->typed_data());
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // The same rest lengths for one system, vectors [P, C] -> rest [P, R], on the calling thread and without
@@ -503,6 +753,31 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PairForces, PairForcesImpl,
                                   .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("weighting")
+                                  .Attr<bool>("euclid")
+                                  .Attr<bool>("repulsion")
+                                  .Attr<float>("softening")
+                                  .Attr<float>("euclid_softening")
+                                  .Attr<float>("distance_floor"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SampledForces, SampledForcesImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int32_t>("weighting")

@@ -198,19 +198,10 @@ def native_pair_forward(terms: tuple[PairTerm, ...]) -> Callable[..., tuple[jax.
     one call of the native kernel; where `energies` (a bool, or a traced one) is False, NaN instead of
     the energies, which the kernel then does not sum (7% faster). The rest lengths [P, R] come with the
     term (with_rest_lengths) or are made here, once, from the output vectors."""
-    by_name = {native_name(t): t for t in terms}
-    euclid, repulsion = by_name.get("euclid"), by_name.get("repulsion")
-    e, r = dict(euclid.native if euclid else ()), dict(repulsion.native if repulsion else ())
+    euclid, scales, attributes, order = native_settings(terms)
     if euclid is not None:
         rest = rest_lengths(euclid.data[0]) if euclid.rest is None else euclid.rest
         include = euclid.data[1].astype(bool)
-    scales = jnp.stack([jnp.float32(0.0) if t is None else jnp.asarray(t.scale, jnp.float32)
-                        for t in (euclid, repulsion)])
-    attributes = dict(
-        weighting=np.int32(e.get("weighting", 0)), euclid=euclid is not None, repulsion=repulsion is not None,
-        softening=np.float32(r.get("softening", 1.0)), euclid_softening=np.float32(e.get("softening", 1.0)),
-        distance_floor=np.float32(e.get("floor", 1.0)))
-    order = jnp.asarray([("euclid", "repulsion").index(native_name(t)) for t in terms])  # the kernel's order
 
     def forward(x, energies=True):
         n = x.shape[0]
@@ -226,6 +217,23 @@ def native_pair_forward(terms: tuple[PairTerm, ...]) -> Callable[..., tuple[jax.
         return values[order], grad
 
     return forward
+
+
+def native_settings(terms: tuple[PairTerm, ...]) -> tuple[PairTerm | None, jax.Array, dict, jax.Array]:
+    """What the native kernels (pair_forces.cc: PairForces, SampledForces) are told about these terms:
+    (the euclid term or None, the scales [2] (euclid's, repulsion's), the attributes, each term's place
+    in the kernels' order (euclid, repulsion))."""
+    by_name = {native_name(t): t for t in terms}
+    euclid, repulsion = by_name.get("euclid"), by_name.get("repulsion")
+    e, r = dict(euclid.native if euclid else ()), dict(repulsion.native if repulsion else ())
+    scales = jnp.stack([jnp.float32(0.0) if t is None else jnp.asarray(t.scale, jnp.float32)
+                        for t in (euclid, repulsion)])
+    attributes = dict(
+        weighting=np.int32(e.get("weighting", 0)), euclid=euclid is not None, repulsion=repulsion is not None,
+        softening=np.float32(r.get("softening", 1.0)), euclid_softening=np.float32(e.get("softening", 1.0)),
+        distance_floor=np.float32(e.get("floor", 1.0)))
+    order = jnp.asarray([("euclid", "repulsion").index(native_name(t)) for t in terms])
+    return euclid, scales, attributes, order
 
 
 def pair_step_function(terms: tuple[PairTerm, ...], native: bool | None = None

@@ -21,14 +21,16 @@ where a fixed subset of as many partners reaches 1.18x.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from layout.engine.native import SAMPLED_TARGET
 from layout.engine.neighbours import nearest_neighbours
-from layout.engine.pairs import PairTerm, with_gradient
+from layout.engine.pairs import PairTerm, native_settings, runs_native, with_gradient
 
 SAMPLED_ABOVE = 20_000  # layout.sim.pairs: auto samples above this many particles (see benchmarks/scale.py)
 
@@ -46,7 +48,8 @@ class Sampling:
     which a shift pairs places a and a + s; hit_shift, hit_place [2 P k] int32: every neighbour pair
     seen from either end, as the shift s at which place a meets it (sorted by shift) and a, so that a
     step finds the neighbour pairs its shifts meet by binary search; key: the key data the step keys
-    fold from; partners: shifts per step (static)."""
+    fold from; partners: shifts per step (static); native: the native kernel's own inputs (see
+    native_arrays), where it runs these terms, else None."""
 
     neighbours: jax.Array
     weight: jax.Array
@@ -55,10 +58,11 @@ class Sampling:
     hit_place: jax.Array
     key: jax.Array
     partners: int
+    native: tuple | None = None
 
 
 jax.tree_util.register_dataclass(Sampling, data_fields=["neighbours", "weight", "order", "hit_shift", "hit_place",
-                                                        "key"], meta_fields=["partners"])
+                                                        "key", "native"], meta_fields=["partners"])
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,12 @@ def near_energies(terms: tuple[SampledTerm, ...], x: jax.Array) -> jax.Array:
     return (pair_values(terms, d2, [t.near for t in terms]) * s.weight).sum((1, 2))
 
 
+def step_shifts(s: Sampling, step, n: int) -> jax.Array:
+    """[partners] int32: this step's shifts, 1 .. n - 1, drawn from the step's key."""
+    key = jax.random.fold_in(jax.random.wrap_key_data(s.key), step)
+    return jax.random.randint(key, (s.partners,), 1, max(n, 2))
+
+
 def met_neighbours(s: Sampling, shifts: jax.Array) -> tuple[jax.Array, jax.Array]:
     """For each shift, the places (up to HITS per side) whose pair at that shift is a neighbour pair:
     (places [m, 2 HITS], whether each is one [m, 2 HITS])."""
@@ -152,8 +162,7 @@ def far_pass(terms: tuple[SampledTerm, ...], x: jax.Array, step) -> tuple[jax.Ar
     xt = x[s.order].T  # [3, P] in place order
     data = [tuple(a[s.order] for a in t.term.data) for t in terms]
     scales = jnp.stack([t.term.scale for t in terms])
-    key = jax.random.fold_in(jax.random.wrap_key_data(s.key), step)
-    shifts = jax.random.randint(key, (s.partners,), 1, max(n, 2))
+    shifts = step_shifts(s, step, n)
     places, met = met_neighbours(s, shifts)
     weight = (n - 1) / (2 * s.partners)
 
@@ -195,8 +204,58 @@ def sampled_energy(terms: tuple[SampledTerm, ...], x: jax.Array, step) -> jax.Ar
 
 def sampled_step_function(terms: tuple[SampledTerm, ...]):
     """(positions, measure, step) -> (each term's estimated energy, the gradient of their sum), as
-    pairs.pair_step_function; the energies come with the gradient, measured or not."""
-    return lambda x, measure, step: sampled_forward(terms, x, step)
+    pairs.pair_step_function; the energies come with the gradient, measured or not. By the native
+    kernel where the sampling carries its inputs, else sampled_forward."""
+    forward = native_sampled_forward(terms) if terms[0].sampling.native is not None else (
+        lambda x, step: sampled_forward(terms, x, step))
+    return lambda x, measure, step: forward(x, step)
+
+
+def native_arrays(sampling: Sampling, euclid: PairTerm | None) -> tuple:
+    """The native kernel's inputs (pair_forces.cc: SampledForces), made once: the particles' scaled
+    vectors [C, S2] and euclid membership [S2] in the sampling's order, stored twice over and padded
+    (S2 = 2 P + 16), and the neighbour pairs as a symmetric list in compressed rows: start [P + 1],
+    col, weight, rest length and both-take-part [E], every pair listed from both of its ends."""
+    nb, weight, order = (np.asarray(a) for a in (sampling.neighbours, sampling.weight, sampling.order))
+    n, k = nb.shape
+    rows = np.repeat(np.arange(n, dtype=np.int32), k)
+    from_row, to_row = np.concatenate([rows, nb.ravel()]), np.concatenate([nb.ravel(), rows])
+    by_row = np.argsort(from_row, kind="stable")
+    col, w = to_row[by_row], np.tile(weight.ravel(), 2)[by_row]
+    start = np.concatenate([[0], np.cumsum(np.bincount(from_row, minlength=n))]).astype(np.int32)
+    doubled = 2 * n + 16
+    vectors, include = np.zeros((1, doubled), np.float32), np.zeros(doubled, np.float32)
+    rest, both = np.zeros(len(col), np.float32), np.zeros(len(col), np.float32)
+    if euclid is not None:
+        v, inc = np.asarray(euclid.data[0], np.float32), np.asarray(euclid.data[1], bool)
+        vectors = np.zeros((v.shape[1], doubled), np.float32)
+        vectors[:, :2 * n] = np.tile(v[order].T, 2)
+        include[:2 * n] = np.tile(inc[order], 2)
+        row_of = from_row[by_row]
+        rest = np.sqrt(((v[row_of] - v[col]) ** 2).sum(1)).astype(np.float32)
+        both = (inc[row_of] & inc[col]).astype(np.float32)
+    return tuple(jax.device_put(a) for a in (vectors, include, start, col.astype(np.int32), w, rest, both))
+
+
+def native_sampled_forward(terms: tuple[SampledTerm, ...]):
+    """(positions, step) -> sampled_forward's (energies, gradient), by the native kernel: each pair's
+    energy and gradient in one pass, on every core."""
+    s = terms[0].sampling
+    _, scales, attributes, order = native_settings(tuple(t.term for t in terms))
+
+    def forward(x, step):
+        n = x.shape[0]
+        shifts = step_shifts(s, step, n)
+        places, met = met_neighbours(s, shifts)
+        vectors, include, start, col, weight, rest, both = s.native
+        call = jax.ffi.ffi_call(
+            SAMPLED_TARGET, (jax.ShapeDtypeStruct((2,), jnp.float32), jax.ShapeDtypeStruct((n, 3), jnp.float32)),
+            vmap_method="sequential")
+        values, grad = call(x.astype(jnp.float32), s.order, vectors, include, shifts.astype(jnp.int32),
+                            places.astype(jnp.int32), met, start, col, weight, rest, both, scales, **attributes)
+        return values[order], grad
+
+    return forward
 
 
 def pairs_mode(mode: str, n_particles: int) -> str:
@@ -204,9 +263,15 @@ def pairs_mode(mode: str, n_particles: int) -> str:
     return mode if mode != "auto" else ("sampled" if n_particles > SAMPLED_ABOVE else "exact")
 
 
-def with_sampling(terms: dict, vectors: np.ndarray, k: int, partners: int, seed: np.ndarray) -> dict:
-    """The terms, each PairTerm replaced by its SampledTerm (all sharing one sampling)."""
-    if not any(isinstance(t, PairTerm) for t in terms.values()):
+def with_sampling(terms: dict, vectors: np.ndarray, k: int, partners: int, seed: np.ndarray,
+                  native: bool | None = None) -> dict:
+    """The terms, each PairTerm replaced by its SampledTerm (all sharing one sampling), to run on the
+    native kernel where it can (`native` None: when it is available)."""
+    pairs = tuple(t for t in terms.values() if isinstance(t, PairTerm))
+    if not pairs:
         return terms
     sampling = make_sampling(vectors, k, partners, seed)
+    if runs_native(pairs, native):
+        euclid = next((t for t in pairs if dict(t.native).get("term") == "euclid"), None)
+        sampling = dataclasses.replace(sampling, native=native_arrays(sampling, euclid))
     return {name: sampled_term(t, sampling) if isinstance(t, PairTerm) else t for name, t in terms.items()}
