@@ -85,11 +85,11 @@ def test_memory_needs_add_up_each_stages_arrays():
 
 
 @pytest.mark.parametrize("sets, available, stage, fix", [
-    (["model.hidden=[100000000]"], 20 * GB, "layout", "use fewer hidden neurons (model.hidden)"),
+    (["model.hidden=[100000000]"], 20 * GB, "training", "use fewer hidden neurons (model.hidden)"),
     (["model.hidden=[5000]", "train.snapshot_unit=step"], 10 * GB, "training", "raise train.snapshot_every"),
     (["model.hidden=[20000]", "train.epochs=0"], 20 * GB, "structure tests", "lower structure.layout_nulls"),
-    (["model.hidden=[20000]", "structure.enabled=false", "train.epochs=0"], 1 * GB, "layout",
-     "use fewer hidden neurons"),
+    (["model.hidden=[20000]", "structure.enabled=false", "train.epochs=0", "layout.sim.pairs=exact"], 1.5 * GB,
+     "layout", "use fewer hidden neurons"),
 ])
 def test_a_run_this_machine_cannot_hold_names_the_stage_the_figure_and_the_fix(sets, available, stage, fix):
     cfg = load_config(REPO / "configs" / "euclid.yaml", sets)
@@ -99,6 +99,18 @@ def test_a_run_this_machine_cannot_hold_names_the_stage_the_figure_and_the_fix(s
     message = str(info.value)
     assert f"for its {stage} (" in message and "B of memory" in message and fix in message
     assert f"more than the {available / GB:.1f} GB available here" in message and "\n" not in message
+
+
+def test_sampled_pairs_let_a_100000_neuron_network_fit_where_all_pairs_would_not():
+    cfg = load_config(REPO / "configs" / "euclid.yaml", ["model.hidden=[100000]", "structure.enabled=false",
+                                                         "train.epochs=1"])
+    layout = {n.stage: n for n in memory_needs(cfg, (784, 100000, 10), 5000, 10000)}["layout"]
+    assert layout.bytes < 1.5 * GB and "16 nearest neighbours of 100,010 particles" in layout.holds
+    check_memory(cfg, (784, 100000, 10), 5000, 10000, available=16 * GB)
+    exact = load_config(REPO / "configs" / "euclid.yaml", ["model.hidden=[100000]", "structure.enabled=false",
+                                                           "train.epochs=1", "layout.sim.pairs=exact"])
+    with pytest.raises(UserError, match=r"about 4\d\.\d GB of memory for its layout \(the spring lengths"):
+        check_memory(exact, (784, 100000, 10), 5000, 10000, available=16 * GB)
 
 
 def test_training_alone_needs_only_the_training_memory():
@@ -120,7 +132,7 @@ def test_a_hundred_million_hidden_neurons_are_refused_in_one_line_before_any_wor
                      "--set", "model.hidden=[100000000]", timeout=120)
     assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("error: a 784-100000000-10 network needs about ") and "for its layout" in line
+    assert line.startswith("error: a 784-100000000-10 network needs about ") and "for its training" in line
     assert "available here: use fewer hidden neurons (model.hidden)" in line
     assert not out.exists()  # refused before config.yaml or anything else was written
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -181,3 +182,75 @@ def test_a_50000_neuron_layout_never_holds_an_n_by_n_array():
     assert out.returncode == 0, out.stderr[-2000:]
     peak_gb = float(out.stdout.split()[-1])
     assert peak_gb < 2.5, f"peak resident memory {peak_gb:.2f} GB"
+
+
+def test_trajectories_above_the_size_store_float16_frames_and_the_last_frame_exact(tmp_path):
+    from layout.core.config import LayoutConfig
+    from layout.engine.simulate import Trajectory
+    from layout.engine.trajectory_file import HALF_ABOVE, LaidOut, inputs_digest, load_trajectory, save_trajectory
+
+    sizes = {}
+    for n in (HALF_ABOVE - 10, HALF_ABOVE + 10):  # 10 anchors: particles HALF_ABOVE and HALF_ABOVE + 20
+        vectors = clusters(n, dims=10)
+        features = synthetic_features(vectors)
+        particles = make_particles(features, AnchorsConfig(mode="free"))
+        positions = np.random.default_rng(0).standard_normal((3, particles.n_particles, 3)).astype(np.float32)
+        trajectory = Trajectory(positions, np.zeros((3, 1), np.float32), np.arange(3), ("euclid",), None)
+        made_by = LaidOut(inputs_digest(particles), LayoutConfig(), "simulation", "k")
+        path = save_trajectory(tmp_path / f"{n}.npz", trajectory, particles, features, made_by)
+        loaded, _ = load_trajectory(path, particles, made_by)
+        assert loaded.positions.dtype == np.float32
+        np.testing.assert_array_equal(loaded.final, positions[-1])  # exact, whatever the size
+        np.testing.assert_allclose(loaded.positions, positions, rtol=1e-3, atol=1e-3)
+        with np.load(path) as stored:
+            sizes[n] = stored["positions"].dtype
+    assert sizes == {HALF_ABOVE - 10: np.float32, HALF_ABOVE + 10: np.float16}
+
+
+# ---------------------------------------------------------------------------------------------
+# Several devices
+
+
+def test_a_layout_sharded_over_four_devices_equals_the_one_device_layout():
+    """In a process with 4 host devices (XLA_FLAGS), the JAX definition on both sides (the native
+    kernel runs on one device only): the same step, and the same 60-step trajectory, to float rounding."""
+    script = textwrap.dedent("""
+        import dataclasses, numpy as np, jax, jax.numpy as jnp
+        from layout.core.config import AnchorsConfig, ForcesConfig, SimConfig
+        from layout.engine.energies import build_energy
+        from layout.engine.particles import make_particles
+        from layout.engine.sampled import sampled_step_function, with_sampling
+        from layout.engine.simulate import simulate
+        from tests.test_scale import clusters
+        from tests.test_layout import synthetic_features
+        assert len(jax.devices()) == 4
+        v = clusters(1001)  # with 10 free anchors, 1,011 particles: blocks of 253, one padding row
+        particles = make_particles(synthetic_features(v), AnchorsConfig(mode="free"))
+        terms = build_energy(particles, ForcesConfig())
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((particles.n_particles, 3)).astype(np.float32))
+        steps = [jax.jit(sampled_step_function(tuple(t for t in with_sampling(
+            terms, particles.vectors, 16, 8, np.array([0, 1], np.uint32), devices=d).values()
+            if hasattr(t, "sampling")))) for d in (1, 4)]
+        (e1, g1), (e4, g4) = (step(x, True, 3) for step in steps)
+        np.testing.assert_allclose(e1, e4, rtol=1e-5)
+        np.testing.assert_allclose(g1, g4, atol=1e-5 * float(np.abs(g1).max()))
+        cfg = SimConfig(steps=60, settle=0, pairs="sampled", partners=8)
+        finals = [simulate(terms, particles, dataclasses.replace(cfg, devices=d), jax.random.key(0)).final
+                  for d in (1, 4)]
+        np.testing.assert_allclose(finals[0], finals[1], atol=1e-4)
+        print("equal", float(np.abs(finals[0] - finals[1]).max()))
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "NEURON_LAYOUT_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "equal" in out.stdout
+
+
+def test_more_devices_than_jax_sees_are_refused_naming_the_count():
+    from layout.core.errors import UserError
+    from layout.engine.sampled import with_sampling
+
+    v = clusters(200)
+    particles = make_particles(synthetic_features(v), AnchorsConfig(mode="none"))
+    with pytest.raises(UserError, match=r"layout.sim.devices = 64, but JAX sees 1 device\(s\) here"):
+        with_sampling(build_energy(particles, ForcesConfig()), v, 16, 8, np.array([0, 1], np.uint32), devices=64)

@@ -162,6 +162,8 @@ class SimConfig:
     neighbours: int = option(16, "sampled pairs: nearest neighbours by output vector, summed every step",
                              ge=1, le=256)
     partners: int = option(32, "sampled pairs: fresh random partners per particle and step", ge=1, le=1024)
+    devices: int = option(1, "sampled pairs: the particles spread over this many of JAX's devices (more than "
+                             "one runs the JAX definition, not the native kernel)", ge=1, le=4096)
     snapshot_steps: int = option(60, "training timeline: steps per weight snapshot, each warm-started from "
                                      "the previous layout", ge=1, le=10_000_000)
     snapshot_alpha: float = option(0.3, "training timeline: alpha at the start of each snapshot's steps",

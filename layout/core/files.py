@@ -153,8 +153,8 @@ def require_arrays(path: str | Path, what: str, arrays: dict, shapes: dict[str, 
         if a.dtype.kind not in "biuf":
             raise UserError(f"{path} is not a {what} written by neuron-layout: '{name}' holds {a.dtype} values, "
                             "not real numbers")
-        if a.dtype.kind == "f" and a.size and not (np.isfinite(a).all() and -FLOAT32_MAX <= a.min()
-                                                   and a.max() <= FLOAT32_MAX):
+        if a.dtype.kind == "f" and a.size and not (np.isfinite(a).all() and -FLOAT32_MAX <= float(a.min())
+                                                   and float(a.max()) <= FLOAT32_MAX):
             raise UserError(f"{path} is damaged: '{name}' holds NaN or infinite values, or values beyond float32's "
                             "range")
 

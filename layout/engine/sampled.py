@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from layout.core.errors import UserError
 from layout.engine.native import SAMPLED_TARGET
 from layout.engine.neighbours import nearest_neighbours
 from layout.engine.pairs import PairTerm, native_settings, runs_native, with_gradient
@@ -59,10 +60,11 @@ class Sampling:
     key: jax.Array
     partners: int
     native: tuple | None = None
+    devices: int = 1  # the particles are spread over this many of JAX's devices (sharded_forward)
 
 
 jax.tree_util.register_dataclass(Sampling, data_fields=["neighbours", "weight", "order", "hit_shift", "hit_place",
-                                                        "key", "native"], meta_fields=["partners"])
+                                                        "key", "native"], meta_fields=["partners", "devices"])
 
 
 @dataclass(frozen=True)
@@ -129,11 +131,14 @@ def pair_values(terms: tuple[SampledTerm, ...], d2: jax.Array, pair_data) -> jax
     return jnp.stack([t.term.along(d2, data, **dict(t.term.options)) for t, data in zip(terms, pair_data)])
 
 
-def near_energies(terms: tuple[SampledTerm, ...], x: jax.Array) -> jax.Array:
-    """Each term's unscaled energy over the neighbour pairs (each counted once), x [P, 3]."""
+def near_energies(terms: tuple[SampledTerm, ...], x: jax.Array, block: tuple | None = None) -> jax.Array:
+    """Each term's unscaled energy over the neighbour pairs (each counted once), x [P, 3]; of every
+    particle, or of a block of rows: (their particle ids [B], neighbours [B, k], weights [B, k], each
+    term's pair data [B, k]), as a device holds them (sharded_forward)."""
     s = terms[0].sampling
-    d2 = ((x[:, None, :] - x[s.neighbours]) ** 2).sum(-1)
-    return (pair_values(terms, d2, [t.near for t in terms]) * s.weight).sum((1, 2))
+    ids, neighbours, weight, near = block or (jnp.arange(x.shape[0]), s.neighbours, s.weight, [t.near for t in terms])
+    d2 = ((x[ids][:, None, :] - x[neighbours]) ** 2).sum(-1)
+    return (pair_values(terms, d2, near) * weight).sum((1, 2))
 
 
 def step_shifts(s: Sampling, step, n: int) -> jax.Array:
@@ -150,36 +155,51 @@ def met_neighbours(s: Sampling, shifts: jax.Array) -> tuple[jax.Array, jax.Array
     return s.hit_place[at], s.hit_shift[at] == shifts[:, None]
 
 
-def far_pass(terms: tuple[SampledTerm, ...], x: jax.Array, step) -> tuple[jax.Array, jax.Array]:
+def far_pass(terms: tuple[SampledTerm, ...], x: jax.Array, step, lo=0, rows: int | None = None
+             ) -> tuple[jax.Array, jax.Array]:
     """(each term's unscaled estimate over the non-neighbour pairs, the gradient [P, 3] of the scaled
-    estimates' sum) on this step: per shift, one pass over the P pairs (a, a + s) in the random order
-    (positions coordinates first, [3, P]: XLA's loops then run along the particles, 6 vs 7 ms a step
-    at P = 100,000; the particles' data particles first, [P, C]: 25 vs 210 ms); the gradient of each pair's
-    energy from JAX's derivative with respect to its squared distance (as pairs.jax_pair_energy),
-    added to both ends."""
+    estimates' sum) on this step, of the pairs (a, a + s) whose first end is one of the places lo ..
+    lo + rows - 1 (default: all; places past P count nothing): per shift, one pass over them, their
+    partners a contiguous slice of the arrays stored three times over. Positions coordinates first,
+    [3, P]: XLA's loops then run along the particles (6 vs 7 ms a step at P = 100,000); the particles'
+    data particles first, [P, C] (25 vs 210 ms). The gradient of each pair's energy comes from JAX's
+    derivative with respect to its squared distance (as pairs.jax_pair_energy), added to both ends."""
     s = terms[0].sampling
     n = x.shape[0]
-    xt = x[s.order].T  # [3, P] in place order
-    data = [tuple(a[s.order] for a in t.term.data) for t in terms]
+    rows = n if rows is None else rows
+    thrice = lambda a, axis: jnp.concatenate([a, a, a], axis)  # noqa: E731
+    xt = thrice(x[s.order].T, 1)  # [3, 3P] in place order
+    data = [tuple(thrice(a[s.order], 0) for a in t.term.data) for t in terms]
     scales = jnp.stack([t.term.scale for t in terms])
     shifts = step_shifts(s, step, n)
     places, met = met_neighbours(s, shifts)
     weight = (n - 1) / (2 * s.partners)
+    valid = lo + jnp.arange(rows) < n
+    at = lambda a, start, axis: jax.lax.dynamic_slice_in_dim(a, start, rows, axis)  # noqa: E731
+    own_x, own_data = at(xt, lo, 1), [tuple(at(a, lo, 0) for a in d) for d in data]
+
+    def add(grad, value, start):
+        return jax.lax.dynamic_update_slice_in_dim(grad, at(grad, start, 1) + value, start, 1)
 
     def one(carry, inputs):
         total, grad = carry
-        shift, at, is_met = inputs
-        roll = lambda a: jnp.roll(a, -shift, 0)  # noqa: E731  the partner at place a + shift
-        diff = xt - jnp.roll(xt, -shift, 1)
+        shift, place, is_met = inputs
+        partner = lo + shift  # the first partner's place
+        diff = own_x - at(xt, partner, 1)
         d2 = (diff**2).sum(0)
-        pair_data = [t.term.between(d, tuple(map(roll, d))) for t, d in zip(terms, data)]
+        pair_data = [t.term.between(mine, tuple(at(a, partner, 0) for a in d))
+                     for t, mine, d in zip(terms, own_data, data)]
         values, slopes = jax.jvp(lambda d2: pair_values(terms, d2, pair_data), (d2,), (jnp.ones_like(d2),))
-        far = jnp.zeros(n, jnp.int32).at[at].add(is_met.astype(jnp.int32)) == 0
-        pull = 2 * weight * jnp.where(far, scales @ slopes, 0.0) * diff  # d(energy) / d(x_a), [3, P]
-        grad = grad + pull - jnp.roll(pull, shift, -1)  # and the opposite at its partner
+        inside = (place >= lo) & (place < lo + rows)
+        hit = jnp.zeros(rows, jnp.int32).at[jnp.where(inside, place - lo, rows)].add(is_met.astype(jnp.int32),
+                                                                                   mode="drop")
+        far = (hit == 0) & valid
+        pull = 2 * weight * jnp.where(far, scales @ slopes, 0.0) * diff  # d(energy) / d(x_a), [3, rows]
+        grad = add(add(grad, pull, lo), -pull, partner)  # and the opposite at its partner
         return (total + jnp.where(far, values, 0.0).sum(1), grad), None
 
     (total, grad), _ = jax.lax.scan(one, (jnp.zeros(len(terms), x.dtype), jnp.zeros_like(xt)), (shifts, places, met))
+    grad = grad[:, :n] + grad[:, n:2 * n] + grad[:, 2 * n:]
     return total * weight, jnp.zeros_like(x).at[s.order].set(grad.T)
 
 
@@ -205,10 +225,59 @@ def sampled_energy(terms: tuple[SampledTerm, ...], x: jax.Array, step) -> jax.Ar
 def sampled_step_function(terms: tuple[SampledTerm, ...]):
     """(positions, measure, step) -> (each term's estimated energy, the gradient of their sum), as
     pairs.pair_step_function; the energies come with the gradient, measured or not. By the native
-    kernel where the sampling carries its inputs, else sampled_forward."""
-    forward = native_sampled_forward(terms) if terms[0].sampling.native is not None else (
-        lambda x, step: sampled_forward(terms, x, step))
+    kernel where the sampling carries its inputs, over several devices where it names them, else
+    sampled_forward."""
+    s = terms[0].sampling
+    if s.native is not None:
+        forward = native_sampled_forward(terms)
+    elif s.devices > 1:
+        forward = sharded_forward(terms, s.devices)
+    else:
+        forward = lambda x, step: sampled_forward(terms, x, step)  # noqa: E731
     return lambda x, measure, step: forward(x, step)
+
+
+def sharded_forward(terms: tuple[SampledTerm, ...], devices: int):
+    """(positions, step) -> sampled_forward's (energies, gradient), the particles spread over the first
+    `devices` of JAX's devices: a mesh with one axis, and each particle array (positions, neighbours,
+    their weights and pair data) cut into equal blocks of rows, padded with rows that weigh nothing
+    (jax.sharding.NamedSharding through shard_map). Each device gathers every position (all_gather),
+    sums the pairs whose first end is one of its rows into a gradient of every particle, and the
+    devices add those up, each keeping its own rows (psum_scatter). The same code as on one device:
+    near_energies and far_pass on a block of rows."""
+    mesh = jax.make_mesh((devices,), ("particles",), (jax.sharding.AxisType.Auto,), devices=jax.devices()[:devices])
+    rows, replicated = jax.sharding.PartitionSpec("particles"), jax.sharding.PartitionSpec()
+    scales = jnp.stack([t.term.scale for t in terms])
+
+    def forward(x, step):
+        n = x.shape[0]
+        block = -(-n // devices)
+
+        def pad(a):
+            return jnp.concatenate([a, jnp.zeros((block * devices - n,) + a.shape[1:], a.dtype)])
+
+        def local(x_rows, neighbours, weight, near, terms, step):
+            lo = jax.lax.axis_index("particles") * block
+            everyone = jax.lax.all_gather(x_rows, "particles", tiled=True)[:n]
+            ids = jnp.minimum(lo + jnp.arange(block), n - 1)  # padding rows weigh nothing
+
+            def near_sum(x):
+                values = near_energies(terms, x, (ids, neighbours, weight, near))
+                return (scales * values).sum(), values
+
+            (_, near_values), near_grad = jax.value_and_grad(near_sum, has_aux=True)(everyone)
+            far_values, far_grad = far_pass(terms, everyone, step, lo, block)
+            grad = jax.lax.psum_scatter(pad(near_grad + far_grad), "particles", tiled=True)
+            return jax.lax.psum(near_values + far_values, "particles"), grad
+
+        s = terms[0].sampling
+        near = [tuple(map(pad, t.near)) for t in terms]
+        values, grad = jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, rows, rows, replicated, replicated),
+                                     out_specs=(replicated, rows), check_vma=False)(
+            pad(x), pad(s.neighbours), pad(s.weight), near, terms, step)
+        return scales * values, grad[:n]
+
+    return forward
 
 
 def native_arrays(sampling: Sampling, euclid: PairTerm | None) -> tuple:
@@ -264,14 +333,17 @@ def pairs_mode(mode: str, n_particles: int) -> str:
 
 
 def with_sampling(terms: dict, vectors: np.ndarray, k: int, partners: int, seed: np.ndarray,
-                  native: bool | None = None) -> dict:
-    """The terms, each PairTerm replaced by its SampledTerm (all sharing one sampling), to run on the
-    native kernel where it can (`native` None: when it is available)."""
+                  native: bool | None = None, devices: int = 1) -> dict:
+    """The terms, each PairTerm replaced by its SampledTerm (all sharing one sampling), on `devices` of
+    JAX's devices; on one, on the native kernel where it can (`native` None: when it is available)."""
     pairs = tuple(t for t in terms.values() if isinstance(t, PairTerm))
     if not pairs:
         return terms
-    sampling = make_sampling(vectors, k, partners, seed)
-    if runs_native(pairs, native):
+    if devices > len(jax.devices()):
+        raise UserError(f"layout.sim.devices = {devices}, but JAX sees {len(jax.devices())} device(s) here: lower it "
+                        "(on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N)")
+    sampling = dataclasses.replace(make_sampling(vectors, k, partners, seed), devices=devices)
+    if devices == 1 and runs_native(pairs, native):
         euclid = next((t for t in pairs if dict(t.native).get("term") == "euclid"), None)
         sampling = dataclasses.replace(sampling, native=native_arrays(sampling, euclid))
     return {name: sampled_term(t, sampling) if isinstance(t, PairTerm) else t for name, t in terms.items()}

@@ -294,7 +294,8 @@ def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key
     cooling from `alpha_start`); same key, same trajectory."""
     x0 = initial_positions(particles, cfg.init, key) if start is None else np.asarray(start, np.float32)
     if pairs_mode(cfg.pairs, particles.n_particles) == "sampled":
-        terms = with_sampling(terms, particles.vectors, cfg.neighbours, cfg.partners, jax.random.key_data(key))
+        terms = with_sampling(terms, particles.vectors, cfg.neighbours, cfg.partners, jax.random.key_data(key),
+                              devices=cfg.devices)
     frames_per_chunk = max(1, cfg.chunk // cfg.record_every)
     run = make_chunk(terms, particles.movable, cfg, frames_per_chunk, alpha_start)
     # numpy, not jnp: each jnp call here would compile a small program of its own in a new process

@@ -19,6 +19,7 @@ from layout.engine.energies import build_energy
 from layout.engine.features import NeuronFeatures, neuron_features, top_examples
 from layout.engine.metrics import layout_metrics
 from layout.engine.particles import Particles, make_particles
+from layout.engine.sampled import pairs_mode
 from layout.engine.simulate import Trajectory, simulate
 from layout.engine.timeline import training_trajectory
 from layout.engine.trajectory_file import LaidOut, cached_trajectory, inputs_digest, load_trajectory, save_trajectory
@@ -94,6 +95,7 @@ def layout_stage(cfg: RunConfig, trained: TrainResult, out: Path, *, relayout: b
         seconds=seconds,
         layout_key=key,
         reused=loaded is not None,
+        pairs=pairs_mode(cfg.layout.sim.pairs, particles.n_particles),
     )
     top, bottom = top_examples(trained.network, trained.dataset.test.images, cfg.render.top_images,
                                features.hidden_layers)
@@ -114,6 +116,7 @@ def layout_summary(result: LayoutResult) -> str:
 
     settled = "settled" if f["settled"] else "did not settle"
     settled += ", reused from cache" if f["reused"] else ""
+    settled += ", sampled pairs" if f.get("pairs") == "sampled" else ""
     sampled = "" if f["exact"] else f" (estimated from a sample of {f['n_queries']} neurons)"
     how = "" if result.features.influence == "weights" else f" (output vectors: {result.features.influence} influence)"
     return (f"layout of {f['n_neurons']} neurons{how} with {', '.join(f['terms'])}: {f['steps']} steps, {settled}, "

@@ -19,12 +19,18 @@ from layout.core.errors import ConfigError, UserError
 from layout.core.layers import INPUT_SHAPE, check_shapes, patch_values
 from layout.core.memory import available_memory, gigabytes
 from layout.engine.features import EVAL_BATCH
+from layout.engine.metrics import BATCH_VALUES
+from layout.engine.sampled import pairs_mode
 from models.data.datasets import Dataset
 from models.network.cnn import count_params as count_layer_params
 from models.network.train import EVAL_CHUNK, check_batches
 
 FLOAT = 4  # bytes
 REST_ROW = 1024  # the native kernel pads its rest-length rows to a multiple of this (layout/engine/pairs.py)
+# sampled pairs (layout/engine/sampled.py): bytes per particle and neighbour: the neighbours, their weights
+# and both-ends lists (4 + 4 + 16), the native kernel's compressed rows (40), the pair data (5) and the
+# search's distances and labels (12 + 12 x 1/k)
+SAMPLED_BYTES = 96
 OPTIMIZER_COPIES = 5  # weights, gradients, Adam's two moments and the update, while training
 
 
@@ -84,6 +90,11 @@ def memory_needs(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: i
     particles = n + (0 if cfg.layout.anchors.mode == "none" else sizes[-1])
     rest = particles * -(-particles // REST_ROW) * REST_ROW * FLOAT  # one system's spring rest lengths
     sim = cfg.layout.sim
+    if pairs_mode(sim.pairs, particles) == "sampled":  # the neighbours, the vectors twice over in 3 copies
+        pairs, holding = SAMPLED_BYTES * particles * sim.neighbours + 6 * particles * sizes[-1] * FLOAT, (
+            f"the {sim.neighbours} nearest neighbours of {particles:,} particles")
+    else:
+        pairs, holding = rest, f"the spring lengths of {particles:,} particles, all pairs"
     frames = sim.steps // sim.record_every + 2 + sim.chunk // sim.record_every  # kept, and one chunk's
     trajectory = 2 * frames * particles * 3 * FLOAT  # the frames, and the scene's copy of them
     fewer = "use fewer hidden neurons (model.hidden)"
@@ -98,8 +109,8 @@ def memory_needs(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: i
     needs += [
         Need("neuron features", FLOAT * (2 * n_test * n + 2 * sizes[0] * n),
              f"the activations of {n:,} neurons on {n_test:,} test images", f"{fewer}, or set data.limit"),
-        Need("layout", rest + trajectory + 8 * 6 * min(n, cfg.layout.metrics_sample) * n,
-             f"the spring lengths of {particles:,} particles, all pairs, and {frames:,} frames",
+        Need("layout", pairs + trajectory + 8 * 6 * min(min(n, cfg.layout.metrics_sample) * n, BATCH_VALUES),
+             f"{holding}, and {frames:,} frames",
              f"{fewer}, or keep fewer frames (fewer layout.sim.steps, more layout.sim.record_every)"),
     ]
     if cfg.structure.enabled:
