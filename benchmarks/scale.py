@@ -1,6 +1,6 @@
 """Large networks: sampled pair terms against exact ones and against PyMDE and UMAP, in one run.
 
-    python benchmarks/scale.py [--json] [--skip-1m] [--skip-baselines]
+    python benchmarks/scale.py [--json] [--only quality 100k baselines 1m sharded]
 
 Output vectors are 10-d, as an MNIST network's: at N = 10,000 the real network's (784-10000-10 sigmoid
 trained on ../shared/data's 5k MNIST subset, benchmarks/layout.py), a Gaussian cloud and a 10-cluster
@@ -17,7 +17,8 @@ forces (euclid, repulsion, centering) and runs all 500 steps (settle 0). Figures
   layout_s_1m, peak_rss_gb_1m  the same at 1,000,000 in a fresh process, and that process's peak
                              resident memory; targets <= 900 s, <= 8 GB
   pymde_s_100k, pymde_stress_100k  PyMDE's preserve_distances (embedding dimension 3, CPU, its
-                             defaults) on the same vectors: seconds and its final stress
+                             defaults) on the same vectors, in a child process: seconds and its final
+                             stress; null, with pymde_unfinished_after_s, if it runs past --pymde-limit
   ours_s_to_pymde_100k       our seconds until the stress is at PyMDE's final one: the end of the first
                              chunk of 100 steps with a frame at or below it (an upper bound)
   ratio_pymde_100k           pymde_s_100k / ours_s_to_pymde_100k; target >= 3
@@ -44,6 +45,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -132,6 +134,26 @@ def quality_10k() -> dict:
             "quality_10k_by_source": out}
 
 
+def pymde_in_child(vectors: np.ndarray, limit: float) -> tuple[np.ndarray | None, float | None]:
+    """pymde_embedding in a fresh process, stopped after `limit` seconds: (embedding, seconds), or
+    (None, None) if it did not finish."""
+    with tempfile.TemporaryDirectory() as scratch:
+        np.save(Path(scratch) / "vectors.npy", vectors)
+        try:
+            subprocess.run([sys.executable, __file__, "--child-pymde", scratch], check=True, timeout=limit,
+                           capture_output=True)
+        except subprocess.TimeoutExpired:
+            return None, None
+        seconds = float((Path(scratch) / "seconds.txt").read_text())
+        return np.load(Path(scratch) / "embedding.npy"), seconds
+
+
+def child_pymde(scratch: str) -> None:
+    embedding, seconds = pymde_embedding(np.load(Path(scratch) / "vectors.npy"))
+    np.save(Path(scratch) / "embedding.npy", embedding)
+    (Path(scratch) / "seconds.txt").write_text(str(seconds))
+
+
 def pymde_embedding(vectors: np.ndarray) -> tuple[np.ndarray, float]:
     """PyMDE's preserve_distances embedding (3-d, CPU) and its seconds. pymde imports torchvision for
     its datasets module only; where torchvision is missing (or does not match torch), an empty module
@@ -157,7 +179,9 @@ def umap_embedding(vectors: np.ndarray) -> tuple[np.ndarray, float]:
     return embedding, time.perf_counter() - start
 
 
-def at_100k(baselines: bool) -> dict:
+def at_100k(baselines: bool, pymde_limit: float = 1800.0) -> dict:
+    """Our layout at 100,000, and with `baselines` PyMDE's and UMAP's (the time to PyMDE's stress needs
+    our frames: the layout is run in either case)."""
     v = BENCH.synthetic_vectors("clusters", 100_000)
     pairs = pair_sample(len(v))
     frames, seconds, chunks = lay_out(v, "sampled")
@@ -165,15 +189,18 @@ def at_100k(baselines: bool) -> dict:
     out = {"layout_s_100k": seconds, "stress_100k": stresses[-1]}
     if not baselines:
         return out
-    embedding, pymde_s = pymde_embedding(v)
-    target = sampled_stress(v, embedding, pairs)
-    record = CONFIG.layout.sim.record_every
-    reached = next((k * record for k, s in enumerate(stresses) if s <= target), None)
-    ours = None if reached is None else next(t for step, t in chunks if step >= reached)
+    embedding, pymde_s = pymde_in_child(v, pymde_limit)
+    if embedding is None:
+        out.update(pymde_s_100k=None, pymde_unfinished_after_s=pymde_limit, ratio_pymde_100k=None)
+    else:
+        target = sampled_stress(v, embedding, pairs)
+        record = CONFIG.layout.sim.record_every
+        reached = next((k * record for k, s in enumerate(stresses) if s <= target), None)
+        ours = None if reached is None else next(t for step, t in chunks if step >= reached)
+        out.update(pymde_s_100k=pymde_s, pymde_stress_100k=target, ours_step_to_pymde_100k=reached,
+                   ours_s_to_pymde_100k=ours, ratio_pymde_100k=None if ours is None else pymde_s / ours)
     embedding, umap_s = umap_embedding(v)
-    out.update(pymde_s_100k=pymde_s, pymde_stress_100k=target, ours_step_to_pymde_100k=reached,
-               ours_s_to_pymde_100k=ours, ratio_pymde_100k=None if ours is None else pymde_s / ours,
-               umap_s_100k=umap_s, umap_stress_100k=sampled_stress(v, embedding, pairs))
+    out.update(umap_s_100k=umap_s, umap_stress_100k=sampled_stress(v, embedding, pairs))
     return out
 
 
@@ -227,13 +254,19 @@ def at_1m() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(skip_1m: bool, baselines: bool) -> dict:
+PARTS = ("quality", "100k", "baselines", "1m", "sharded")
+
+
+def measure(parts: tuple[str, ...], pymde_limit: float) -> dict:
     result = {"cpu": cpu_model(), "cores": os.cpu_count()}
-    result.update(quality_10k())
-    result.update(at_100k(baselines))
-    if not skip_1m:
+    if "quality" in parts:
+        result.update(quality_10k())
+    if "100k" in parts or "baselines" in parts:
+        result.update(at_100k("baselines" in parts, pymde_limit))
+    if "1m" in parts:
         result.update(at_1m())
-    result.update(at_sharded())
+    if "sharded" in parts:
+        result.update(at_sharded())
     result.update(gpu_steps_per_s_100k=None, gpu_steps_per_s_1m=None)
     return result
 
@@ -250,11 +283,11 @@ def report(r: dict) -> str:
     if "sharded_equal" in r:
         lines.append(f"{'sharded_equal':28s}{str(r['sharded_equal']):>12s}   steps/s on 1 and 4 host devices: "
                      + ", ".join(f"{k}: {v:.2f}" for k, v in r["sharded_steps_per_s_100k"].items()))
-    for key in ("stress_100k", "pymde_s_100k", "pymde_stress_100k", "ours_s_to_pymde_100k", "umap_s_100k",
+    for key in ("stress_100k", "pymde_s_100k", "pymde_unfinished_after_s", "pymde_stress_100k", "ours_s_to_pymde_100k", "umap_s_100k",
                 "umap_stress_100k", "stress_1m"):
         if r.get(key) is not None:
             lines.append(f"{key:28s}{r[key]:12.3f}")
-    for name, s in r["quality_10k_by_source"].items():
+    for name, s in r.get("quality_10k_by_source", {}).items():
         lines.append(f"10k {name}: stress exact {s['stress_exact']:.4f} sampled {s['stress_sampled']:.4f} "
                      f"(x{s['stress_ratio']:.4f}), trustworthiness {s['trust_exact']:.4f} / {s['trust_sampled']:.4f}, "
                      f"seconds {s['seconds_exact']:.1f} / {s['seconds_sampled']:.1f}")
@@ -264,19 +297,19 @@ def report(r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--skip-1m", action="store_true", help="leave out the 1,000,000-neuron layout")
-    parser.add_argument("--skip-baselines", action="store_true", help="leave out PyMDE and UMAP")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=PARTS, help="measure these parts only")
     parser.add_argument("--child-1m", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-sharded", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--only-sharded", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-pymde", help=argparse.SUPPRESS)
+    parser.add_argument("--pymde-limit", type=float, default=1800.0, help="seconds PyMDE may run (default 1800)")
     args = parser.parse_args()
     if args.child_1m:
         return child_1m()
     if args.child_sharded:
         return child_sharded()
-    if args.only_sharded:
-        return print(json.dumps(at_sharded()))
-    result = measure(args.skip_1m, not args.skip_baselines)
+    if args.child_pymde:
+        return child_pymde(args.child_pymde)
+    result = measure(tuple(args.only), args.pymde_limit)
     print(json.dumps(result) if args.json else report(result))
 
 

@@ -30,6 +30,9 @@ def test_a_large_network_file_is_named_with_its_size_its_snapshots_and_the_fix(t
     small = tmp_path / "small.npz"
     small.write_bytes(b"x" * 1000)
     assert size_note(small, network, cached=True) == () and LARGE > 1000
+    read = dataclasses.replace(network, snapshots=dataclasses.replace(
+        network.snapshots, step=network.snapshots.step[:0]))  # a network read from a file: no snapshots to thin out
+    assert size_note(big, read, cached=False) == ()
 
 
 def test_the_readmes_l1_figures_are_what_training_l1_yaml_gives(shared_data):

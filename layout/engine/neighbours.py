@@ -17,6 +17,7 @@ import numpy as np
 EXACT_MAX = 20_000  # exhaustive search up to this many particles (20,000: 0.7 s here)
 PROBES = 24  # lists searched per row by the inverted file (8: 0.75 of the neighbours, half the time)
 TRAIN_PER_LIST = 64  # k-means is trained on this many vectors per list, a seeded sample
+KMEANS_PER_LIST = 40  # at least this many vectors per list (faiss warns below 39, on stderr)
 
 
 def nearest_neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
@@ -38,7 +39,7 @@ def nearest_neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
 def inverted_file(v: np.ndarray) -> faiss.Index:
     """An empty inverted-file index for vectors like v, its k-means trained on a seeded sample of them."""
     n, c = v.shape
-    lists = int(4 * np.sqrt(n))
+    lists = min(int(4 * np.sqrt(n)), n // KMEANS_PER_LIST)
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(c), c, lists)
     index.cp.seed = 0
     sample = np.random.default_rng(0).choice(n, min(n, TRAIN_PER_LIST * lists), replace=False)

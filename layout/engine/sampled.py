@@ -12,9 +12,13 @@ Each particle's pairs fall in two groups:
   that are not neighbour pairs is an unbiased estimate of the sum over all the others.
 
 So the estimate's mean over keys is the exact energy, and its gradient's mean the exact gradient
-(tests/test_scale.py checks both); jax.grad differentiates it like any other energy, inside the same
-compiled chunk of steps. Same key, same trajectory: the order and the shifts come from the key. A step
-costs O(P (k + partners)); the pairs with a shift are contiguous rolls of the arrays, not gathers.
+(tests/test_scale.py checks both). The gradient is JAX's: jax.grad of the neighbour pairs' energy, and
+for the shifted pairs the derivative of each pair's energy with respect to its squared distance
+(jax.jvp, as pairs.jax_pair_energy) added to both ends; it runs inside the simulation's compiled chunk
+of steps. Same key, same trajectory: the order and the shifts come from the key. A step costs
+O(P (k + partners)); a shift's partners are a contiguous slice of arrays stored three times over, not
+a gather. Three ways to run the same step: the native kernel (pair_forces.cc: SampledForces, on one
+CPU device), the JAX definition on one device, or sharded over several (sharded_forward).
 Measured (benchmarks/scale.py, FACTS.md): fresh partners reach the exact layout's stress within 1%,
 where a fixed subset of as many partners reaches 1.18x.
 """

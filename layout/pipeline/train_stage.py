@@ -150,9 +150,10 @@ LARGE = 256 * 10**6  # bytes: a network file this big is worth a word
 
 
 def size_note(path: Path, network: Network, cached: bool) -> tuple[str, ...]:
-    """A word on a large network file: what makes it large, that the cache holds it too, and the fix."""
+    """A word on a large network file made large by its weight snapshots: that the cache holds it too,
+    and the fix (none for a network that is large by itself, as one read from a file without snapshots)."""
     size = path.stat().st_size
-    if size < LARGE:
+    if size < LARGE or not len(network.snapshots.step):
         return ()
     twice = " and once more in the cache" if cached else ""
     return (f"{path.name} is {gigabytes(size)}, most of it its {len(network.snapshots.step):,} weight snapshots; it "
