@@ -283,8 +283,8 @@ def report(r: dict) -> str:
     if "sharded_equal" in r:
         lines.append(f"{'sharded_equal':28s}{str(r['sharded_equal']):>12s}   steps/s on 1 and 4 host devices: "
                      + ", ".join(f"{k}: {v:.2f}" for k, v in r["sharded_steps_per_s_100k"].items()))
-    for key in ("stress_100k", "pymde_s_100k", "pymde_unfinished_after_s", "pymde_stress_100k", "ours_s_to_pymde_100k", "umap_s_100k",
-                "umap_stress_100k", "stress_1m"):
+    for key in ("stress_100k", "pymde_s_100k", "pymde_unfinished_after_s", "pymde_stress_100k",
+                "ours_s_to_pymde_100k", "umap_s_100k", "umap_stress_100k", "stress_1m"):
         if r.get(key) is not None:
             lines.append(f"{key:28s}{r[key]:12.3f}")
     for name, s in r.get("quality_10k_by_source", {}).items():

@@ -88,7 +88,7 @@ def test_memory_needs_add_up_each_stages_arrays():
     (["model.hidden=[100000000]"], 20 * GB, "training", "use fewer hidden neurons (model.hidden)"),
     (["model.hidden=[5000]", "train.snapshot_unit=step"], 10 * GB, "training", "raise train.snapshot_every"),
     (["model.hidden=[20000]", "train.epochs=0"], 20 * GB, "structure tests", "lower structure.layout_nulls"),
-    (["model.hidden=[20000]", "structure.enabled=false", "train.epochs=0", "layout.sim.pairs=exact"], 1.5 * GB,
+    (["model.hidden=[30000]", "structure.enabled=false", "train.epochs=0", "layout.sim.pairs=exact"], 2 * GB,
      "layout", "use fewer hidden neurons"),
 ])
 def test_a_run_this_machine_cannot_hold_names_the_stage_the_figure_and_the_fix(sets, available, stage, fix):

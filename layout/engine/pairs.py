@@ -64,7 +64,8 @@ class PairTerm:
         return pair_energy((self,), positions)
 
 
-jax.tree_util.register_dataclass(PairTerm, data_fields=["data", "scale", "rest"], meta_fields=["pair", "options", "native", "between", "along"])
+jax.tree_util.register_dataclass(PairTerm, data_fields=["data", "scale", "rest"],
+                                 meta_fields=["pair", "options", "native", "between", "along"])
 
 
 def pair_energy(terms: tuple[PairTerm, ...], positions: jax.Array, tile: int = TILE,

@@ -98,8 +98,9 @@ class Parts(NamedTuple):
     not: see pair_energy_function), and the others. `measured`: positions -> (each of the part's terms'
     energies, the gradient of their sum), what a frame records and the step that starts there needs;
     pairs_step: (positions, measure, step) -> the same, the energies NaN unless `measure` (see
-    pair_step_function; sampled terms draw their partners from the step's key); others_grad: positions -> the others' gradient. Energies of the pairs, then
-    the n_others others, [order]: the terms' own order."""
+    pair_step_function; sampled terms draw their partners from the step's key); others_grad:
+    positions -> the others' gradient. Energies of the pairs, then the n_others others, [order]: the
+    terms' own order."""
 
     pairs_step: Callable
     pairs_measured: Callable
