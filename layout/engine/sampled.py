@@ -210,14 +210,24 @@ def far_pass(terms: tuple[SampledTerm, ...], x: jax.Array, step, lo=0, rows: int
 def sampled_forward(terms: tuple[SampledTerm, ...], x: jax.Array, step) -> tuple[jax.Array, jax.Array]:
     """(each term's estimated energy [len(terms)], the gradient of their sum) at x [P, 3] on this step
     (whose key draws the partners); the terms share one sampling (the first's)."""
+    values, grad = rows_forward(terms, x, step)
+    return jnp.stack([t.term.scale for t in terms]) * values, grad
+
+
+def rows_forward(terms: tuple[SampledTerm, ...], x: jax.Array, step, block: tuple | None = None, lo=0,
+                 rows: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """(each term's unscaled estimate over the pairs whose first end is one of the rows, the gradient
+    [P, 3] of the scaled estimates' sum): every particle's, or a device's block of rows (`block` as
+    near_energies takes it, `lo` and `rows` as far_pass does)."""
     scales = jnp.stack([t.term.scale for t in terms])
+
     def near(x):
-        values = near_energies(terms, x)
+        values = near_energies(terms, x, block)
         return (scales * values).sum(), values
 
     (_, near_values), near_grad = jax.value_and_grad(near, has_aux=True)(x)
-    far, far_grad = far_pass(terms, x, step)
-    return scales * (near_values + far), near_grad + far_grad
+    far, far_grad = far_pass(terms, x, step, lo, rows)
+    return near_values + far, near_grad + far_grad
 
 
 def sampled_energy(terms: tuple[SampledTerm, ...], x: jax.Array, step) -> jax.Array:
@@ -264,15 +274,8 @@ def sharded_forward(terms: tuple[SampledTerm, ...], devices: int):
             lo = jax.lax.axis_index("particles") * block
             everyone = jax.lax.all_gather(x_rows, "particles", tiled=True)[:n]
             ids = jnp.minimum(lo + jnp.arange(block), n - 1)  # padding rows weigh nothing
-
-            def near_sum(x):
-                values = near_energies(terms, x, (ids, neighbours, weight, near))
-                return (scales * values).sum(), values
-
-            (_, near_values), near_grad = jax.value_and_grad(near_sum, has_aux=True)(everyone)
-            far_values, far_grad = far_pass(terms, everyone, step, lo, block)
-            grad = jax.lax.psum_scatter(pad(near_grad + far_grad), "particles", tiled=True)
-            return jax.lax.psum(near_values + far_values, "particles"), grad
+            values, grad = rows_forward(terms, everyone, step, (ids, neighbours, weight, near), lo, block)
+            return jax.lax.psum(values, "particles"), jax.lax.psum_scatter(pad(grad), "particles", tiled=True)
 
         s = terms[0].sampling
         near = [tuple(map(pad, t.near)) for t in terms]
