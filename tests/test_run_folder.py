@@ -148,8 +148,9 @@ def test_a_failed_run_into_a_finished_runs_folder_changes_nothing_there(tmp_path
 
 def test_a_second_command_into_the_same_folder_is_refused_while_the_first_runs(tmp_path, shared_data):
     out = tmp_path / "run"
-    first = layout_run(out, shared_data, "train.epochs=1", "layout.sim.steps=2000000", "layout.sim.settle=0",
-                       "layout.sim.record_every=100000")
+    # 300 neurons for the most steps allowed: minutes of layout on any machine, so the interrupt lands in it
+    first = layout_run(out, shared_data, "train.epochs=1", "model.hidden=[300]", "layout.sim.steps=10000000",
+                       "layout.sim.settle=0", "layout.sim.record_every=1000000")
     try:
         deadline = time.time() + 240
         while time.time() < deadline and not (tmp_path / ".run.running" / "network.npz").exists():
@@ -160,8 +161,8 @@ def test_a_second_command_into_the_same_folder_is_refused_while_the_first_runs(t
         assert messages(err) == [f"error: {out} is in use by another run (pid {first.pid}: neuron-layout "
                                  f"configs/binary01.yaml --no-window --export none --out {out} --data-dir "
                                  f"{shared_data} --set layout.sim.steps=40 --set train.epochs=1 --set "
-                                 "layout.sim.steps=2000000 --set layout.sim.settle=0 --set "
-                                 "layout.sim.record_every=100000): wait for it to finish, or choose another --out"]
+                                 "'model.hidden=[300]' --set layout.sim.steps=10000000 --set layout.sim.settle=0 "
+                                 "--set layout.sim.record_every=1000000): wait for it to finish, or choose another --out"]
     finally:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=120)

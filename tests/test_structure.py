@@ -351,3 +351,24 @@ def test_the_euclid_run_writes_each_neurons_selectivity_and_compares_it_with_unt
     assert tests["selectivity"]["observed"] > tests["selectivity"]["null_mean"]
     assert layer["selectivity"]["selectivity"]["observed"][1] > layer["selectivity"]["selectivity"]["untrained"][2]
     assert "| selectivity | 0." in (out / "report.md").read_text()
+
+
+def test_a_network_too_small_to_test_is_told_so_without_the_nulls_relayouts(tmp_path, shared_data, capsys):
+    """Seed 001's 784-1-2 network: no layer has the neurons a test needs, so no null network is laid out
+    again, retrained or run for stability (minutes for nothing); the ablation still runs."""
+    from layout.core.config_file import load_config
+    from layout.insight.structure import MIN_NEURONS
+    from layout.insight.suite import count_parts, options_for
+    from layout.run import main
+
+    cfg = load_config(REPO / "configs" / "binary01.yaml")
+    assert cfg.structure.layout_nulls and cfg.structure.stability_seeds >= 2  # what a testable layer would get
+    assert options_for(cfg, [MIN_NEURONS]) == cfg.structure
+    assert count_parts(cfg, [1]) == 2  # the layer's line and the ablation
+    out = tmp_path / "run"
+    assert main(["configs/binary01.yaml", "--no-window", "--export", "none", "--out", str(out), "--data-dir",
+                 str(shared_data), "--set", "train.epochs=1"]) == 0
+    assert "layer 1: 1 neurons, too few to test" in capsys.readouterr().out
+    structure = json.loads((out / "structure.json").read_text())
+    assert structure["layers"][0]["tests"] == [] and structure["stability"] is None
+    assert structure["ablation"]["groups"]

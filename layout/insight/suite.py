@@ -7,17 +7,24 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-from layout.core.config import RunConfig
+from layout.core.config import RunConfig, StructureConfig
 from layout.engine.features import NeuronFeatures, hidden_activations, output_vectors
 from layout.engine.particles import Particles
 from layout.insight.ablation import Ablation, ablate
 from layout.insight.selectivity import distribution, layer_tests, untrained_class_means
 from layout.insight.stability import Retrained, Stability, relayout, retrained_stability, stability
-from layout.insight.structure import LayerInputs, LayerStructure, layer_structure, shuffled_columns, untrained
+from layout.insight.structure import (
+    MIN_NEURONS,
+    LayerInputs,
+    LayerStructure,
+    layer_structure,
+    shuffled_columns,
+    untrained,
+)
 from layout.insight.untrained import conv_influence_nulls, untrained_layer_class_means
 from models.data.datasets import Dataset
 from models.network.network import Network, inputs_of
@@ -48,11 +55,20 @@ class Subject:
     positions: np.ndarray
 
 
-def count_parts(cfg: RunConfig, n_layers: int) -> int:
-    """How many parts run_structure_tests reports through on_part."""
-    sc = cfg.structure
+def options_for(cfg: RunConfig, layer_sizes: Sequence[int]) -> StructureConfig:
+    """The structure options that apply: none of the nulls' relayouts, retraining or stability runs when no
+    layer has the MIN_NEURONS a test needs (a 784-1-2 network is reported "too few to test" at once)."""
+    if max(layer_sizes, default=0) >= MIN_NEURONS:
+        return cfg.structure
+    return dataclasses.replace(cfg.structure, layout_nulls=0, shuffled_label_runs=0, selectivity_nulls=0,
+                               stability_seeds=0, retrain_runs=0)
+
+
+def count_parts(cfg: RunConfig, layer_sizes: Sequence[int]) -> int:
+    """How many parts run_structure_tests reports through on_part, for layers of these sizes."""
+    sc = options_for(cfg, layer_sizes)
     return (2 * bool(sc.layout_nulls and cfg.render.timeline == "simulation") + bool(sc.shuffled_label_runs)
-            + bool(sc.selectivity_nulls) + n_layers + 1 + (sc.stability_seeds >= 2) + bool(sc.retrain_runs))
+            + bool(sc.selectivity_nulls) + len(layer_sizes) + 1 + (sc.stability_seeds >= 2) + bool(sc.retrain_runs))
 
 
 def run_structure_tests(cfg: RunConfig, subject: Subject,
@@ -66,12 +82,13 @@ def run_structure_tests(cfg: RunConfig, subject: Subject,
         if on_part:
             on_part(done)
 
-    sc, f, net = cfg.structure, subject.features, subject.network
+    f, net = subject.features, subject.network
+    layers_of = [f.layer == l for l in range(f.n_layers)]
+    sc = options_for(cfg, [int(m.sum()) for m in layers_of])
     test = subject.dataset.test
     hidden = f.hidden_layers or tuple(range(f.n_layers))  # each laid-out layer's place among the hidden ones
     activations = hidden_activations(net, test.images, hidden)
     rng = np.random.default_rng([sc.seed, 99])
-    layers_of = [f.layer == l for l in range(f.n_layers)]
     conv_nulls = {h: conv_influence_nulls(net, h, test.images, max(sc.permutations, sc.layout_nulls), sc.seed)
                   for h in hidden if net.hidden_kinds[h] == "conv"}
 
