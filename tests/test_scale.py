@@ -254,3 +254,61 @@ def test_more_devices_than_jax_sees_are_refused_naming_the_count():
     particles = make_particles(synthetic_features(v), AnchorsConfig(mode="none"))
     with pytest.raises(UserError, match=r"layout.sim.devices = 64, but JAX sees 1 device\(s\) here"):
         with_sampling(build_energy(particles, ForcesConfig()), v, 16, 8, np.array([0, 1], np.uint32), devices=64)
+
+
+def test_a_wide_layers_structure_tests_run_on_a_sample_and_the_outputs_say_so(tmp_path, shared_data, capsys,
+                                                                             monkeypatch):
+    """A layer wider than STRUCTURE_NEURONS is tested on that many of its neurons drawn at random (made
+    small here); a layout with sampled pairs gets no 3D null layouts, and says why; its stability
+    layouts run one after another with sampled pairs."""
+    import json
+
+    from layout.insight import suite
+    from layout.run import main
+
+    monkeypatch.setattr(suite, "STRUCTURE_NEURONS", 40)
+    out = tmp_path / "run"
+    assert main(["configs/euclid.yaml", "--no-window", "--export", "none", "--out", str(out), "--data-dir",
+                 str(shared_data), "--set", "model.hidden=[60]", "--set", "train.epochs=1", "--set",
+                 "layout.sim.steps=100", "--set", "layout.sim.pairs=sampled", "--set", "structure.stability_seeds=2",
+                 "--set", "structure.permutations=19", "--set", "structure.selectivity_nulls=19"]) == 0
+    said = capsys.readouterr().out
+    assert "layer 1 (tests on 40 of its 60 neurons, drawn at random), dominance clustering in 3D: not tested (not " \
+           "made at this size: the 70 particles are laid out with sampled pairs" in said
+    structure = json.loads((out / "structure.json").read_text())
+    layer = structure["layers"][0]
+    assert (layer["n_neurons"], layer["tested_neurons"]) == (60, 40)
+    assert {t["null"] for t in layer["tests"]} >= {"shuffled_columns", "untrained", "label_permutation"}
+    assert not any(t["null"].startswith("relayout") for t in layer["tests"])
+    assert all(t["n_null"] == 19 for t in layer["tests"])
+    assert structure["stability"]["seeds"] == 2 and np.isfinite(structure["stability"]["median_spread"])
+    assert "## Layer 1 (60 neurons; tests on 40 of them, drawn at random)" in (out / "report.md").read_text()
+    assert len(structure["ablation"]["groups"]) >= 2  # the whole layer is ablated, not the sample
+
+
+def test_silencing_neurons_above_the_output_layer_equals_running_the_network_without_them():
+    """The shortcut (intact logits less the silenced neurons' share) gives what a forward pass with the
+    neurons' activations set to 0 gives."""
+    from layout.insight.ablation import random_groups, silenced_accuracy
+    from models.network.network import History, Network, Snapshots
+
+    rng = np.random.default_rng(0)
+    n, images, classes = 50, 400, 10
+    w, b = rng.normal(size=(n, classes)).astype(np.float32), rng.normal(size=classes).astype(np.float32)
+    hidden = rng.random((images, n)).astype(np.float32)
+    labels = np.arange(images) % classes
+    hidden[np.arange(images), labels] += 3  # neuron c helps class c a little: accuracies neither 0 nor 1
+    empty = np.zeros(0)
+    network = Network(sizes=(784, n, classes), activation="sigmoid",
+                      weights=(rng.normal(size=(784, n)).astype(np.float32), w), biases=(np.zeros(n, np.float32), b),
+                      dataset="random", classes=tuple(range(classes)), class_names=tuple(map(str, range(classes))),
+                      history=History(empty, empty, empty, empty), snapshots=Snapshots(empty, empty, empty, (), ()),
+                      test_accuracy=0.0, train_accuracy=0.0, train_seconds=0.0, epochs=0)
+    silenced = np.vstack([random_groups(rng, n, 7, 5), np.arange(7)[None]])
+    got = silenced_accuracy(network, 0, hidden, labels, silenced)
+    for g, chosen in enumerate(silenced):
+        h = hidden.copy()
+        h[:, chosen] = 0
+        predicted = (h @ w + b).argmax(1)
+        want = [(predicted[labels == c] == c).mean() for c in range(classes)]
+        np.testing.assert_allclose(got[g], want, atol=1e-6)
