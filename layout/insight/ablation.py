@@ -3,8 +3,7 @@
 Per neuron: the drop in test accuracy, overall and per class. Per dominance group (the neurons of one
 layer that drive one class hardest): the drop in that class's accuracy, against random groups of the
 same size from the same layer (a permutation p-value). The layers below the ablated one are run once;
-every ablation runs only the layers above it, vmapped over the silenced neurons; above the output layer,
-the intact logits less the silenced neurons' share.
+every ablation runs only the layers above it, vmapped over the neuron masks.
 """
 
 from __future__ import annotations
@@ -42,36 +41,27 @@ def per_class_accuracy(logits: jax.Array, labels: jax.Array, n_classes: int) -> 
     return hits.sum(0) / jnp.maximum(jax.nn.one_hot(labels, n_classes).sum(0), 1)
 
 
-def silenced_accuracy(network: Network, layer: int, hidden: np.ndarray, labels: np.ndarray,
-                      silenced: np.ndarray) -> np.ndarray:
-    """[G, C] per-class accuracy with dense hidden layer `layer`'s activations `hidden` [n_images, n] with
-    the neurons silenced[g] (indices [G, s]) set to 0, running the (dense) layers above. Below the output
-    layer, the intact logits less the silenced neurons' share hidden[:, s] @ W[s]: a cost that grows with
-    s, not with the layer's width (100,000 single-neuron ablations of a 100,000-neuron layer in seconds)."""
-    silenced = np.asarray(silenced, np.int32).reshape(len(silenced), -1)
-    top = layer == len(network.sizes) - 3
-    per_mask = hidden.shape[0] * (max(silenced.shape[1], network.sizes[-1]) if top else
-                                  max(network.sizes[layer + 1:-1] or (1,)))
-    batch = min(max(1, MASK_BATCH_FLOATS // per_mask), len(silenced))
-    return np.asarray(_silenced_accuracy(network.weights[layer + 1:], network.biases[layer + 1:], jnp.asarray(hidden),
-                                         jnp.asarray(labels), jnp.asarray(silenced), network.activation,
-                                         network.sizes[-1], batch, top))
+def masked_accuracy(network: Network, layer: int, hidden: np.ndarray, labels: np.ndarray,
+                    masks: np.ndarray) -> np.ndarray:
+    """[G, C] per-class accuracy with dense hidden layer `layer`'s activations `hidden` [n_images, n]
+    multiplied by each of masks [G, n] (0 silences a neuron), running the (dense) layers above."""
+    batch = max(1, MASK_BATCH_FLOATS // (hidden.shape[0] * max(network.sizes[layer + 1:-1] or (1,))))
+    return np.asarray(_masked_accuracy(network.weights[layer + 1:], network.biases[layer + 1:], jnp.asarray(hidden),
+                                       jnp.asarray(labels), jnp.asarray(masks, jnp.float32), network.activation,
+                                       network.sizes[-1], min(batch, len(masks))))
 
 
-@partial(jax.jit, static_argnames=("activation", "n_classes", "batch", "top"))
-def _silenced_accuracy(weights, biases, hidden, labels, silenced, activation, n_classes, batch, top):
+@partial(jax.jit, static_argnames=("activation", "n_classes", "batch"))
+def _masked_accuracy(weights, biases, hidden, labels, masks, activation, n_classes, batch):
     act = ACTIVATIONS[activation]
-    intact = hidden @ weights[-1] + biases[-1]
 
-    def one(chosen):
-        if top:
-            return per_class_accuracy(intact - hidden[:, chosen] @ weights[-1][chosen], labels, n_classes)
-        h = hidden * jnp.ones(hidden.shape[1]).at[chosen].set(0)[None, :]
+    def one(mask):
+        h = hidden * mask[None, :]
         for w, b in zip(weights[:-1], biases[:-1]):
             h = act(h @ w + b)
         return per_class_accuracy(h @ weights[-1] + biases[-1], labels, n_classes)
 
-    return jax.lax.map(one, silenced, batch_size=batch)
+    return jax.lax.map(one, masks, batch_size=batch)
 
 
 def masked_channel_accuracy(network: Network, layer: int, maps: np.ndarray, labels: np.ndarray,
@@ -107,14 +97,10 @@ def _maps(params, x, layers, activation, inputs, layer):
 
 
 def random_groups(rng: np.random.Generator, n: int, size: int, count: int) -> np.ndarray:
-    """[count, size] indices of `size` of the n neurons chosen at random, `count` times."""
-    return rng.permuted(np.broadcast_to(np.arange(n), (count, n)), axis=1)[:, :size]
-
-
-def masks_of(silenced: np.ndarray, n: int) -> np.ndarray:
-    """[G, n] masks (0 = silenced) of the index groups silenced [G, s]."""
-    masks = np.ones((len(silenced), n), np.float32)
-    np.put_along_axis(masks, silenced, 0, axis=1)
+    """[count, n] masks each silencing `size` of the n neurons at random (0 = silenced)."""
+    masks = np.ones((count, n))
+    chosen = rng.permuted(np.broadcast_to(np.arange(n), (count, n)), axis=1)[:, :size]
+    np.put_along_axis(masks, chosen, 0, axis=1)
     return masks
 
 
@@ -130,8 +116,8 @@ def ablate(network: Network, activations: list[np.ndarray], test: Split, dominan
     n_classes = network.sizes[-1]
     hidden_layers = tuple(range(len(activations))) if hidden_layers is None else hidden_layers
     labels = test.labels
-    baseline = silenced_accuracy(network, len(network.sizes) - 3, activations_of_top(network, test),
-                                 labels, np.zeros((1, 0)))[0]
+    baseline = masked_accuracy(network, len(network.sizes) - 3, activations_of_top(network, test),
+                               labels, np.ones((1, network.sizes[-2])))[0]
     weight = np.bincount(labels, minlength=n_classes) / len(labels)
     class_drops, groups = [], []
     for layer, (hidden, h) in enumerate(zip(activations, hidden_layers)):
@@ -141,20 +127,19 @@ def ablate(network: Network, activations: list[np.ndarray], test: Split, dominan
             maps, sample_labels = conv_maps(network, h, test.images[sample]), labels[sample]
             own_baseline = masked_channel_accuracy(network, h, maps, sample_labels, np.ones((1, n)))[0]
 
-            def accuracy(silenced, maps=maps, h=h, sample_labels=sample_labels, n=n):
-                return masked_channel_accuracy(network, h, maps, sample_labels, masks_of(silenced, n))
+            def accuracy(masks, maps=maps, h=h, sample_labels=sample_labels):
+                return masked_channel_accuracy(network, h, maps, sample_labels, masks)
         else:
             own_baseline = baseline
 
-            def accuracy(silenced, hidden=hidden, h=h):
-                return silenced_accuracy(network, h, hidden, labels, silenced)
-        class_drops.append(own_baseline - accuracy(np.arange(n)[:, None]))
+            def accuracy(masks, hidden=hidden, h=h):
+                return masked_accuracy(network, h, hidden, labels, masks)
+        class_drops.append(own_baseline - accuracy(1 - np.eye(n)))
         dom = dominant[layer_of == layer]
         for c in np.unique(dom):
             members = dom == c
             size = int(members.sum())
-            drop = own_baseline[c] - accuracy(np.vstack([np.flatnonzero(members)[None],
-                                                         random_groups(rng, n, size, n_random)]))[:, c]
+            drop = own_baseline[c] - accuracy(np.vstack([1 - members, random_groups(rng, n, size, n_random)]))[:, c]
             null = drop[1:]
             groups.append({"layer": layer, "class": int(c), "size": size, "drop": float(drop[0]),
                            "null_mean": float(null.mean()) if n_random else None,
