@@ -162,7 +162,8 @@ def test_a_second_command_into_the_same_folder_is_refused_while_the_first_runs(t
                                  f"configs/binary01.yaml --no-window --export none --out {out} --data-dir "
                                  f"{shared_data} --set layout.sim.steps=40 --set train.epochs=1 --set "
                                  "'model.hidden=[300]' --set layout.sim.steps=10000000 --set layout.sim.settle=0 "
-                                 "--set layout.sim.record_every=1000000): wait for it to finish, or choose another --out"]
+                                 "--set layout.sim.record_every=1000000): wait for it to finish, or choose another "
+                                 "--out"]
     finally:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=120)

@@ -90,6 +90,11 @@ class NeuronFeatures:
     def n_layers(self) -> int:
         return int(self.layer.max()) + 1
 
+    @property
+    def layer_sizes(self) -> list[int]:
+        """How many neurons each laid-out layer has."""
+        return np.bincount(self.layer, minlength=self.n_layers).tolist()
+
 
 def chosen_layers(network: Network, which: str = "dense") -> tuple[int, ...]:
     """The hidden layers `layout.layers` lays out, by position among the network's hidden layers."""

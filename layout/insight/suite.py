@@ -84,7 +84,7 @@ def run_structure_tests(cfg: RunConfig, subject: Subject,
 
     f, net = subject.features, subject.network
     layers_of = [f.layer == l for l in range(f.n_layers)]
-    sc = options_for(cfg, [int(m.sum()) for m in layers_of])
+    sc = options_for(cfg, f.layer_sizes)
     test = subject.dataset.test
     hidden = f.hidden_layers or tuple(range(f.n_layers))  # each laid-out layer's place among the hidden ones
     activations = hidden_activations(net, test.images, hidden)
