@@ -1,6 +1,6 @@
 """Large networks: sampled pair terms against exact ones and against PyMDE and UMAP, in one run.
 
-    python benchmarks/scale.py [--json] [--only quality 100k baselines 1m sharded]
+    python benchmarks/scale.py [--json] [--only quality 100k baselines 1m sharded scene]
 
 Output vectors are 10-d, as an MNIST network's: at N = 10,000 the real network's (784-10000-10 sigmoid
 trained on ../shared/data's 5k MNIST subset, benchmarks/layout.py), a Gaussian cloud and a 10-cluster
@@ -31,6 +31,10 @@ forces (euclid, repulsion, centering) and runs all 500 steps (settle 0). Figures
                              largest), both in JAX (the native kernel is one device's)
   sharded_steps_per_s_100k   {"1": steps/s on 1 device, "4": on 4}, the sampled step alone, median of 5
   gpu_steps_per_s_100k, gpu_steps_per_s_1m  null: no GPU was lent to this session
+  frame_ms_100k              one frame of a 100,000-neuron scene at 1280x720 (offscreen VTK), the
+                             top 2,000 (render.field_top) as their fields and dots for the rest, median
+                             of 30 (benchmarks/render.py's frame_ms); beside it frame_ms_10k, the same
+                             at 10,000; target <= 100
 
 Needs pymde and umap-learn (pip install pymde umap-learn; neither is a project dependency).
 """
@@ -64,7 +68,7 @@ from layout.engine.simulate import simulate  # noqa: E402
 
 TARGETS = {"stress_ratio_sampled_10k": ("<=", 1.02), "trust_diff_sampled_10k": ("<=", 0.01),
            "layout_s_100k": ("<=", 60), "layout_s_1m": ("<=", 900), "peak_rss_gb_1m": ("<=", 8),
-           "ratio_pymde_100k": (">=", 3)}
+           "ratio_pymde_100k": (">=", 3), "frame_ms_100k": ("<=", 100)}
 STRESS_PAIRS = 2_000_000
 
 
@@ -254,7 +258,19 @@ def at_1m() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-PARTS = ("quality", "100k", "baselines", "1m", "sharded")
+PARTS = ("quality", "100k", "baselines", "1m", "sharded", "scene")
+
+
+def at_scene() -> dict:
+    """frame_ms_100k beside frame_ms_10k, with benchmarks/render.py's scene and timer."""
+    spec = importlib.util.spec_from_file_location("render_benchmark", REPO / "benchmarks" / "render.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from layout.core.config import RenderConfig
+
+    cfg = RenderConfig(width=1280, height=720)
+    return {f"frame_ms_{n // 1000}k": bench.frame_ms(bench.moving_layout(n, 10, fields=True), cfg)
+            for n in (10_000, 100_000)}
 
 
 def measure(parts: tuple[str, ...], pymde_limit: float) -> dict:
@@ -267,6 +283,8 @@ def measure(parts: tuple[str, ...], pymde_limit: float) -> dict:
         result.update(at_1m())
     if "sharded" in parts:
         result.update(at_sharded())
+    if "scene" in parts:
+        result.update(at_scene())
     result.update(gpu_steps_per_s_100k=None, gpu_steps_per_s_1m=None)
     return result
 
@@ -283,7 +301,7 @@ def report(r: dict) -> str:
     if "sharded_equal" in r:
         lines.append(f"{'sharded_equal':28s}{str(r['sharded_equal']):>12s}   steps/s on 1 and 4 host devices: "
                      + ", ".join(f"{k}: {v:.2f}" for k, v in r["sharded_steps_per_s_100k"].items()))
-    for key in ("stress_100k", "pymde_s_100k", "pymde_unfinished_after_s", "pymde_stress_100k",
+    for key in ("frame_ms_10k", "stress_100k", "pymde_s_100k", "pymde_unfinished_after_s", "pymde_stress_100k",
                 "ours_s_to_pymde_100k", "umap_s_100k", "umap_stress_100k", "stress_1m"):
         if r.get(key) is not None:
             lines.append(f"{key:28s}{r[key]:12.3f}")

@@ -26,6 +26,7 @@ LABEL = 12  # pixels of the id line
 GAP = 6
 HEADER = 22  # pixels of a class block's title
 TOP_SHEET_MAX = 500  # neurons on one atlas_top sheet (the largest output-vector norms)
+ATLAS_MAX = 5000  # neurons on one layer's atlas sheet (a wider layer's largest output-vector norms): 65 MB of png
 
 
 @dataclass(frozen=True)

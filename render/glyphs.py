@@ -33,14 +33,16 @@ class FieldImages:
 
 
 def field_images(fields: np.ndarray, group: np.ndarray, layer: np.ndarray, norms: np.ndarray, scale: str,
-                 top: int, signed: bool = True) -> FieldImages:
-    """The tiles of the `top` neurons with the largest output-vector norm (all when there are fewer).
+                 top: int, signed: bool = True, members: np.ndarray | None = None) -> FieldImages:
+    """The tiles of the `top` neurons with the largest output-vector norm (all when there are fewer), or
+    of `members` (ascending indices) when given.
 
     fields [N, h, w] or, for colour inputs, [N, h, w, 3]: input weights, or effective ones for deeper
     layers (`signed`), or images in 0..1 (feature visualisations); each drawn by style.field_rgb with
     the limit its own largest |value| (`scale` "neuron"), or its layer's ("layer")."""
     n = len(fields)
-    members = np.arange(n) if n <= top else np.sort(np.argsort(-np.asarray(norms), kind="stable")[:top])
+    if members is None:
+        members = np.arange(n) if n <= top else np.sort(np.argsort(-np.asarray(norms), kind="stable")[:top])
     peak = np.abs(fields).reshape(n, -1).max(1) if n else np.zeros(0)
     if scale == "layer":
         layer_peak = np.zeros(int(layer.max()) + 1 if n else 0)

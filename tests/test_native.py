@@ -149,9 +149,9 @@ def test_side_by_side_simulations_match_with_either_implementation(monkeypatch):
     particles, terms = particles_and_terms(40)
     cfg = SimConfig(steps=40, settle=0, chunk=20)
     starts = np.random.default_rng(0).normal(size=(2, particles.n_particles, 3)).astype(np.float32)
-    fast = simulate_many([terms, terms], particles.movable, cfg, starts)
+    fast = simulate_many([terms, terms], [particles] * 2, cfg, starts)
     monkeypatch.setenv("NEURON_LAYOUT_NATIVE", "0")
-    slow = simulate_many([terms, terms], particles.movable, cfg, starts)
+    slow = simulate_many([terms, terms], [particles] * 2, cfg, starts)
     np.testing.assert_allclose(fast, slow, atol=1e-3 * np.abs(slow).max())
 
 

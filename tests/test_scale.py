@@ -254,3 +254,133 @@ def test_more_devices_than_jax_sees_are_refused_naming_the_count():
     particles = make_particles(synthetic_features(v), AnchorsConfig(mode="none"))
     with pytest.raises(UserError, match=r"layout.sim.devices = 64, but JAX sees 1 device\(s\) here"):
         with_sampling(build_energy(particles, ForcesConfig()), v, 16, 8, np.array([0, 1], np.uint32), devices=64)
+
+
+def test_a_wide_layers_structure_tests_run_on_a_sample_and_the_outputs_say_so(tmp_path, shared_data, capsys,
+                                                                             monkeypatch):
+    """A layer wider than STRUCTURE_NEURONS is tested on that many of its neurons drawn at random (made
+    small here); a layout with sampled pairs gets no 3D null layouts, and says why; its stability
+    layouts run one after another with sampled pairs."""
+    import json
+
+    from layout.insight import suite
+    from layout.run import main
+
+    monkeypatch.setattr(suite, "STRUCTURE_NEURONS", 40)
+    out = tmp_path / "run"
+    assert main(["configs/euclid.yaml", "--no-window", "--export", "none", "--out", str(out), "--data-dir",
+                 str(shared_data), "--set", "model.hidden=[60]", "--set", "train.epochs=1", "--set",
+                 "layout.sim.steps=100", "--set", "layout.sim.pairs=sampled", "--set", "structure.stability_seeds=2",
+                 "--set", "structure.permutations=19", "--set", "structure.selectivity_nulls=19"]) == 0
+    said = capsys.readouterr().out
+    assert "layer 1 (tests on 40 of its 60 neurons, drawn at random), dominance clustering in 3D: not tested (not " \
+           "made at this size: the 70 particles are laid out with sampled pairs" in said
+    structure = json.loads((out / "structure.json").read_text())
+    layer = structure["layers"][0]
+    assert (layer["n_neurons"], layer["tested_neurons"]) == (60, 40)
+    assert {t["null"] for t in layer["tests"]} >= {"shuffled_columns", "untrained", "label_permutation"}
+    assert not any(t["null"].startswith("relayout") for t in layer["tests"])
+    assert all(t["n_null"] == 19 for t in layer["tests"])
+    assert structure["stability"]["seeds"] == 2 and np.isfinite(structure["stability"]["median_spread"])
+    assert "## Layer 1 (60 neurons; tests on 40 of them, drawn at random)" in (out / "report.md").read_text()
+    assert len(structure["ablation"]["groups"]) >= 2  # the whole layer is ablated, not the sample
+
+
+def test_silencing_neurons_above_the_output_layer_equals_running_the_network_without_them():
+    """The shortcut (intact logits less the silenced neurons' share) gives what a forward pass with the
+    neurons' activations set to 0 gives."""
+    from layout.insight.ablation import random_groups, silenced_accuracy
+    from models.network.network import History, Network, Snapshots
+
+    rng = np.random.default_rng(0)
+    n, images, classes = 50, 400, 10
+    w, b = rng.normal(size=(n, classes)).astype(np.float32), rng.normal(size=classes).astype(np.float32)
+    hidden = rng.random((images, n)).astype(np.float32)
+    labels = np.arange(images) % classes
+    hidden[np.arange(images), labels] += 3  # neuron c helps class c a little: accuracies neither 0 nor 1
+    empty = np.zeros(0)
+    network = Network(sizes=(784, n, classes), activation="sigmoid",
+                      weights=(rng.normal(size=(784, n)).astype(np.float32), w), biases=(np.zeros(n, np.float32), b),
+                      dataset="random", classes=tuple(range(classes)), class_names=tuple(map(str, range(classes))),
+                      history=History(empty, empty, empty, empty), snapshots=Snapshots(empty, empty, empty, (), ()),
+                      test_accuracy=0.0, train_accuracy=0.0, train_seconds=0.0, epochs=0)
+    silenced = np.vstack([random_groups(rng, n, 7, 5), np.arange(7)[None]])
+    got = silenced_accuracy(network, 0, hidden, labels, silenced)
+    for g, chosen in enumerate(silenced):
+        h = hidden.copy()
+        h[:, chosen] = 0
+        predicted = (h @ w + b).argmax(1)
+        want = [(predicted[labels == c] == c).mean() for c in range(classes)]
+        np.testing.assert_allclose(got[g], want, atol=1e-6)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Features one batch of test images at a time
+
+
+def random_network(widths: tuple[int, ...], seed: int = 0):
+    """An untrained MLP 784-widths-10 (sigmoid), its weights drawn as training draws them (Glorot uniform)."""
+    from models.network.mlp import init_limit
+    from models.network.network import History, Network, Snapshots
+
+    sizes = (784, *widths, 10)
+    rng = np.random.default_rng(seed)
+    weights = tuple(rng.uniform(-init_limit(a, b, "sigmoid"), init_limit(a, b, "sigmoid"), (a, b)).astype(np.float32)
+                    for a, b in zip(sizes[:-1], sizes[1:]))
+    empty = np.zeros(0)
+    return Network(sizes=sizes, activation="sigmoid", weights=weights,
+                   biases=tuple(np.zeros(b, np.float32) for b in sizes[1:]), dataset="random", classes=tuple(range(10)),
+                   class_names=tuple(map(str, range(10))), history=History(empty, empty, empty, empty),
+                   snapshots=Snapshots(empty, empty, empty, (), ()), test_accuracy=0.0, train_accuracy=0.0,
+                   train_seconds=0.0, epochs=0)
+
+
+def test_features_and_top_images_by_batches_equal_those_of_the_whole_activation_matrix(shared_data):
+    """Class means, top and bottom images and ablations, computed a batch of test images at a time (three
+    batches and a part), equal what the whole [n_images, N] matrix gives."""
+    from layout.core.config import DataConfig
+    from layout.engine.features import EVAL_BATCH, hidden_activations, neuron_features, top_examples
+    from layout.insight.ablation import ablate, silenced_accuracy
+    from models.data.datasets import Split, load_dataset
+
+    test = load_dataset(DataConfig(dir=str(shared_data))).test
+    test = Split(test.images[:3 * EVAL_BATCH + 300], test.labels[:3 * EVAL_BATCH + 300])
+    network = random_network((40, 30))
+    whole = hidden_activations(network, test.images)
+    features = neuron_features(network, test)
+    for l, a in enumerate(whole):
+        want = np.stack([a[test.labels == c].mean(0) for c in range(10)], axis=1)
+        np.testing.assert_allclose(features.class_activation[features.layer == l], want, rtol=1e-5, atol=1e-6)
+    top, bottom = top_examples(network, test.images, 7)
+    joined = np.concatenate(whole, axis=1)
+    order = np.argsort(-joined, axis=0, kind="stable")  # ties to the lower index
+    np.testing.assert_array_equal(top, order[:7].T)
+    np.testing.assert_array_equal(bottom, np.argsort(joined, axis=0, kind="stable")[:7].T)
+    ablation = ablate(network, test, features.dominant, features.layer, 5, seed=0)
+    singles = np.concatenate([silenced_accuracy(network, h, a, test.labels, np.arange(a.shape[1])[:, None])
+                              for h, a in enumerate(whole)])
+    np.testing.assert_allclose(ablation.class_drop, ablation.baseline - singles, atol=1e-6)
+
+
+def test_the_features_of_a_50000_neuron_layer_never_hold_its_activations_for_every_test_image(shared_data):
+    """In a fresh process: a 784-50000-10 network's features and top images over the 10,000 test images
+    (the activation matrix alone would be 2 GB) stay well below that."""
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from layout.core.config import DataConfig
+        from layout.engine.features import neuron_features, top_examples
+        from models.data.datasets import load_dataset
+        from tests.test_scale import random_network
+        test = load_dataset(DataConfig(dir={str(shared_data)!r})).test
+        network = random_network((50000,))
+        features = neuron_features(network, test)
+        top, _ = top_examples(network, test.images, 9)
+        assert features.class_activation.shape == (50000, 10) and top.shape == (50000, 9)
+        status = Path("/proc/self/status").read_text()
+        print(int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) / 2**20)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    peak_gb = float(out.stdout.split()[-1])
+    assert peak_gb < 1.5, f"peak resident memory {peak_gb:.2f} GB"

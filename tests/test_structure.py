@@ -172,7 +172,6 @@ def hand_built_network():
 
 
 def test_ablating_the_neuron_that_alone_carries_a_class_drops_that_class():
-    from layout.engine.features import hidden_activations
     from layout.insight.ablation import ablate
     from models.data.datasets import Split
 
@@ -180,8 +179,7 @@ def test_ablating_the_neuron_that_alone_carries_a_class_drops_that_class():
     labels = np.repeat(np.arange(3), 50)
     images = np.zeros((150, 28, 28), np.uint8)
     images.reshape(150, -1)[np.arange(150), labels] = 255
-    activations = hidden_activations(net, images)
-    result = ablate(net, activations, Split(images, labels), dominant=np.array([0, 1, 2, 0]), layer_of=np.zeros(4, int),
+    result = ablate(net, Split(images, labels), dominant=np.array([0, 1, 2, 0]), layer_of=np.zeros(4, int),
                     n_random=50, seed=0)
     np.testing.assert_allclose(result.baseline, 1.0)
     assert result.class_drop[1, 1] > 0.9  # neuron 1 alone carries class 1
@@ -363,8 +361,8 @@ def test_a_network_too_small_to_test_is_told_so_without_the_nulls_relayouts(tmp_
 
     cfg = load_config(REPO / "configs" / "binary01.yaml")
     assert cfg.structure.layout_nulls and cfg.structure.stability_seeds >= 2  # what a testable layer would get
-    assert options_for(cfg, [MIN_NEURONS]) == cfg.structure
-    assert count_parts(cfg, [1]) == 2  # the layer's line and the ablation
+    assert options_for(cfg, [MIN_NEURONS], MIN_NEURONS + 2) == cfg.structure
+    assert count_parts(cfg, [1], 3) == 2  # the layer's line and the ablation
     out = tmp_path / "run"
     assert main(["configs/binary01.yaml", "--no-window", "--export", "none", "--out", str(out), "--data-dir",
                  str(shared_data), "--set", "train.epochs=1"]) == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -108,22 +109,45 @@ def _forward(params, x, layers, activation, inputs):
     return logits, tuple(per_neuron(h) for h in hidden)
 
 
+def batches_of(params: list[dict], network: Network, images: np.ndarray
+               ) -> Iterator[tuple[int, np.ndarray, tuple[np.ndarray, ...]]]:
+    """(the batch's first image, logits [b, C], every hidden layer's activations [b, n_l]) for each batch
+    of EVAL_BATCH of the uint8 images [n, H, W(, C)], of the network's layers, activation and input
+    scaling with the weights `params` (its own or others): a wide layer is never held for all images.
+    Fewer images a batch where the hidden layers hold more than ACTIVATION_FLOATS for EVAL_BATCH."""
+    rows = batch_rows(network)
+    for i in range(0, len(images), rows):
+        logits, hidden = _forward(params, flat_pixels(images[i:i + rows]), network.layer_list,
+                                  network.activation, network.inputs)
+        yield i, np.asarray(logits), tuple(np.asarray(h) for h in hidden)
+
+
+ACTIVATION_FLOATS = 2**25  # a batch's hidden activations at most (128 MB): 335 images of a 100,000-neuron layer
+
+
+def batch_rows(network: Network) -> int:
+    """Images a batch of batches_of: EVAL_BATCH, or fewer for wide layers."""
+    return max(1, min(EVAL_BATCH, ACTIVATION_FLOATS // sum(network.sizes[1:-1])))
+
+
 def forward_batches(params: list[dict], network: Network, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(logits [n, C], every hidden layer's activations [n, n_l]) for uint8 images [n, H, W(, C)], of the
-    network's layers, activation and input scaling with the weights `params` (its own or others)."""
-    batches = [_forward(params, flat_pixels(images[i:i + EVAL_BATCH]), network.layer_list, network.activation,
-                        network.inputs) for i in range(0, len(images), EVAL_BATCH)]
-    logits = np.concatenate([np.asarray(b[0]) for b in batches])
-    return logits, [np.concatenate([np.asarray(b[1][h]) for b in batches]) for h in range(len(batches[0][1]))]
+    """(logits [n, C], every hidden layer's activations [n, n_l]) for all the images (batches_of, joined)."""
+    batches = list(batches_of(params, network, images))
+    logits = np.concatenate([b[1] for b in batches])
+    return logits, [np.concatenate([b[2][h] for b in batches]) for h in range(len(batches[0][2]))]
 
 
-def hidden_activations(network: Network, images: np.ndarray, layers: tuple[int, ...] | None = None
-                       ) -> list[np.ndarray]:
+def hidden_activations(network: Network, images: np.ndarray, layers: tuple[int, ...] | None = None,
+                       columns: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """The activations [n_images, n_l] of hidden layers `layers` (default: those laid out by default,
-    chosen_layers) for uint8 images [n, H, W]; a conv channel's averaged over the image."""
+    chosen_layers) for uint8 images [n, H, W]; a conv channel's averaged over the image; of layer l only
+    the neurons columns[l] when given (a wide layer's sample, without holding all of its activations)."""
     layers = chosen_layers(network) if layers is None else layers
-    _, hidden = forward_batches(network.params(), network, images)
-    return [hidden[h] for h in layers]
+    kept = [[] for _ in layers]
+    for _, _, hidden in batches_of(network.params(), network, images):
+        for l, h in enumerate(layers):
+            kept[l].append(hidden[h] if columns is None else hidden[h][:, columns[l]])
+    return [np.concatenate(k) for k in kept]
 
 
 def probe(network: Network, images: np.ndarray, layers: tuple[int, ...] | None = None
@@ -140,26 +164,38 @@ def probe(network: Network, images: np.ndarray, layers: tuple[int, ...] | None =
 def top_examples(network: Network, images: np.ndarray, k: int, layers: tuple[int, ...] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(top, bottom) [N, k] int32: for every laid-out neuron, the indices of the k images that activate
-    it most (most first) and least (least first), ties to the lower index; one jitted pass over
-    `images` per batch of neurons' activations."""
-    activations = np.concatenate(hidden_activations(network, images, layers), axis=1)  # [n_images, N]
+    it most (most first) and least (least first), ties to the lower index; the k best so far merged
+    with each batch of images' activations (jitted), so no [n_images, N] matrix is held."""
+    layers = chosen_layers(network) if layers is None else layers
     k = min(k, len(images))
-    tops, bottoms = [], []
-    for start in range(0, activations.shape[1], TOP_NEURONS):
-        columns = jnp.asarray(activations[:, start:start + TOP_NEURONS].T)
-        top, bottom = _top_and_bottom(columns, k)
-        tops.append(np.asarray(top))
-        bottoms.append(np.asarray(bottom))
-    return (np.concatenate(tops).astype(np.int32) if tops else np.zeros((0, k), np.int32),
-            np.concatenate(bottoms).astype(np.int32) if bottoms else np.zeros((0, k), np.int32))
+    best: dict[int, tuple] = {}  # per block of TOP_NEURONS neurons: (top values, their images, the same for -values)
+    for start, _, hidden in batches_of(network.params(), network, images):
+        batch = hidden[layers[0]] if len(layers) == 1 else np.concatenate([hidden[h] for h in layers], axis=1)
+        for first in range(0, batch.shape[1], TOP_NEURONS):
+            best[first] = _merge(best.get(first), batch[:, first:first + TOP_NEURONS].T, start, k)
+    if not best:
+        return np.zeros((0, k), np.int32), np.zeros((0, k), np.int32)
+    return tuple(np.concatenate([np.asarray(b[i]) for b in best.values()]).astype(np.int32) for i in (1, 3))
 
 
-TOP_NEURONS = 1024  # neurons ranked at a time: 1,024 x 10,000 test images is 41 MB
+TOP_NEURONS = 4096  # neurons merged at a time: [4,096, 1,000 + k] values and indices, 33 MB each
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _top_and_bottom(columns: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    return jax.lax.top_k(columns, k)[1], jax.lax.top_k(-columns, k)[1]
+@functools.partial(jax.jit, static_argnums=3)
+def _merge(best: tuple | None, batch: jax.Array, start: int, k: int) -> tuple:
+    """The k highest and k lowest of each row of the best so far (earlier, so lower, image indices
+    first: lax.top_k keeps the first of equal values) and of this batch's [N, b] (images start..)."""
+    index = jnp.broadcast_to(start + jnp.arange(batch.shape[1], dtype=jnp.int32), batch.shape)
+    out = []
+    for values, where in ((batch, 0), (-batch, 2)):
+        if best is not None:
+            values = jnp.concatenate([best[where], values], axis=1)
+            indices = jnp.concatenate([best[where + 1], index], axis=1)
+        else:
+            indices = index
+        top, at = jax.lax.top_k(values, min(k, values.shape[1]))
+        out += [top, jnp.take_along_axis(indices, at, axis=1)]
+    return tuple(out)
 
 
 def downstream_products(weights: tuple[np.ndarray, ...]) -> list[np.ndarray]:
@@ -237,12 +273,44 @@ def influence_name(network: Network, layers: tuple[int, ...], influence: str) ->
     return influence
 
 
+def class_sums(activations: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """[n_classes, n_neurons] float64: the activations [n, n_neurons] summed per class of labels [n],
+    EVAL_BATCH rows at a time in float32 (a one-hot matrix product), the batches added in float64."""
+    sums = np.zeros((n_classes, activations.shape[1]))
+    for i in range(0, len(labels), EVAL_BATCH):
+        one_hot = np.eye(n_classes, dtype=np.float32)[labels[i:i + EVAL_BATCH]]
+        sums += one_hot.T @ np.asarray(activations[i:i + EVAL_BATCH], np.float32)
+    return sums
+
+
+def means_of(sums: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """[n_neurons, n_classes] class means from class_sums (0 for a class with no images)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return (sums / np.maximum(counts, 1)[:, None]).T.astype(np.float32)
+
+
 def class_means(activations: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Mean activation per class: [n_neurons, n_classes] (0 for a class with no images)."""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    sums = np.zeros((n_classes, activations.shape[1]))
-    np.add.at(sums, labels, activations)
-    return (sums / np.maximum(counts, 1)[:, None]).T.astype(np.float32)
+    return means_of(class_sums(activations, labels, n_classes), labels, n_classes)
+
+
+def layer_class_means(network: Network, test: Split, layers: tuple[int, ...]) -> tuple[list[np.ndarray],
+                                                                                       list[np.ndarray]]:
+    """(class means [n_l, C], standard deviations over the images [n_l]) of each of hidden layers
+    `layers`, one batch of test images at a time: a 100,000-neuron layer's 10,000 x 100,000
+    activations (4 GB) are never held."""
+    n_classes = network.sizes[-1]
+    sums = [0.0] * len(layers)
+    squares = [0.0] * len(layers)
+    for start, _, hidden in batches_of(network.params(), network, test.images):
+        labels = test.labels[start:start + len(hidden[0])]
+        for l, h in enumerate(layers):
+            sums[l] = sums[l] + class_sums(hidden[h], labels, n_classes)
+            squares[l] = squares[l] + np.square(hidden[h], dtype=np.float64).sum(0)
+    n = len(test.labels)
+    means = [means_of(s, test.labels, n_classes) for s in sums]
+    sds = [np.sqrt(np.maximum(q / n - (s.sum(0) / n) ** 2, 0)).astype(np.float32) for s, q in zip(sums, squares)]
+    return means, sds
 
 
 def neuron_features(network: Network, test: Split, influence: str = "weights", layers: str = "dense",
@@ -250,19 +318,18 @@ def neuron_features(network: Network, test: Split, influence: str = "weights", l
     """Features of every neuron of the hidden layers `layers` (layout.layers) lays out, measured on the
     test split `test`. A CNN's fields are feature visualisations (zero without `visualise`: the training
     timeline's snapshots need only the output vectors)."""
-    n_classes = network.sizes[-1]
     hidden = chosen_layers(network, layers)
-    activations = hidden_activations(network, test.images, hidden)
+    means, sds = layer_class_means(network, test, hidden)
     vectors = output_vectors(network.params(), network, test.images, hidden, influence)
-    class_activation = np.concatenate([class_means(a, test.labels, n_classes) for a in activations])
+    class_activation = np.concatenate(means)
     if not network.has_conv:
         upstream = upstream_products(network.weights)
         fields = network.inputs.as_images(np.concatenate([upstream[h].T for h in hidden]))
     elif visualise:
-        fields = np.concatenate(feature_images(network, hidden, [a.std(0) for a in activations]))
+        fields = np.concatenate(feature_images(network, hidden, sds))
     else:
         fields = network.inputs.as_images(np.zeros((len(class_activation), network.inputs.n_pixels), np.float32))
-    sizes = [a.shape[1] for a in activations]
+    sizes = [len(m) for m in means]
     output = np.concatenate(vectors).astype(np.float32)
     return NeuronFeatures(
         output_vectors=output,

@@ -9,10 +9,11 @@ steps, and the run stops early once no particle moves more than `settle` x the l
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -325,11 +326,15 @@ def simulate(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, key
     )
 
 
-def simulate_many(terms: list[dict[str, Energy]], movable: np.ndarray, cfg: SimConfig,
+def simulate_many(terms: list[dict[str, Energy]], particles: Sequence[Particles], cfg: SimConfig,
                   starts: np.ndarray) -> np.ndarray:
     """Final positions [B, P, 3] of B simulations run side by side (jax.vmap), simulation b with the
-    terms terms[b] (same names and shapes, other data) from starts[b]; no frames are kept. A run that
-    blows up gives NaN positions instead of an error (a null sample that is then left out)."""
+    terms terms[b] (same names and shapes, other data) of particles[b] from starts[b]; no frames are
+    kept. A run that blows up gives NaN positions instead of an error (a null sample that is then left
+    out). With sampled pairs (layout.sim.pairs), one after another, each as `simulate` runs it."""
+    if pairs_mode(cfg.pairs, particles[0].n_particles) == "sampled":
+        return np.stack([final_or_nan(t, p, cfg, s) for t, p, s in zip(terms, particles, starts)])
+    movable = particles[0].movable
     bound = [tuple(as_term(fn) for fn in t.values()) for t in terms]
     native = available()
     stacked = with_rest_lengths(jax.tree.map(lambda *leaves: jnp.stack(leaves), *bound), native)
@@ -342,6 +347,16 @@ def simulate_many(terms: list[dict[str, Energy]], movable: np.ndarray, cfg: SimC
         ctrl_c.check()
         state = _run_many(state, stacked, movable, cfg, frames, native)
     return np.where(np.asarray(state.failed)[:, None, None], np.nan, np.asarray(state.x))
+
+
+def final_or_nan(terms: dict[str, Energy], particles: Particles, cfg: SimConfig, start: np.ndarray) -> np.ndarray:
+    """The final positions of one simulation from `start` (its pairs sampled with layout.sim.seed's key),
+    NaN where it blew up."""
+    record = dataclasses.replace(cfg, record_every=cfg.chunk)  # a frame a chunk: only the last one is kept
+    try:
+        return simulate(terms, particles, record, jax.random.key(cfg.seed), start=start).final
+    except SimulationError:
+        return np.full_like(np.asarray(start, np.float32), np.nan)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "frames", "native"), compiler_options=COMPILE_OPTIONS)

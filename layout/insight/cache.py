@@ -29,7 +29,7 @@ def save_tested(path: Path, t: Tested, key: str) -> Path:
         if layer.confusion is not None:
             arrays[f"layer{i}_confusion"] = np.asarray(layer.confusion)
         layers.append({"layer": layer.layer, "n_neurons": layer.n_neurons, "tests": tests, "name": layer.name,
-                       "number": layer.number})
+                       "number": layer.number, "tested": layer.tested, "untested_3d": layer.untested_3d})
     a = t.ablation
     arrays.update(ablation_baseline=a.baseline, ablation_drop=a.drop, ablation_class_drop=a.class_drop)
     meta = {"version": 1, "key": key, "layers": layers, "ablation_groups": list(a.groups), "stability": None,
@@ -60,7 +60,8 @@ def load_tested(path: Path, key: str) -> tuple[Tested | None, str | None]:
         layers = tuple(LayerStructure(
             layer["layer"], layer["n_neurons"],
             tuple(NullTest(**test, null_values=arrays[f"layer{i}_test{j}"]) for j, test in enumerate(layer["tests"])),
-            arrays.get(f"layer{i}_confusion"), layer.get("name", ""), layer.get("number", 0))
+            arrays.get(f"layer{i}_confusion"), layer.get("name", ""), layer.get("number", 0), layer.get("tested", 0),
+            layer.get("untested_3d", ""))
             for i, layer in enumerate(meta["layers"]))
         ablation = Ablation(arrays["ablation_baseline"], arrays["ablation_drop"], arrays["ablation_class_drop"],
                             tuple(meta["ablation_groups"]))

@@ -36,6 +36,7 @@ def structure_json(layers, ablation: Ablation | None, stability: Stability | Non
     for layer in layers:
         out["layers"].append({
             "layer": layer.layer + 1, "n_neurons": layer.n_neurons,  # numbered from 1, as in every output
+            "tested_neurons": layer.tested or layer.n_neurons,  # fewer: a sample drawn at random
             "name": layer.title,
             "tests": [t.summary() for t in layer.tests],
             "verdict": {space: verdict(layer.find("silhouette", space)) for space in ("layout", "output")},
@@ -68,7 +69,9 @@ def markdown(summary: dict, name: str, plots: list[str]) -> str:
     lines += [f"- {v}" for v in summary["verdicts"]]
     lines += ["", "## Nulls", ""] + [f"- `{k}`: {v}" for k, v in summary["nulls"].items()]
     for layer in summary["layers"]:
-        lines += ["", f"## {layer['name'].capitalize()} ({layer['n_neurons']} neurons)", ""]
+        sampled = (f"; tests on {layer['tested_neurons']} of them, drawn at random"
+                   if layer["tested_neurons"] < layer["n_neurons"] else "")
+        lines += ["", f"## {layer['name'].capitalize()} ({layer['n_neurons']} neurons{sampled})", ""]
         if not layer["tests"]:
             lines.append("Too few neurons to test.")
             continue

@@ -57,16 +57,19 @@ def indices(means: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def untrained_class_means(sizes: tuple[int, ...], activation: str, images: np.ndarray, labels: np.ndarray,
-                          count: int, rng: np.random.Generator, inputs: Inputs = Inputs()) -> list[np.ndarray]:
+                          count: int, rng: np.random.Generator, inputs: Inputs = Inputs(),
+                          last_width: int | None = None) -> list[np.ndarray]:
     """For each hidden layer, [count, n_l, C]: the class means of `count` randomly initialised networks
-    shown the images scaled as `inputs` says (the trained network's scaling)."""
+    shown the images scaled as `inputs` says (the trained network's scaling); of the last hidden layer,
+    only `last_width` neurons' when given (a wide layer's tests run on a sample of its neurons)."""
+    widths = [*sizes[1:-2], last_width or sizes[-2]]
     act = ACTIVATIONS[activation]
     forward = jax.jit(lambda ws, x: hidden_of(ws, inputs.of_pixels(x), act))
     n_classes = sizes[-1]
     out: list[list[np.ndarray]] = [[] for _ in sizes[1:-1]]
     for _ in range(count):
-        weights = [rng.uniform(-init_limit(a, b, activation), init_limit(a, b, activation), (a, b)).astype(np.float32)
-                   for a, b in zip(sizes[:-2], sizes[1:-1])]
+        weights = [rng.uniform(-init_limit(a, b, activation), init_limit(a, b, activation), (a, w)).astype(np.float32)
+                   for a, b, w in zip(sizes[:-2], sizes[1:-1], widths)]
         batches = [forward(weights, flat_pixels(images[i:i + EVAL_BATCH])) for i in
                    range(0, len(images), EVAL_BATCH)]
         for l in range(len(weights)):

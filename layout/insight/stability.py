@@ -31,7 +31,7 @@ def relayout(features: NeuronFeatures, null_vectors: np.ndarray, cfg: LayoutConf
                  for v in null_vectors]
     keys = jax.random.split(jax.random.key(seed), len(particles))
     starts = np.stack([initial_positions(p, cfg.sim.init, k) for p, k in zip(particles, keys)])
-    finals = simulate_many([build_energy(p, cfg.forces) for p in particles], particles[0].movable, cfg.sim, starts)
+    finals = simulate_many([build_energy(p, cfg.forces) for p in particles], particles, cfg.sim, starts)
     n = features.n_neurons
     return finals[:, :n], null_vectors.argmax(2)
 
@@ -53,7 +53,7 @@ def stability(particles: Particles, cfg: LayoutConfig, seeds: int) -> tuple[np.n
     the aligned layouts [S, P, 3])."""
     terms = build_energy(particles, cfg.forces)
     starts = np.stack([initial_positions(particles, "random", jax.random.key(s)) for s in range(seeds)])
-    finals = simulate_many([terms] * seeds, particles.movable, cfg.sim, starts)
+    finals = simulate_many([terms] * seeds, [particles] * seeds, cfg.sim, starts)
     finals = finals[np.isfinite(finals).all((1, 2))]
     aligned, disparity = [], []
     for x in finals:
@@ -125,8 +125,8 @@ def retrained_stability(cfg: RunConfig, dataset: Dataset, features: NeuronFeatur
     particles = [make_particles(f, cfg.layout.anchors) for f in others]
     key = jax.random.key(cfg.layout.sim.seed)
     starts = np.stack([initial_positions(p, cfg.layout.sim.init, key) for p in particles])
-    finals = simulate_many([build_energy(p, cfg.layout.forces) for p in particles], particles[0].movable,
-                           cfg.layout.sim, starts)[:, :features.n_neurons]
+    finals = simulate_many([build_energy(p, cfg.layout.forces) for p in particles], particles, cfg.layout.sim,
+                           starts)[:, :features.n_neurons]
     rng = np.random.default_rng([seed, 7])
     mine = group_centroids(positions, features.layer, features.dominant)
 

@@ -152,18 +152,19 @@ def shuffled_columns(vectors: np.ndarray, rng: np.random.Generator, count: int) 
 
 
 def untrained(sizes: tuple[int, ...], layer: int, activation: str, rng: np.random.Generator,
-              count: int) -> np.ndarray:
+              count: int, rows: int | None = None) -> np.ndarray:
     """[count, n_layer, C]: output vectors of hidden layer `layer` of randomly initialised networks,
-    the product of their downstream initial weights (Glorot or He uniform, as models.network.mlp)."""
-    def weights(n_in: int, n_out: int, m: int) -> np.ndarray:
+    the product of their downstream initial weights (Glorot or He uniform, as models.network.mlp); only
+    the first `rows` neurons' (as likely as any `rows` of them) when given."""
+    def weights(n_in: int, n_out: int, m: int, drawn: int | None = None) -> np.ndarray:
         limit = init_limit(n_in, n_out, activation)
-        return rng.uniform(-limit, limit, (m, n_in, n_out)).astype(np.float32)
+        return rng.uniform(-limit, limit, (m, drawn or n_in, n_out)).astype(np.float32)
 
     chunk = max(1, BATCH_FLOATS // max(a * b for a, b in zip(sizes[layer + 1:-1], sizes[layer + 2:])))
     out = []
     for start in range(0, count, chunk):
         m = min(chunk, count - start)
-        v = weights(sizes[layer + 1], sizes[layer + 2], m)
+        v = weights(sizes[layer + 1], sizes[layer + 2], m, rows)
         for l in range(layer + 2, len(sizes) - 1):
             v = v @ weights(sizes[l], sizes[l + 1], m)
         out.append(v)
@@ -283,6 +284,13 @@ class LayerStructure:
     confusion: np.ndarray | None  # [C, C] dominant (rows) x activation-dominant (columns)
     name: str = ""  # how the outputs call the layer, e.g. "layer 3 (dense)"; "": "layer <layer + 1>"
     number: int = 0  # its number in file names: its place among the hidden layers, from 1; 0: layer + 1
+    tested: int = 0  # how many of its neurons the tests ran on, drawn at random (a wide layer); 0: all
+    untested_3d: str = ""  # why no 3D null layouts were made, when not for the usual reasons
+
+    @property
+    def sampled(self) -> str:
+        """' (tests on 4000 of its 100000 neurons, drawn at random)', or '' when all were tested."""
+        return f" (tests on {self.tested} of its {self.n_neurons} neurons, drawn at random)" if self.tested else ""
 
     @property
     def file_number(self) -> int:

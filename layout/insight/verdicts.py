@@ -49,7 +49,7 @@ def headline(layer: LayerStructure, space: str) -> str:
     tests = decisive(layer.find("silhouette", space))
     where = "3D" if space == "layout" else "output-vector space"
     if not tests:
-        why = untested_reason(layer.find("silhouette", space), space)
+        why = (space == "layout" and layer.untested_3d) or untested_reason(layer.find("silhouette", space), space)
         return f"dominance clustering in {where}: not tested ({why})"
     weakest = max(tests, key=lambda t: (t.p if np.isfinite(t.p) else 2))
     text = (f"dominance clustering in {where}: silhouette {weakest.observed:.3f}, null {weakest.null_mean:.3f} "
@@ -82,7 +82,7 @@ def verdicts(layers: tuple[LayerStructure, ...], retrained: Retrained | None = N
             lines.append(f"{layer.title}: {layer.n_neurons} neurons, too few to test")
             continue
         for space in ("layout", "output"):
-            lines.append(f"{layer.title}, {headline(layer, space)}")
+            lines.append(f"{layer.title}{layer.sampled}, {headline(layer, space)}")
     if retrained is not None:
         lines.append(retrained_headline(retrained))
     return lines

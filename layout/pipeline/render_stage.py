@@ -17,6 +17,7 @@ from layout.pipeline.structure_stage import StructureResult
 from layout.pipeline.train_stage import TrainResult
 from models.network.network import Network
 from render.atlas import (
+    ATLAS_MAX,
     class_atlas,
     examples_atlas,
     thumbnail_strip,
@@ -134,10 +135,12 @@ def thumbnails_for(cfg: RunConfig, f: NeuronFeatures) -> np.ndarray | None:
     """render.thumbnails' strip: for each class the k neurons that drive it hardest."""
     if not cfg.render.thumbnails or not has_images(f):
         return None
-    tiles, _ = every_tile(cfg, f)
+    k = cfg.render.thumbnails
+    members = np.unique(np.argsort(-f.output_vectors, axis=0, kind="stable")[:k])  # each class's k strongest
+    tiles, _ = every_tile(cfg, f, members)
     scale = max(1, (cfg.render.height - 60 - 4 * f.n_classes) // (f.n_classes * tiles.shape[1]))  # as large as fits
-    return thumbnail_strip(zoomed(tiles.transpose(1, 2, 0, 3), scale).transpose(2, 0, 1, 3), f.output_vectors,
-                           f.class_names, cfg.render.thumbnails).image
+    return thumbnail_strip(zoomed(tiles.transpose(1, 2, 0, 3), scale).transpose(2, 0, 1, 3),
+                           f.output_vectors[members], f.class_names, k).image
 
 
 def has_images(f: NeuronFeatures) -> bool:
@@ -146,12 +149,23 @@ def has_images(f: NeuronFeatures) -> bool:
     return f.receptive_fields.ndim in (3, 4)
 
 
-def every_tile(cfg: RunConfig, f: NeuronFeatures) -> tuple[np.ndarray, np.ndarray]:
-    """(every neuron's field tile, as the glyphs draw it; the output-vector norms) for the sheets."""
+def every_tile(cfg: RunConfig, f: NeuronFeatures, members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(the field tiles of every neuron, or of `members`, as the glyphs draw them; the output-vector
+    norms of the same neurons) for the sheets."""
+    members = np.arange(f.n_neurons) if members is None else members
     norms = np.linalg.norm(f.output_vectors, axis=1)
-    tiles = field_images(f.receptive_fields, f.dominant, f.layer, norms, cfg.render.field_scale, f.n_neurons,
-                         f.signed_fields).tiles
-    return tiles, norms
+    tiles = field_images(f.receptive_fields, f.dominant, f.layer, norms, cfg.render.field_scale, len(members),
+                         f.signed_fields, members).tiles
+    return tiles, norms[members]
+
+
+def atlas_members(f: NeuronFeatures, layer: int) -> np.ndarray:
+    """The neurons (ascending) of one layer that its atlas shows: all, or above ATLAS_MAX the ATLAS_MAX
+    with the largest output-vector norms."""
+    m = np.flatnonzero(f.layer == layer)
+    if len(m) <= ATLAS_MAX:
+        return m
+    return np.sort(m[np.argsort(-np.linalg.norm(f.output_vectors[m], axis=1), kind="stable")[:ATLAS_MAX]])
 
 
 def fields_for(cfg: RunConfig, f: NeuronFeatures) -> FieldImages | None:
@@ -176,17 +190,19 @@ def atlas_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, out: P
     f = laid.features
     if not has_images(f):  # inputs that are no images have no pictures to show
         return ()
-    tiles, norms = every_tile(cfg, f)
     written = []
-    for l in range(f.n_layers):
-        m = np.flatnonzero(f.layer == l)
+    for l, size in enumerate(f.layer_sizes):
+        m = atlas_members(f, l)
+        tiles, norms = every_tile(cfg, f, m)
         number = int(f.layer_numbers[m[0]])
         shown = "" if f.field_kind == "weights" else f", {f.field_kind}s"
-        title = f"{cfg.name}, {f.layer_name(l)}: {len(m)} neurons{shown}"
+        if len(m) < size:
+            shown += f"; the {len(m)} with the largest output vectors shown"
+        title = f"{cfg.name}, {f.layer_name(l)}: {size} neurons{shown}"
         written.append(write_sheet(out / f"atlas_layer{number}.png", class_atlas(
-            tiles[m], f.dominant[m], norms[m], f.output_vectors[m], m, f.class_names, title)))
+            tiles, f.dominant[m], norms, f.output_vectors[m], m, f.class_names, title)))
         written.append(write_sheet(out / f"atlas_top_layer{number}.png", examples_atlas(
-            tiles[m], trained.dataset.test.images, laid.top[m], laid.bottom[m], norms[m], m, title)))
+            tiles, trained.dataset.test.images, laid.top[m], laid.bottom[m], norms, m, title)))
     return tuple(written)
 
 
