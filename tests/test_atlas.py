@@ -131,3 +131,40 @@ def test_a_probe_beyond_the_test_set_or_a_negative_field_top_is_one_line_before_
         assert result.returncode == 2 and result.stdout == "", setting
         assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr
         assert not out.exists()
+
+
+def test_a_layer_wider_than_the_atlas_cap_shows_its_largest_output_vectors(tmp_path, shared_data, monkeypatch):
+    """Above ATLAS_MAX neurons (made 7 here) a layer's atlas sheets show the ATLAS_MAX with the largest
+    output-vector norms, each at its own id."""
+    from PIL import Image
+
+    from layout.core.config import RunConfig
+    from layout.engine.features import neuron_features
+    from layout.pipeline import render_stage
+    from layout.pipeline.layout_stage import LayoutResult
+    from layout.pipeline.train_stage import TrainResult
+
+    network = load_network(NETWORK)
+    dataset = load_dataset(DataConfig(dir=str(shared_data)))
+    features = neuron_features(network, dataset.test)
+    top, bottom = top_examples(network, dataset.test.images, 3)
+    laid = LayoutResult(features, None, None, {}, (), np.zeros(features.n_neurons), top=top, bottom=bottom)
+    sheets = {}
+
+    def keep(path, sheet):
+        sheets[path.name] = sheet
+        return write_sheet(path, sheet)
+
+    from render.atlas import write_sheet
+    monkeypatch.setattr(render_stage, "ATLAS_MAX", 7)
+    monkeypatch.setattr(render_stage, "write_sheet", keep)
+    written = render_stage.atlas_stage(RunConfig(), TrainResult(RunConfig(), dataset, network, {}, ()), laid, tmp_path)
+    strongest = np.argsort(-np.linalg.norm(features.output_vectors, axis=1))[:7]
+    assert sorted(sheets["atlas_layer1.png"].placed) == sorted(strongest.tolist())
+    assert sorted(sheets["atlas_top_layer1.png"].placed) == sorted(strongest.tolist())
+    assert all(Image.open(p).size[0] > 100 for p in written)
+    tiles, _ = render_stage.every_tile(RunConfig(), features)
+    x, y = sheets["atlas_layer1.png"].placed[int(strongest[0])]
+    np.testing.assert_array_equal(sheets["atlas_layer1.png"].image[y:y + tiles.shape[1] * ZOOM,
+                                                                   x:x + tiles.shape[2] * ZOOM],
+                                  zoomed(tiles[strongest[0]]))

@@ -74,10 +74,11 @@ def test_memory_needs_add_up_each_stages_arrays():
     needs = {n.stage: n for n in memory_needs(cfg, (784, 100, 10), 5000, 10000)}
     params = 784 * 100 + 100 + 100 * 10 + 10
     assert needs["training"].bytes == 4 * (params * (5 + 31) + 2 * 10000 * 100)  # 30 epochs: 31 snapshots
-    assert needs["neuron features"].bytes == 4 * (2 * 10000 * 100 + 2 * 784 * 100)
+    assert needs["neuron features"].bytes == 4 * (4 * 10000 * 100 + 3 * 784 * 100)  # a batch's copies, the fields
     frames = 500 // 5 + 2 + 100 // 5  # the frames kept, and one chunk's
     assert needs["layout"].bytes == 110 * 1024 * 4 + 2 * frames * 110 * 12 + 8 * 6 * 100 * 100  # rows padded to 1,024
-    assert needs["structure tests"].bytes == 99 * 110 * 1024 * 4 + 24 * 100 * 100 + 1000 * 100 * 21 * 4
+    assert needs["structure tests"].bytes == (99 * 110 * 1024 * 4 + 24 * 100 * 100 + 1000 * 100 * 21 * 4
+                                              + 4 * (10000 * 100 + 2 * 10000 * 100))
     given = {n.stage: n for n in memory_needs(cfg, (784, 100, 10), 5000, 10000, given_snapshots=3)}
     assert "training" not in given and given["network"].bytes == 4 * params * 4
     no_tests = load_config(REPO / "configs" / "euclid.yaml", ["structure.enabled=false"])
@@ -87,7 +88,8 @@ def test_memory_needs_add_up_each_stages_arrays():
 @pytest.mark.parametrize("sets, available, stage, fix", [
     (["model.hidden=[100000000]"], 20 * GB, "training", "use fewer hidden neurons (model.hidden)"),
     (["model.hidden=[5000]", "train.snapshot_unit=step"], 10 * GB, "training", "raise train.snapshot_every"),
-    (["model.hidden=[20000]", "train.epochs=0"], 20 * GB, "structure tests", "lower structure.layout_nulls"),
+    (["model.hidden=[20000]", "train.epochs=0", "layout.sim.pairs=exact"], 20 * GB, "structure tests",
+     "lower structure.layout_nulls"),
     (["model.hidden=[30000]", "structure.enabled=false", "train.epochs=0", "layout.sim.pairs=exact"], 2 * GB,
      "layout", "use fewer hidden neurons"),
 ])
@@ -111,6 +113,9 @@ def test_sampled_pairs_let_a_100000_neuron_network_fit_where_all_pairs_would_not
                                                            "train.epochs=1", "layout.sim.pairs=exact"])
     with pytest.raises(UserError, match=r"about 4\d\.\d GB of memory for its layout \(the spring lengths"):
         check_memory(exact, (784, 100000, 10), 5000, 10000, available=16 * GB)
+    tested = load_config(REPO / "configs" / "euclid.yaml", ["model.hidden=[100000]", "train.epochs=1"])
+    structure = {n.stage: n for n in memory_needs(tested, (784, 100000, 10), 5000, 10000)}["structure tests"]
+    assert structure.bytes < 2 * GB and structure.holds.startswith("2,000 x 2,000 distance matrices")
 
 
 def test_training_alone_needs_only_the_training_memory():

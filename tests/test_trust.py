@@ -57,7 +57,9 @@ def test_the_layout_key_changes_with_every_input_of_the_simulation():
         cfg.render, width=640))) == base  # the name and the picture do not change the layout
 
 
-def test_the_structure_key_changes_with_everything_the_tests_depend_on():
+def test_the_structure_key_changes_with_everything_the_tests_depend_on(monkeypatch):
+    from layout.pipeline import structure_stage
+
     cfg = load_config(REPO / "configs" / "euclid.yaml")
     positions = np.zeros((5, 3), np.float32)
     base = structure_key(cfg, "net", "data", "layout", positions)
@@ -75,6 +77,8 @@ def test_the_structure_key_changes_with_everything_the_tests_depend_on():
         structure_key(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hidden=(7,))), "net", "data",
                       "layout", positions),
     ]
+    monkeypatch.setattr(structure_stage, "STRUCTURE_NEURONS", 500)  # how many of a wide layer's neurons are tested
+    changed.append(structure_key(cfg, "net", "data", "layout", positions))
     assert base not in changed and len(set(changed)) == len(changed)
 
 

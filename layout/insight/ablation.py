@@ -74,10 +74,12 @@ def silenced_accuracy(network: Network, layer: int, hidden: np.ndarray, labels: 
 def _silenced_hits(weights, biases, hidden, labels, silenced, activation, n_classes, batch, top):
     act = ACTIVATIONS[activation]
     intact = hidden @ weights[-1] + biases[-1] if top else None
+    rows = hidden.T if top else None  # [n, images]: a neuron's activations contiguous, gathered by rows
 
     def one(chosen):
         if top:
-            return per_class_hits(intact - hidden[:, chosen] @ weights[-1][chosen], labels, n_classes)
+            share = jnp.einsum("si,sc->ic", rows[chosen], weights[-1][chosen])
+            return per_class_hits(intact - share, labels, n_classes)
         h = hidden * jnp.ones(hidden.shape[1]).at[chosen].set(0)[None, :]
         for w, b in zip(weights[:-1], biases[:-1]):
             h = act(h @ w + b)

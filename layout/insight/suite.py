@@ -56,7 +56,7 @@ class Subject:
     positions: np.ndarray
 
 
-STRUCTURE_NEURONS = 4000  # a wider layer's tests run on this many of its neurons, drawn at random
+STRUCTURE_NEURONS = 2000  # a wider layer's tests run on this many of its neurons, drawn at random
 
 
 def tested_neurons(n: int, seed: int, layer: int) -> np.ndarray:

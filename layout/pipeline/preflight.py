@@ -18,9 +18,10 @@ from layout.core.config import RunConfig
 from layout.core.errors import ConfigError, UserError
 from layout.core.layers import INPUT_SHAPE, check_shapes, patch_values
 from layout.core.memory import available_memory, gigabytes
-from layout.engine.features import EVAL_BATCH
+from layout.engine.features import ACTIVATION_FLOATS, EVAL_BATCH
 from layout.engine.metrics import BATCH_VALUES
 from layout.engine.sampled import pairs_mode
+from layout.insight.suite import STRUCTURE_NEURONS
 from models.data.datasets import Dataset
 from models.network.cnn import count_params as count_layer_params
 from models.network.train import EVAL_CHUNK, check_batches
@@ -107,18 +108,22 @@ def memory_needs(cfg: RunConfig, sizes: tuple[int, ...], n_train: int, n_test: i
     if not lays_out:
         return needs
     needs += [
-        Need("neuron features", FLOAT * (2 * n_test * n + 2 * sizes[0] * n),
-             f"the activations of {n:,} neurons on {n_test:,} test images", f"{fewer}, or set data.limit"),
+        Need("neuron features", FLOAT * (4 * min(n_test * n, ACTIVATION_FLOATS) + 3 * sizes[0] * n),
+             f"the activations of {n:,} neurons on a batch of test images, and their fields", fewer),
         Need("layout", pairs + trajectory + 8 * 6 * min(min(n, cfg.layout.metrics_sample) * n, BATCH_VALUES),
              f"{holding}, and {frames:,} frames",
              f"{fewer}, or keep fewer frames (fewer layout.sim.steps, more layout.sim.record_every)"),
     ]
     if cfg.structure.enabled:
         sc = cfg.structure
-        side_by_side = max(sc.layout_nulls, sc.stability_seeds)
-        samples = sc.permutations * widest * (1 + 2 * sizes[-1]) * FLOAT  # permutations, two sets of null vectors
-        needs.append(Need("structure tests", side_by_side * rest + (8 + 8 * 2) * widest * widest + samples,
-                          f"{side_by_side} layouts side by side, {widest:,} x {widest:,} distance matrices and "
+        # with sampled pairs no 3D null layouts, and the stability layouts one after another (suite.options_for)
+        side_by_side = 0 if pairs_mode(sim.pairs, particles) == "sampled" else max(sc.layout_nulls, sc.stability_seeds)
+        tested = min(widest, STRUCTURE_NEURONS)  # a wider layer's tests run on a sample of its neurons
+        samples = sc.permutations * tested * (1 + 2 * sizes[-1]) * FLOAT  # permutations, two sets of null vectors
+        needs.append(Need("structure tests", side_by_side * rest + (8 + 8 * 2) * tested * tested + samples
+                          + FLOAT * (n_test * tested + 2 * min(n_test * n, ACTIVATION_FLOATS)),
+                          (f"{side_by_side} layouts side by side, " if side_by_side else "")
+                          + f"{tested:,} x {tested:,} distance matrices and "
                           f"{sc.permutations:,} null samples",
                           "lower structure.layout_nulls, structure.stability_seeds and structure.permutations, or set "
                           "structure.enabled=false", optional=True))

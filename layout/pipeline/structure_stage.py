@@ -21,7 +21,7 @@ from layout.insight.cache import load_tested, save_tested
 from layout.insight.report import write_report
 from layout.insight.stability import Stability
 from layout.insight.structure import LayerStructure
-from layout.insight.suite import Subject, Tested, count_parts, run_structure_tests
+from layout.insight.suite import STRUCTURE_NEURONS, Subject, Tested, count_parts, run_structure_tests
 from layout.insight.verdicts import verdicts
 from layout.pipeline.layout_stage import LayoutResult
 from layout.pipeline.outputs import write_neurons_csv
@@ -58,9 +58,10 @@ class StructureResult:
 def structure_key(cfg: RunConfig, network_key: str, data_key: str, layout_key: str, positions: np.ndarray) -> str:
     """Everything the results depend on: the network, the data (its test set gives the activations; its
     training set, with the model and train sections, the retrained and shuffled-label networks), the
-    layout and its final positions [N, 3], and the structure settings."""
-    return fingerprint({"version": 4, "network": network_key, "data": data_key, "model": cfg.model, "train": cfg.train,
-                        "layout": layout_key, "structure": cfg.structure,
+    layout and its final positions [N, 3], the structure settings, and how many neurons of a wide layer are
+    tested (version 5: the sample of a layer wider than STRUCTURE_NEURONS)."""
+    return fingerprint({"version": 5, "network": network_key, "data": data_key, "model": cfg.model, "train": cfg.train,
+                        "layout": layout_key, "structure": cfg.structure, "tested": STRUCTURE_NEURONS,
                         "positions": hashlib.sha256(np.ascontiguousarray(positions).tobytes()).hexdigest()})[:20]
 
 
