@@ -246,6 +246,46 @@ def test_a_layout_sharded_over_four_devices_equals_the_one_device_layout():
     assert "equal" in out.stdout
 
 
+
+def test_a_layout_over_two_processes_with_jax_distributed_equals_the_one_device_layout(tmp_path):
+    """Two local processes (jax.distributed.initialize, CPU collectives by gloo), two host devices each:
+    the particles sharded over the four devices of both give the one-device trajectory."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, jax
+        devices = 1 if sys.argv[1] == "alone" else 4
+        if devices == 4:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            jax.distributed.initialize(coordinator_address="127.0.0.1:{port}", num_processes=2,
+                                       process_id=int(sys.argv[1]))
+        from layout.core.config import AnchorsConfig, ForcesConfig, SimConfig
+        from layout.engine.energies import build_energy
+        from layout.engine.particles import make_particles
+        from layout.engine.simulate import simulate
+        from tests.test_scale import clusters
+        from tests.test_layout import synthetic_features
+        assert devices == 1 or (len(jax.devices()) == 4 and len(jax.local_devices()) == 2)
+        particles = make_particles(synthetic_features(clusters(1001)), AnchorsConfig(mode="free"))
+        cfg = SimConfig(steps=60, settle=0, pairs="sampled", partners=8, devices=devices)
+        final = simulate(build_energy(particles, ForcesConfig()), particles, cfg, jax.random.key(0)).final
+        np.save(sys.argv[2], final)
+        if devices == 4:
+            jax.distributed.shutdown()
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "NEURON_LAYOUT_NATIVE": "0"}
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(i), str(tmp_path / f"final{i}.npy")], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1, "alone")]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
+    one = np.load(tmp_path / "finalalone.npy")  # the JAX definition on one device, as the sharded run's
+    for i in (0, 1):  # each process holds the whole result
+        np.testing.assert_allclose(np.load(tmp_path / f"final{i}.npy"), one, atol=1e-4)
+
+
 def test_more_devices_than_jax_sees_are_refused_naming_the_count():
     from layout.core.errors import UserError
     from layout.engine.sampled import with_sampling
