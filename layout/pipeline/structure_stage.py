@@ -82,7 +82,8 @@ def structure_stage(cfg: RunConfig, trained: TrainResult, laid: LayoutResult, ou
     reused = tested is not None
     if tested is None:
         subject = Subject(trained.network, trained.dataset, f, laid.particles, positions)
-        with progress_bar(count_parts(cfg, f.layer_sizes, laid.particles.n_particles), "structure tests", "part") as bar:
+        parts = count_parts(cfg, f.layer_sizes, laid.particles.n_particles)
+        with progress_bar(parts, "structure tests", "part") as bar:
             tested = run_structure_tests(cfg, subject, on_part=bar.advance_to)
     written = write_report(out, cfg.name, tested.layers, tested.ablation, tested.stability, tested.retrained,
                            f.class_names, tested.plots_png, tested.selectivity)
