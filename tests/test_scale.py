@@ -168,20 +168,27 @@ def test_a_50000_neuron_layout_never_holds_an_n_by_n_array():
     and the faithfulness metrics of 50,000 neurons; an N x N float32 array alone would be 10 GB."""
     script = textwrap.dedent("""
         import numpy as np, jax
-        from pathlib import Path
         from tests.test_scale import clusters, run_layout
         from layout.engine.metrics import layout_metrics
         v = clusters(50000)
         final = run_layout(v, "auto", steps=20).final
         figures, _ = layout_metrics(v, final, v.argmax(1))
         assert np.isfinite(final).all() and figures["trustworthiness"] > 0.5, figures
+    """)
+    peak_gb = peak_memory_gb(script)
+    assert peak_gb < 2.5, f"peak resident memory {peak_gb:.2f} GB"
+
+
+def peak_memory_gb(script: str) -> float:
+    """The peak resident memory (GB) of a fresh Python process running `script`, which must succeed."""
+    script += textwrap.dedent("""
+        from pathlib import Path
         status = Path("/proc/self/status").read_text()
         print(int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) / 2**20)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    peak_gb = float(out.stdout.split()[-1])
-    assert peak_gb < 2.5, f"peak resident memory {peak_gb:.2f} GB"
+    return float(out.stdout.split()[-1])
 
 
 def test_trajectories_above_the_size_store_float16_frames_and_the_last_frame_exact(tmp_path):
@@ -407,7 +414,6 @@ def test_the_features_of_a_50000_neuron_layer_never_hold_its_activations_for_eve
     """In a fresh process: a 784-50000-10 network's features and top images over the 10,000 test images
     (the activation matrix alone would be 2 GB) stay well below that."""
     script = textwrap.dedent(f"""
-        from pathlib import Path
         from layout.core.config import DataConfig
         from layout.engine.features import neuron_features, top_examples
         from models.data.datasets import load_dataset
@@ -417,10 +423,6 @@ def test_the_features_of_a_50000_neuron_layer_never_hold_its_activations_for_eve
         features = neuron_features(network, test)
         top, _ = top_examples(network, test.images, 9)
         assert features.class_activation.shape == (50000, 10) and top.shape == (50000, 9)
-        status = Path("/proc/self/status").read_text()
-        print(int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) / 2**20)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    peak_gb = float(out.stdout.split()[-1])
+    peak_gb = peak_memory_gb(script)
     assert peak_gb < 1.5, f"peak resident memory {peak_gb:.2f} GB"
