@@ -302,11 +302,11 @@ def layer_class_means(network: Network, test: Split, layers: tuple[int, ...]) ->
     n_classes = network.sizes[-1]
     sums = [0.0] * len(layers)
     squares = [0.0] * len(layers)
-    for start, _, hidden in batches_of(network.params(), network, test.images):
-        labels = test.labels[start:start + len(hidden[0])]
+    for start, logits, hidden in batches_of(network.params(), network, test.images):
+        labels = test.labels[start:start + len(logits)]
         for l, h in enumerate(layers):
             sums[l] = sums[l] + class_sums(hidden[h], labels, n_classes)
-            squares[l] = squares[l] + np.square(hidden[h], dtype=np.float64).sum(0)
+            squares[l] = squares[l] + np.einsum("ij,ij->j", hidden[h], hidden[h])  # no [b, n] float64 copy
     n = len(test.labels)
     means = [means_of(s, test.labels, n_classes) for s in sums]
     sds = [np.sqrt(np.maximum(q / n - (s.sum(0) / n) ** 2, 0)).astype(np.float32) for s, q in zip(sums, squares)]
