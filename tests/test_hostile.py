@@ -59,6 +59,12 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
     assert "appears twice (lines 2 and 3)" in error_of(tmp_path, "train:\n  epochs: 3\n  epochs: 4\n")
 
 
+@pytest.mark.parametrize("text, column", [("{{}}", 2), ("{[1]: 2}", 2), ("? {}\n: 1\n", 3)])
+def test_a_list_or_mapping_as_a_key_is_one_short_line(tmp_path, text, column):
+    assert error_of(tmp_path, text) == (f"config file '{tmp_path / 'c.yaml'}' is not valid YAML at line 1, "
+                                        f"column {column}: found unhashable key")
+
+
 @pytest.mark.parametrize("text, expected", [
     ("train:\n  epochs: 1:30\n", "train.epochs = '1:30' has the wrong type: expected an integer"),  # not 90
     ("train:\n  learning_rate: 1:30\n", "train.learning_rate = '1:30' has the wrong type: expected a number"),

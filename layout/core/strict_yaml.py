@@ -48,7 +48,9 @@ class StrictLoader(yaml.SafeLoader):
         seen = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # a list or mapping as a key: PyYAML's own constructor refuses it below
+            if key in seen:
                 raise StrictLoadError(f"key {key!r} appears twice (lines {seen[key] + 1} and "
                                       f"{key_node.start_mark.line + 1}): keep one", key_node.start_mark)
             seen[key] = key_node.start_mark.line
