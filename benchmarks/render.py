@@ -89,22 +89,28 @@ def moving_layout(n: int, n_frames: int, seed: int = 0, fields: bool = False, to
                            tuple(map(str, range(10))), "benchmark", edges_per_neuron=0, size_by="norm", fields=images)
 
 
-def top_examples_s(n: int, repeats: int = 5) -> float:
-    """top_examples for a 784-n-10 network at its initialisation over the 10,000 test images: median
-    seconds after one call that compiles."""
+def random_network(n: int):
+    """A 784-n-10 ReLU network at its initialisation (key 0), untrained: no history, no snapshots."""
     import jax
 
-    from layout.core.config import DataConfig
-    from layout.engine.features import top_examples
-    from models.data.datasets import load_dataset
     from models.network.mlp import init_params
     from models.network.network import History, Network, Snapshots
 
     params = init_params(jax.random.key(0), (784, n, 10), "relu")
     empty = np.zeros(0)
-    network = Network((784, n, 10), "relu", tuple(np.asarray(p["w"]) for p in params),
-                      tuple(np.asarray(p["b"]) for p in params), "mnist", tuple(range(10)), tuple(map(str, range(10))),
-                      History(empty, empty, empty, empty), Snapshots(empty, empty, empty, (), ()), 0.0, 0.0, 0.0, 0)
+    return Network((784, n, 10), "relu", tuple(np.asarray(p["w"]) for p in params),
+                   tuple(np.asarray(p["b"]) for p in params), "mnist", tuple(range(10)), tuple(map(str, range(10))),
+                   History(empty, empty, empty, empty), Snapshots(empty, empty, empty, (), ()), 0.0, 0.0, 0.0, 0)
+
+
+def top_examples_s(n: int, repeats: int = 5) -> float:
+    """top_examples for a 784-n-10 network at its initialisation over the 10,000 test images: median
+    seconds after one call that compiles."""
+    from layout.core.config import DataConfig
+    from layout.engine.features import top_examples
+    from models.data.datasets import load_dataset
+
+    network = random_network(n)
     images = load_dataset(DataConfig(dir=str(REPO.parent / "shared" / "data"))).test.images
     top_examples(network, images, 9)
     times = []

@@ -1,6 +1,6 @@
 """Large networks: sampled pair terms against exact ones and against PyMDE and UMAP, in one run.
 
-    python benchmarks/scale.py [--json] [--only quality 100k baselines 1m sharded scene]
+    python benchmarks/scale.py [--json] [--only quality 100k baselines 1m sharded scene ablation]
 
 Output vectors are 10-d, as an MNIST network's: at N = 10,000 the real network's (784-10000-10 sigmoid
 trained on ../shared/data's 5k MNIST subset, benchmarks/layout.py), a Gaussian cloud and a 10-cluster
@@ -35,6 +35,12 @@ forces (euclid, repulsion, centering) and runs all 500 steps (settle 0). Figures
                              top 2,000 (render.field_top) as their fields and dots for the rest, median
                              of 30 (benchmarks/render.py's frame_ms); beside it frame_ms_10k, the same
                              at 10,000; target <= 100
+  ablation_null_s_100k       the ablation's null at 100,000 neurons over one batch of test images (as
+                             many as layout.engine.features.batch_rows gives such a layer): 100 nested
+                             random groups for 10 dominance groups of about 10,000 neurons
+                             (layout/insight/ablation.py's nested_nulls), median of 3; beside it
+                             ablation_null_s_100k_per_class, the same with 100 groups drawn for each
+                             class apart (what the ablation did before), and ablation_null_speedup
 
 Needs pymde and umap-learn (pip install pymde umap-learn; neither is a project dependency).
 """
@@ -72,16 +78,15 @@ TARGETS = {"stress_ratio_sampled_10k": ("<=", 1.02), "trust_diff_sampled_10k": (
 STRESS_PAIRS = 2_000_000
 
 
-def layout_benchmark():
-    """benchmarks/layout.py as a module (its vectors and particles), loaded by path: its name is the
-    package's."""
-    spec = importlib.util.spec_from_file_location("layout_benchmark", REPO / "benchmarks" / "layout.py")
+def benchmark(name: str) -> types.ModuleType:
+    """benchmarks/<name>.py as a module, loaded by path (benchmarks/layout.py's name is the package's)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-BENCH = layout_benchmark()
+BENCH = benchmark("layout")
 CONFIG = load_config(REPO / "configs" / "euclid.yaml", [])
 
 
@@ -258,19 +263,48 @@ def at_1m() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-PARTS = ("quality", "100k", "baselines", "1m", "sharded", "scene")
+PARTS = ("quality", "100k", "baselines", "1m", "sharded", "scene", "ablation")
 
 
 def at_scene() -> dict:
     """frame_ms_100k beside frame_ms_10k, with benchmarks/render.py's scene and timer."""
-    spec = importlib.util.spec_from_file_location("render_benchmark", REPO / "benchmarks" / "render.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark("render")
     from layout.core.config import RenderConfig
 
     cfg = RenderConfig(width=1280, height=720)
     return {f"frame_ms_{n // 1000}k": bench.frame_ms(bench.moving_layout(n, 10, fields=True), cfg)
             for n in (10_000, 100_000)}
+
+
+def at_ablation() -> dict:
+    """ablation_null_s_100k (nested groups) beside the per-class groups, on one batch of a random
+    784-100000-10 ReLU layer's activations; the two nulls are drawn from the same generator."""
+    from layout.engine.features import batch_rows
+    from layout.insight.ablation import nested_nulls, random_groups, silenced_hits
+
+    n, classes, count = 100_000, 10, 100
+    rng = np.random.default_rng(0)
+    network = benchmark("render").random_network(n)
+    images = batch_rows(network)
+    hidden = np.maximum(rng.standard_normal((images, n), np.float32), 0)
+    labels = rng.integers(0, classes, images)
+    sizes = rng.multinomial(n, np.full(classes, 1 / classes))
+    nested, _ = nested_nulls(rng, n, sizes, count)
+    per_class = [random_groups(rng, n, int(s), count) for s in sizes]
+
+    def seconds(run) -> float:
+        run()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    ours = seconds(lambda: silenced_hits(network, 0, hidden, labels, nested))
+    before = seconds(lambda: [silenced_hits(network, 0, hidden, labels, g) for g in per_class])
+    return {"ablation_null_s_100k": ours, "ablation_null_s_100k_per_class": before,
+            "ablation_null_speedup": before / ours, "ablation_batch_images": images}
 
 
 def measure(parts: tuple[str, ...], pymde_limit: float) -> dict:
@@ -285,6 +319,8 @@ def measure(parts: tuple[str, ...], pymde_limit: float) -> dict:
         result.update(at_sharded())
     if "scene" in parts:
         result.update(at_scene())
+    if "ablation" in parts:
+        result.update(at_ablation())
     result.update(gpu_steps_per_s_100k=None, gpu_steps_per_s_1m=None)
     return result
 
@@ -302,7 +338,8 @@ def report(r: dict) -> str:
         lines.append(f"{'sharded_equal':28s}{str(r['sharded_equal']):>12s}   steps/s on 1 and 4 host devices: "
                      + ", ".join(f"{k}: {v:.2f}" for k, v in r["sharded_steps_per_s_100k"].items()))
     for key in ("frame_ms_10k", "stress_100k", "pymde_s_100k", "pymde_unfinished_after_s", "pymde_stress_100k",
-                "ours_s_to_pymde_100k", "umap_s_100k", "umap_stress_100k", "stress_1m"):
+                "ours_s_to_pymde_100k", "umap_s_100k", "umap_stress_100k", "stress_1m", "ablation_null_s_100k",
+                "ablation_null_s_100k_per_class", "ablation_null_speedup"):
         if r.get(key) is not None:
             lines.append(f"{key:28s}{r[key]:12.3f}")
     for name, s in r.get("quality_10k_by_source", {}).items():

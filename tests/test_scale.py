@@ -335,8 +335,9 @@ def test_a_wide_layers_structure_tests_run_on_a_sample_and_the_outputs_say_so(tm
 
 def test_silencing_neurons_above_the_output_layer_equals_running_the_network_without_them():
     """The shortcut (intact logits less the silenced neurons' share) gives what a forward pass with the
-    neurons' activations set to 0 gives."""
-    from layout.insight.ablation import random_groups, silenced_accuracy
+    neurons' activations set to 0 gives, for index groups and for nested random groups summed segment by
+    segment."""
+    from layout.insight.ablation import nested_nulls, random_groups, silenced_accuracy
     from models.network.network import History, Network, Snapshots
 
     rng = np.random.default_rng(0)
@@ -351,14 +352,38 @@ def test_silencing_neurons_above_the_output_layer_equals_running_the_network_wit
                       dataset="random", classes=tuple(range(classes)), class_names=tuple(map(str, range(classes))),
                       history=History(empty, empty, empty, empty), snapshots=Snapshots(empty, empty, empty, (), ()),
                       test_accuracy=0.0, train_accuracy=0.0, train_seconds=0.0, epochs=0)
-    silenced = np.vstack([random_groups(rng, n, 7, 5), np.arange(7)[None]])
-    got = silenced_accuracy(network, 0, hidden, labels, silenced)
-    for g, chosen in enumerate(silenced):
+    def without(chosen):
         h = hidden.copy()
         h[:, chosen] = 0
         predicted = (h @ w + b).argmax(1)
-        want = [(predicted[labels == c] == c).mean() for c in range(classes)]
-        np.testing.assert_allclose(got[g], want, atol=1e-6)
+        return [(predicted[labels == c] == c).mean() for c in range(classes)]
+
+    silenced = np.vstack([random_groups(rng, n, 7, 5), np.arange(7)[None]])
+    got = silenced_accuracy(network, 0, hidden, labels, silenced)
+    for g, chosen in enumerate(silenced):
+        np.testing.assert_allclose(got[g], without(chosen), atol=1e-6)
+    nulls, where = nested_nulls(rng, n, np.array([9, 3, 20, 3]), 6)
+    assert nulls.sizes == (3, 3, 9, 20) and list(where) == [2, 0, 3, 1]
+    got = silenced_accuracy(network, 0, hidden, labels, nulls)  # [6 orderings, 4 sizes, classes]
+    assert got.shape == (6, 4, classes)
+    for r in range(6):
+        for k, size in enumerate(nulls.sizes):
+            np.testing.assert_allclose(got[r, k], without(nulls.order[r, :size]), atol=1e-6)
+
+
+def test_each_classs_random_groups_are_uniform_groups_of_its_size():
+    """The nested nulls: every class's r-th random group has the class's size, no neuron twice, and each
+    neuron is in it as often as chance says (size / n)."""
+    from layout.insight.ablation import nested_nulls
+
+    sizes, n, count = np.array([5, 30, 12]), 40, 4000
+    nulls, where = nested_nulls(np.random.default_rng(1), n, sizes, count)
+    for size, k in zip(sizes, where):
+        groups = nulls.groups()[k]
+        assert groups.shape == (count, size)
+        assert all(len(set(g)) == size for g in groups[:200])
+        frequency = np.bincount(groups.ravel(), minlength=n) / count
+        np.testing.assert_allclose(frequency, size / n, atol=4 * np.sqrt(size / n * (1 - size / n) / count) + 1e-9)
 
 
 

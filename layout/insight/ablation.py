@@ -2,10 +2,13 @@
 
 Per neuron: the drop in test accuracy, overall and per class. Per dominance group (the neurons of one
 layer that drive one class hardest): the drop in that class's accuracy, against random groups of the
-same size from the same layer (a permutation p-value). The layers below the ablated one are run once;
-every ablation runs only the layers above it, vmapped over the silenced neurons; above the output layer,
-the intact logits less the silenced neurons' share. The dense layers' ablations run together, one batch
-of test images at a time (a wide layer's activations are never held for all of them).
+same size from the same layer (a permutation p-value). The random groups are nested: the r-th group of
+every class is the first (its size) of the layer's r-th random ordering, so each class's null is still
+uniform random groups of its size, and above the output layer their shares are summed once, segment
+by segment (the largest group's cost, not the whole layer's). The layers below the ablated one are run
+once; every ablation runs only the layers above it, vmapped over the silenced neurons; above the output
+layer, the intact logits less the silenced neurons' share. The dense layers' ablations run together,
+one batch of test images at a time (a wide layer's activations are never held for all of them).
 """
 
 from __future__ import annotations
@@ -47,14 +50,42 @@ def per_class_accuracy(logits: jax.Array, labels: jax.Array, n_classes: int) -> 
     return per_class_hits(logits, labels, n_classes) / jnp.maximum(jax.nn.one_hot(labels, n_classes).sum(0), 1)
 
 
+@dataclass(frozen=True)
+class Prefixes:
+    """Nested groups: the first sizes[k] neurons of each row of order [R, max(sizes)], for every k;
+    sizes ascending. Each row is a random ordering, so order[:, :s] is R uniform random groups of s."""
+
+    order: np.ndarray
+    sizes: tuple[int, ...]
+
+    def groups(self) -> list[np.ndarray]:
+        return [self.order[:, :s] for s in self.sizes]
+
+
+def nested_nulls(rng: np.random.Generator, n: int, sizes: np.ndarray, count: int) -> tuple[Prefixes, np.ndarray]:
+    """(count random orderings of n neurons as Prefixes of the ascending sizes, where each of `sizes` is
+    among them: Prefixes.sizes[where[i]] == sizes[i])."""
+    ascending = np.argsort(sizes, kind="stable")
+    where = np.empty(len(sizes), int)
+    where[ascending] = np.arange(len(sizes))
+    order = random_groups(rng, n, int(max(sizes)), count)
+    return Prefixes(order, tuple(int(s) for s in np.asarray(sizes)[ascending])), where
+
+
 def silenced_hits(network: Network, layer: int, hidden: np.ndarray, labels: np.ndarray,
-                  silenced: np.ndarray) -> np.ndarray:
+                  silenced: np.ndarray | Prefixes) -> np.ndarray:
     """[G, C] images of each class classified right with dense hidden layer `layer`'s activations `hidden`
     [n_images, n] with the neurons silenced[g] (indices [G, s]) set to 0, running the (dense) layers
     above. Below the output layer, the intact logits less the silenced neurons' share hidden[:, s] @ W[s]:
-    a cost that grows with s, not with the layer's width (100,000 single-neuron ablations in seconds)."""
-    silenced = np.asarray(silenced, np.int32).reshape(len(silenced), -1)
+    a cost that grows with s, not with the layer's width (100,000 single-neuron ablations in seconds).
+    Prefixes: [R, K, C], row r and size k's group; above the output layer the shares of each row's
+    segments are summed once (prefix_hits)."""
     top = len(network.weights) - layer == 2  # only the output layer above
+    if isinstance(silenced, Prefixes):
+        if top:
+            return prefix_hits(network, hidden, labels, silenced)
+        return np.stack([silenced_hits(network, layer, hidden, labels, g) for g in silenced.groups()], axis=1)
+    silenced = np.asarray(silenced, np.int32).reshape(len(silenced), -1)
     per_mask = hidden.shape[0] * (max(silenced.shape[1], network.sizes[-1]) if top else
                                   max(network.sizes[layer + 1:-1] or (1,)))
     batch = min(max(1, MASK_BATCH_FLOATS // per_mask), len(silenced))
@@ -88,10 +119,35 @@ def _silenced_hits(weights, biases, hidden, labels, silenced, activation, n_clas
     return jax.lax.map(one, silenced, batch_size=batch)
 
 
-def dense_accuracies(network: Network, test: Split, silenced: dict[int, list[np.ndarray]]
+def prefix_hits(network: Network, hidden: np.ndarray, labels: np.ndarray, prefixes: Prefixes) -> np.ndarray:
+    """[R, K, C] silenced_hits of the last hidden layer's nested groups: each row's share grows by
+    one segment of its ordering per size."""
+    per_row = hidden.shape[0] * max(prefixes.sizes[-1], network.sizes[-1])
+    batch = min(max(1, MASK_BATCH_FLOATS // per_row), len(prefixes.order))
+    return np.asarray(_prefix_hits(network.weights[-1], network.biases[-1], jnp.asarray(hidden), jnp.asarray(labels),
+                                   jnp.asarray(prefixes.order, jnp.int32), prefixes.sizes, network.sizes[-1], batch))
+
+
+@partial(jax.jit, static_argnames=("sizes", "n_classes", "batch"))
+def _prefix_hits(weight, bias, hidden, labels, order, sizes, n_classes, batch):
+    intact, rows = hidden @ weight + bias, hidden.T
+
+    def one(chosen):
+        share, hits = jnp.zeros_like(intact), []
+        for start, stop in zip((0, *sizes[:-1]), sizes):
+            segment = chosen[start:stop]
+            share = share + jnp.einsum("si,sc->ic", rows[segment], weight[segment])
+            hits.append(per_class_hits(intact - share, labels, n_classes))
+        return jnp.stack(hits)
+
+    return jax.lax.map(one, order, batch_size=batch)
+
+
+def dense_accuracies(network: Network, test: Split, silenced: dict[int, list[np.ndarray | Prefixes]]
                      ) -> tuple[np.ndarray, dict[int, list[np.ndarray]]]:
     """(the intact network's per-class accuracy [C], {h: [per-class accuracy [G, C] of each index
-    array silenced[h][i] [G, s] of dense hidden layer h's neurons]}), in one pass over the test images
+    array silenced[h][i] [G, s] of dense hidden layer h's neurons, [R, K, C] of Prefixes]}), in one pass
+    over the test images
     a batch at a time: a wide layer's activations are never held for all of them."""
     n_classes = network.sizes[-1]
     intact = np.zeros(n_classes)
@@ -162,40 +218,47 @@ def ablate(network: Network, test: Split, dominant: np.ndarray, layer_of: np.nda
     n_classes = network.sizes[-1]
     sizes = np.bincount(layer_of)
     hidden_layers = tuple(range(len(sizes))) if hidden_layers is None else hidden_layers
-    plans = []  # per laid-out layer: (its dominance classes, [single neurons, then each class's group + nulls])
+    plans = []  # per laid-out layer: (its dominance classes, where their sizes are among the nulls' sizes,
+    #             [single neurons, each class's group, then the nested random groups])
     for layer, n in enumerate(sizes):
         dom = dominant[layer_of == layer]
         classes = np.unique(dom)
-        plans.append((classes, [np.arange(n)[:, None]] + [
-            np.vstack([np.flatnonzero(dom == c)[None], random_groups(rng, n, int((dom == c).sum()), n_random)])
-            for c in classes]))
+        members = [np.flatnonzero(dom == c)[None] for c in classes]
+        nulls, where = nested_nulls(rng, n, np.array([m.shape[1] for m in members]), n_random)
+        plans.append((classes, where, [np.arange(n)[:, None], *members] + ([nulls] if n_random else [])))
     kinds = network.hidden_kinds
-    baseline, dense = dense_accuracies(network, test, {h: plans[l][1] for l, h in enumerate(hidden_layers)
+    baseline, dense = dense_accuracies(network, test, {h: plans[l][2] for l, h in enumerate(hidden_layers)
                                                        if kinds[h] == "dense"})
     weight = np.bincount(test.labels, minlength=n_classes) / len(test.labels)
     class_drops, groups = [], []
     for layer, h in enumerate(hidden_layers):
-        classes, sets = plans[layer]
+        classes, where, sets = plans[layer]
         own_baseline, accuracies = conv_accuracies(network, h, test, sets) if kinds[h] == "conv" else (baseline,
                                                                                                         dense[h])
         class_drops.append(own_baseline - accuracies[0])
-        for c, members, accuracy in zip(classes, sets[1:], accuracies[1:]):
-            drop = own_baseline[c] - accuracy[:, c]
-            null = drop[1:]
-            groups.append({"layer": layer, "class": int(c), "size": members.shape[1], "drop": float(drop[0]),
+        for i, c in enumerate(classes):
+            drop = own_baseline[c] - accuracies[1 + i][0, c]
+            null = own_baseline[c] - accuracies[-1][:, where[i], c] if n_random else None
+            groups.append({"layer": layer, "class": int(c), "size": sets[1 + i].shape[1], "drop": float(drop),
                            "null_mean": float(null.mean()) if n_random else None,
                            "null_sd": float(null.std(ddof=1)) if n_random > 1 else None,
-                           "p": float((1 + (null >= drop[0]).sum()) / (1 + n_random)) if n_random else None})
+                           "p": float((1 + (null >= drop).sum()) / (1 + n_random)) if n_random else None})
     class_drop = np.concatenate(class_drops)
     return Ablation(baseline, class_drop @ weight, class_drop, tuple(groups))
 
 
-def conv_accuracies(network: Network, h: int, test: Split, sets: list[np.ndarray]
+def conv_accuracies(network: Network, h: int, test: Split, sets: list[np.ndarray | Prefixes]
                     ) -> tuple[np.ndarray, list[np.ndarray]]:
     """(the intact network's per-class accuracy [C], [per-class accuracy [G, C] of each index array
-    [G, s] of conv layer h's channels silenced]) on the INFLUENCE_IMAGES evenly spaced test images."""
+    [G, s] of conv layer h's channels silenced, [R, K, C] of Prefixes]) on the INFLUENCE_IMAGES evenly
+    spaced test images."""
     sample = influence_images(np.arange(len(test.labels)), "conv")
     maps, labels = conv_maps(network, h, test.images[sample]), test.labels[sample]
     n = maps.shape[1]
-    intact = masked_channel_accuracy(network, h, maps, labels, np.ones((1, n)))[0]
-    return intact, [masked_channel_accuracy(network, h, maps, labels, masks_of(s, n)) for s in sets]
+
+    def accuracy(silenced):
+        if isinstance(silenced, Prefixes):
+            return np.stack([accuracy(g) for g in silenced.groups()], axis=1)
+        return masked_channel_accuracy(network, h, maps, labels, masks_of(silenced, n))
+
+    return masked_channel_accuracy(network, h, maps, labels, np.ones((1, n)))[0], [accuracy(s) for s in sets]

@@ -59,8 +59,9 @@ def structure_key(cfg: RunConfig, network_key: str, data_key: str, layout_key: s
     """Everything the results depend on: the network, the data (its test set gives the activations; its
     training set, with the model and train sections, the retrained and shuffled-label networks), the
     layout and its final positions [N, 3], the structure settings, and how many neurons of a wide layer are
-    tested (version 5: the sample of a layer wider than STRUCTURE_NEURONS)."""
-    return fingerprint({"version": 5, "network": network_key, "data": data_key, "model": cfg.model, "train": cfg.train,
+    tested (version 5: the sample of a layer wider than STRUCTURE_NEURONS; 6: the ablation's nested
+    random groups)."""
+    return fingerprint({"version": 6, "network": network_key, "data": data_key, "model": cfg.model, "train": cfg.train,
                         "layout": layout_key, "structure": cfg.structure, "tested": STRUCTURE_NEURONS,
                         "positions": hashlib.sha256(np.ascontiguousarray(positions).tobytes()).hexdigest()})[:20]
 
